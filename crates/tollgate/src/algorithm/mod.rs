@@ -1,0 +1,151 @@
+//! The pure algorithms: integer state transitions with no I/O, one per file.
+//!
+//! Each algorithm's exact formulas are in `docs/semantics.md`; the Lua scripts and SQL
+//! statements of the distributed stores mirror these functions line for line.
+//!
+//! A per-rate algorithm implements [`RateAlgorithm`]: `evaluate` looks at one rate's state
+//! without changing it and returns a [`Verdict`] plus the state to persist if the call is
+//! charged. [`decide_rates`] combines several rates all-or-nothing.
+
+pub mod fixed_window;
+pub mod gcra;
+pub mod sliding_log;
+pub mod sliding_window;
+pub mod token_bucket;
+
+use crate::decision::Decision;
+use crate::error::Error;
+use crate::time::Micros;
+
+/// One rate's verdict, in microseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// This rate admits the cost.
+    pub allowed: bool,
+    /// This rate's capacity.
+    pub limit: u64,
+    /// Remaining after charging (allowed) or now (denied).
+    pub remaining: u64,
+    /// 0 when allowed.
+    pub retry_after: Micros,
+    /// Until fresh, after charging (allowed) or now (denied).
+    pub reset_after: Micros,
+    /// Until fresh without this call's charge.
+    pub reset_after_uncharged: Micros,
+}
+
+/// A per-rate algorithm over a small `Copy` state whose `Default` is the fresh state.
+pub trait RateAlgorithm {
+    /// Per-rate parameters, compiled from a [`crate::Rate`].
+    type Params;
+    /// Per-rate state; `Default` is fresh.
+    type State: Copy + Default + PartialEq + std::fmt::Debug;
+
+    /// Evaluates `cost` at `now` without changing `state`: the verdict and the state to
+    /// persist if the call is charged. `Err` when the cost can never fit.
+    fn evaluate(
+        p: &Self::Params,
+        state: &Self::State,
+        now: Micros,
+        cost: u64,
+    ) -> Result<(Verdict, Self::State), Error>;
+
+    /// The state after giving back `amount` units at `now` (never beyond fresh).
+    fn refund(p: &Self::Params, state: &Self::State, now: Micros, amount: u64) -> Self::State;
+
+    /// From this time on, `state` is equivalent to fresh and may be dropped.
+    fn horizon(p: &Self::Params, state: &Self::State) -> Micros;
+}
+
+/// Combines per-rate verdicts all-or-nothing (see "Several rates on one key" in
+/// `docs/semantics.md`).
+pub fn combine(verdicts: &[Verdict]) -> Decision {
+    let allowed = verdicts.iter().all(|v| v.allowed);
+    if allowed {
+        let mut binding = 0;
+        for (i, v) in verdicts.iter().enumerate() {
+            if v.remaining < verdicts[binding].remaining {
+                binding = i;
+            }
+        }
+        let reset = verdicts.iter().map(|v| v.reset_after).max().unwrap_or(0);
+        let b = &verdicts[binding];
+        Decision::from_parts(true, b.limit, b.remaining, 0, reset, None)
+    } else {
+        let mut denier: Option<usize> = None;
+        for (i, v) in verdicts.iter().enumerate() {
+            if !v.allowed && denier.is_none_or(|d| v.retry_after > verdicts[d].retry_after) {
+                denier = Some(i);
+            }
+        }
+        let d = denier.unwrap_or(0);
+        let reset = verdicts
+            .iter()
+            .map(|v| {
+                if v.allowed {
+                    v.reset_after_uncharged
+                } else {
+                    v.reset_after
+                }
+            })
+            .max()
+            .unwrap_or(0);
+        let v = &verdicts[d];
+        Decision::from_parts(false, v.limit, v.remaining, v.retry_after, reset, Some(d))
+    }
+}
+
+/// Decides `cost` on several rates of algorithm `A`, all-or-nothing. When `charge` is true
+/// and every rate admits, `states` is updated; otherwise it is left untouched.
+pub fn decide_rates<A: RateAlgorithm>(
+    params: &[A::Params],
+    states: &mut [A::State],
+    now: Micros,
+    cost: u64,
+    charge: bool,
+) -> Result<Decision, Error> {
+    debug_assert_eq!(params.len(), states.len());
+    let mut verdicts = [EMPTY; crate::policy::MAX_RATES];
+    let mut next = [A::State::default(); crate::policy::MAX_RATES];
+    for (i, (p, s)) in params.iter().zip(states.iter()).enumerate() {
+        let (v, n) = A::evaluate(p, s, now, cost)?;
+        verdicts[i] = v;
+        next[i] = n;
+    }
+    let decision = combine(&verdicts[..params.len()]);
+    if charge && decision.allowed {
+        states.copy_from_slice(&next[..params.len()]);
+    }
+    Ok(decision)
+}
+
+/// Refunds `amount` on every rate.
+pub fn refund_rates<A: RateAlgorithm>(
+    params: &[A::Params],
+    states: &mut [A::State],
+    now: Micros,
+    amount: u64,
+) {
+    for (p, s) in params.iter().zip(states.iter_mut()) {
+        *s = A::refund(p, s, now, amount);
+    }
+}
+
+/// The time from which every rate's state is fresh.
+pub fn horizon_rates<A: RateAlgorithm>(params: &[A::Params], states: &[A::State]) -> Micros {
+    params
+        .iter()
+        .zip(states)
+        .map(|(p, s)| A::horizon(p, s))
+        .max()
+        .unwrap_or(0)
+}
+
+const EMPTY: Verdict = Verdict {
+    allowed: true,
+    limit: 0,
+    remaining: 0,
+    retry_after: 0,
+    reset_after: 0,
+    reset_after_uncharged: 0,
+};

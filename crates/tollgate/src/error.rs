@@ -1,0 +1,183 @@
+//! Errors: invalid quotas (at construction) and failed calls (at decision time).
+//!
+//! A store failure is never reported as a denial: a denial is an `Ok(Decision)` with
+//! `allowed == false`; a store failure is `Err(Error::Store(..))`.
+
+use std::time::Duration;
+
+/// Why a quota or policy was rejected at construction.
+///
+/// ```
+/// use tollgate::{Rate, QuotaError};
+/// assert!(matches!(Rate::per_second(0), Err(QuotaError::ZeroLimit)));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QuotaError {
+    /// The number of units per period is zero.
+    #[error("the limit must be at least 1 (got 0)")]
+    ZeroLimit,
+    /// The period is shorter than one microsecond.
+    #[error("the period must be at least 1 microsecond (got {0:?})")]
+    ZeroPeriod(Duration),
+    /// The burst is zero.
+    #[error("the burst must be at least 1 (got 0)")]
+    ZeroBurst,
+    /// More than one unit per microsecond.
+    #[error("{limit} per {period:?} is finer than 1 unit per microsecond, the resolution of tollgate")]
+    TooFine {
+        /// Units per period.
+        limit: u64,
+        /// The period.
+        period: Duration,
+    },
+    /// A horizon (time until a key is back to fresh) beyond 2^52 microseconds (~142 years),
+    /// which the Lua/SQL stores could not compute exactly.
+    #[error("{what} is too large: {value} exceeds the maximum {max}")]
+    TooLarge {
+        /// Which quantity overflowed.
+        what: &'static str,
+        /// The value asked for (saturated).
+        value: u128,
+        /// The maximum allowed.
+        max: u128,
+    },
+    /// A burst was given to an algorithm where it has no meaning.
+    #[error("the {algorithm} algorithm has no separate burst: burst ({burst}) must equal the limit ({limit})")]
+    BurstNotSupported {
+        /// The algorithm's name.
+        algorithm: &'static str,
+        /// The burst given.
+        burst: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// `initial_tokens` above capacity, or used outside the token bucket.
+    #[error("initial_tokens ({initial}) must be at most the capacity ({capacity}) and is only valid for the token bucket")]
+    InvalidInitialTokens {
+        /// The initial tokens given.
+        initial: u64,
+        /// The capacity.
+        capacity: u64,
+    },
+    /// A policy with no rate.
+    #[error("a policy needs at least one rate")]
+    NoRates,
+    /// Two rates of one policy that make no sense together.
+    #[error("rates {first} and {second} make no sense together: {reason}")]
+    InconsistentRates {
+        /// Index of the first rate.
+        first: usize,
+        /// Index of the second rate.
+        second: usize,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A policy with more rates than supported.
+    #[error("a policy holds at most {max} rates (got {got})")]
+    TooManyRates {
+        /// Rates given.
+        got: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// A rate string that does not parse.
+    #[error("cannot parse rate {input:?}: {reason}")]
+    Parse {
+        /// The input text.
+        input: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A failed call. Denials are not errors: they are `Ok(Decision)` with `allowed == false`.
+///
+/// ```
+/// use tollgate::{Limiter, Policy, Rate, Error};
+/// let limiter = Limiter::memory(Policy::gcra(Rate::per_second(5).unwrap()));
+/// assert!(matches!(limiter.check_n("k", 6), Err(Error::CostExceedsCapacity { cost: 6, capacity: 5 })));
+/// assert!(matches!(limiter.check_n("k", 0), Err(Error::InvalidCost)));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The cost is larger than the policy can ever admit in one call; waiting would never help.
+    #[error("a cost of {cost} can never be admitted: the capacity is {capacity}")]
+    CostExceedsCapacity {
+        /// The cost asked for.
+        cost: u64,
+        /// The largest cost the policy admits at once.
+        capacity: u64,
+    },
+    /// A cost (or refund amount) of zero.
+    #[error("the cost must be at least 1")]
+    InvalidCost,
+    /// The key is longer than the configured maximum.
+    #[error("the key is {len} bytes long; the maximum is {max}")]
+    KeyTooLong {
+        /// The key's length in bytes.
+        len: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// `acquire` gave up: the cost would not be admitted within the maximum wait.
+    /// `retry_after` is how long it would still have had to wait at the time it gave up.
+    #[error("not admitted within the maximum wait (would need {retry_after:?} more)")]
+    WaitTimeout {
+        /// The wait that would still have been needed.
+        retry_after: Duration,
+    },
+    /// The store failed (unreachable, timed out, bad reply). Never a denial.
+    #[error("store error: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// A failure of the store behind a limiter (Redis down, SQL error, timeout…).
+///
+/// ```
+/// use tollgate::StoreError;
+/// let e = StoreError::new("redis", "connection refused");
+/// assert_eq!(e.to_string(), "redis: connection refused");
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{store}: {message}")]
+#[non_exhaustive]
+pub struct StoreError {
+    /// Which store failed ("redis", "postgres", …).
+    pub store: &'static str,
+    /// What went wrong.
+    pub message: String,
+    /// True when the call timed out.
+    pub timeout: bool,
+}
+
+impl StoreError {
+    /// A store error with a message.
+    ///
+    /// ```
+    /// let e = tollgate::StoreError::new("sqlite", "database is locked");
+    /// assert!(!e.timeout);
+    /// ```
+    pub fn new(store: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            store,
+            message: message.into(),
+            timeout: false,
+        }
+    }
+
+    /// A store call that timed out.
+    ///
+    /// ```
+    /// let e = tollgate::StoreError::timeout("redis", std::time::Duration::from_millis(50));
+    /// assert!(e.timeout);
+    /// ```
+    pub fn timeout(store: &'static str, after: Duration) -> Self {
+        Self {
+            store,
+            message: format!("timed out after {after:?}"),
+            timeout: true,
+        }
+    }
+}

@@ -1,0 +1,727 @@
+//! [`Limiter`]: keyed rate limiting on any store, with sync and async APIs; and
+//! [`DirectLimiter`]: one unkeyed in-memory state, the fastest path.
+
+use crate::decision::Decision;
+use crate::error::Error;
+use crate::policy::Policy;
+use crate::store::memory::{DirectSlot, MemoryBackend, MemoryStore};
+use crate::store::{Backend, Op, Store};
+use crate::time::{Clock, ClockHandle};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default maximum key length in bytes.
+pub const DEFAULT_MAX_KEY_LEN: usize = 1024;
+
+/// A keyed rate limiter. Clones share the same state (and store).
+///
+/// Sync methods (`check`, `acquire`, …) need no runtime; async methods (`check_async`,
+/// `acquire_async`, …) never block the executor. With the in-memory store both are
+/// non-blocking except `acquire`, which sleeps by design.
+///
+/// ```
+/// use tollgate::{Limiter, Policy, Rate};
+/// let limiter = Limiter::memory(Policy::gcra(Rate::per_second(2).unwrap()).unwrap());
+/// assert!(limiter.check("alice").unwrap().allowed);
+/// assert!(limiter.check("alice").unwrap().allowed);
+/// let third = limiter.check("alice").unwrap();
+/// assert!(!third.allowed);
+/// assert_eq!(third.retry_after, std::time::Duration::from_millis(500));
+/// assert!(limiter.check("bob").unwrap().allowed); // keys are independent
+/// ```
+pub struct Limiter<B = MemoryBackend> {
+    inner: Arc<Inner<B>>,
+}
+
+struct Inner<B> {
+    policy: Policy,
+    backend: B,
+    clock: ClockHandle,
+    max_key_len: usize,
+}
+
+impl<B> Clone for Limiter<B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for Limiter<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("policy", &self.inner.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Limiter`] (or a [`DirectLimiter`]): clock, key length, store.
+///
+/// ```
+/// use tollgate::{Limiter, Policy, Rate, time::ManualClock};
+/// let limiter = Limiter::builder(Policy::gcra(Rate::per_second(1).unwrap()).unwrap())
+///     .clock(ManualClock::new(0))
+///     .max_key_len(64)
+///     .build();
+/// assert!(limiter.check(&"x".repeat(65)).is_err());
+/// ```
+#[derive(Debug)]
+#[must_use = "call build() or build_with(store)"]
+pub struct LimiterBuilder {
+    policy: Policy,
+    clock: ClockHandle,
+    max_key_len: usize,
+}
+
+impl LimiterBuilder {
+    /// Uses `clock` instead of the system clock (for decisions of the memory store, and for
+    /// every wait).
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate, time::ManualClock};
+    /// let b = Limiter::builder(Policy::gcra(Rate::per_second(1).unwrap()).unwrap()).clock(ManualClock::new(5));
+    /// # let _ = b;
+    /// ```
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = ClockHandle::custom(Arc::new(clock));
+        self
+    }
+
+    /// Uses a shared clock.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tollgate::{Limiter, Policy, Rate, time::{Clock, SystemClock}};
+    /// let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    /// let b = Limiter::builder(Policy::gcra(Rate::per_second(1).unwrap()).unwrap()).shared_clock(clock);
+    /// # let _ = b;
+    /// ```
+    pub fn shared_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = ClockHandle::custom(clock);
+        self
+    }
+
+    /// Rejects keys longer than `max` bytes with [`Error::KeyTooLong`] (default 1024).
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// let l = Limiter::builder(Policy::gcra(Rate::per_second(1).unwrap()).unwrap()).max_key_len(3).build();
+    /// assert!(l.check("abcd").is_err());
+    /// ```
+    pub fn max_key_len(mut self, max: usize) -> Self {
+        self.max_key_len = max;
+        self
+    }
+
+    /// A limiter on a default in-memory store.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// let l = Limiter::builder(Policy::gcra(Rate::per_second(1).unwrap()).unwrap()).build();
+    /// assert!(l.check("k").unwrap().allowed);
+    /// ```
+    pub fn build(self) -> Limiter<MemoryBackend> {
+        let backend = MemoryStore::default()
+            .bind(&self.policy)
+            .expect("the memory store accepts every valid policy");
+        self.finish(backend)
+    }
+
+    /// A limiter on `store`.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate, store::memory::MemoryStore};
+    /// let l = Limiter::builder(Policy::gcra(Rate::per_second(1).unwrap()).unwrap())
+    ///     .build_with(&MemoryStore::new().max_keys(100))
+    ///     .unwrap();
+    /// assert!(l.check("k").unwrap().allowed);
+    /// ```
+    pub fn build_with<S: Store>(self, store: &S) -> Result<Limiter<S::Backend>, Error> {
+        let backend = store.bind(&self.policy)?;
+        Ok(self.finish(backend))
+    }
+
+    /// A limiter on an already bound backend.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate, store::{Store, memory::MemoryStore}};
+    /// let policy = Policy::gcra(Rate::per_second(1).unwrap()).unwrap();
+    /// let backend = MemoryStore::new().bind(&policy).unwrap();
+    /// let l = Limiter::builder(policy).build_on(backend);
+    /// assert!(l.check("k").unwrap().allowed);
+    /// ```
+    pub fn build_on<B: Backend>(self, backend: B) -> Limiter<B> {
+        self.finish(backend)
+    }
+
+    /// An unkeyed in-memory limiter.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// let d = Limiter::builder(Policy::gcra(Rate::per_second(1).unwrap()).unwrap()).build_direct();
+    /// assert!(d.check().unwrap().allowed);
+    /// ```
+    pub fn build_direct(self) -> DirectLimiter {
+        DirectLimiter {
+            inner: Arc::new(DirectInner {
+                slot: DirectSlot::new(&self.policy),
+                policy: self.policy,
+                clock: self.clock,
+            }),
+        }
+    }
+
+    fn finish<B: Backend>(self, backend: B) -> Limiter<B> {
+        Limiter {
+            inner: Arc::new(Inner {
+                policy: self.policy,
+                backend,
+                clock: self.clock,
+                max_key_len: self.max_key_len,
+            }),
+        }
+    }
+}
+
+impl Limiter<MemoryBackend> {
+    /// A limiter on the in-memory store with the system clock.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// let limiter = Limiter::memory(Policy::gcra(Rate::per_minute(100).unwrap()).unwrap());
+    /// assert_eq!(limiter.check("k").unwrap().remaining, 99);
+    /// ```
+    pub fn memory(policy: Policy) -> Self {
+        Self::builder(policy).build()
+    }
+
+    /// A builder, for a clock, a key length or another store.
+    ///
+    /// ```
+    /// let b = tollgate::Limiter::builder(tollgate::Policy::gcra(tollgate::Rate::per_second(1).unwrap()).unwrap());
+    /// let limiter = b.build();
+    /// # let _ = limiter;
+    /// ```
+    pub fn builder(policy: Policy) -> LimiterBuilder {
+        LimiterBuilder {
+            policy,
+            clock: ClockHandle::default(),
+            max_key_len: DEFAULT_MAX_KEY_LEN,
+        }
+    }
+}
+
+impl<B: Backend> Limiter<B> {
+    /// The policy.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// let l = Limiter::memory(Policy::gcra(Rate::per_second(1).unwrap()).unwrap());
+    /// assert_eq!(l.policy().rates()[0].limit(), 1);
+    /// ```
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    /// The store backend (e.g. for [`MemoryBackend::stats`]).
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// let l = Limiter::memory(Policy::gcra(Rate::per_second(1).unwrap()).unwrap());
+    /// assert_eq!(l.backend().stats().keys, 0);
+    /// ```
+    pub fn backend(&self) -> &B {
+        &self.inner.backend
+    }
+
+    #[inline]
+    fn key_ok(&self, key: &str) -> Result<(), Error> {
+        if key.len() > self.inner.max_key_len {
+            return Err(Error::KeyTooLong {
+                len: key.len(),
+                max: self.inner.max_key_len,
+            });
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn run(&self, key: &str, op: Op) -> Result<Option<Decision>, Error> {
+        self.key_ok(key)?;
+        self.inner
+            .backend
+            .execute(key, op, self.inner.clock.now())
+    }
+
+    async fn run_async(&self, key: &str, op: Op) -> Result<Option<Decision>, Error> {
+        self.key_ok(key)?;
+        self.inner
+            .backend
+            .execute_async(key, op, self.inner.clock.now())
+            .await
+    }
+
+    /// Decides a cost of 1 on `key` and charges it when admitted. Fails fast: a denial is
+    /// `Ok` with `allowed == false` and charges nothing.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// let l = Limiter::memory(Policy::gcra(Rate::per_second(1).unwrap()).unwrap());
+    /// assert!(l.check("k").unwrap().allowed);
+    /// assert!(!l.check("k").unwrap().allowed);
+    /// ```
+    #[inline]
+    pub fn check(&self, key: &str) -> Result<Decision, Error> {
+        self.check_n(key, 1)
+    }
+
+    /// Decides `cost` units on `key`; charges them only when admitted.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// let l = Limiter::memory(Policy::gcra(Rate::per_second(10).unwrap()).unwrap());
+    /// assert_eq!(l.check_n("k", 4).unwrap().remaining, 6);
+    /// ```
+    #[inline]
+    pub fn check_n(&self, key: &str, cost: u64) -> Result<Decision, Error> {
+        self.run(key, Op::Check(cost)).and_then(expect_decision)
+    }
+
+    /// The decision `check_n` would return now, without charging anything.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// let l = Limiter::memory(Policy::gcra(Rate::per_second(1).unwrap()).unwrap());
+    /// assert!(l.peek("k", 1).unwrap().allowed);
+    /// assert!(l.peek("k", 1).unwrap().allowed); // still not charged
+    /// ```
+    pub fn peek(&self, key: &str, cost: u64) -> Result<Decision, Error> {
+        self.run(key, Op::Peek(cost)).and_then(expect_decision)
+    }
+
+    /// Forgets `key`: it is fresh again.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// let l = Limiter::memory(Policy::gcra(Rate::per_second(1).unwrap()).unwrap());
+    /// let _ = l.check("k").unwrap();
+    /// l.reset("k").unwrap();
+    /// assert!(l.check("k").unwrap().allowed);
+    /// ```
+    pub fn reset(&self, key: &str) -> Result<(), Error> {
+        self.run(key, Op::Reset).map(|_| ())
+    }
+
+    /// Gives back `amount` unused units to `key` (never beyond fresh).
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// let l = Limiter::memory(Policy::gcra(Rate::per_second(5).unwrap()).unwrap());
+    /// let _ = l.check_n("k", 5).unwrap();
+    /// l.refund("k", 2).unwrap();
+    /// assert_eq!(l.peek("k", 1).unwrap().remaining, 1);
+    /// ```
+    pub fn refund(&self, key: &str, amount: u64) -> Result<(), Error> {
+        self.run(key, Op::Refund(amount)).map(|_| ())
+    }
+
+    /// Waits (blocking the thread) until `cost` is admitted on `key`, at most `max_wait` in
+    /// total. If the wait needed is already longer than what is left of `max_wait`, it fails
+    /// at once with [`Error::WaitTimeout`] instead of sleeping in vain. A cost that can never
+    /// fit is [`Error::CostExceedsCapacity`] immediately.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate, Error};
+    /// use std::time::Duration;
+    /// let l = Limiter::memory(Policy::gcra(Rate::per_second(100).unwrap().with_burst(1).unwrap()).unwrap());
+    /// assert!(l.acquire("k", 1, Duration::ZERO).is_ok());
+    /// // the next unit comes in 10 ms: waiting up to 1 s admits it
+    /// assert!(l.acquire("k", 1, Duration::from_secs(1)).unwrap().allowed);
+    /// assert!(matches!(l.acquire("k", 1, Duration::ZERO), Err(Error::WaitTimeout { .. })));
+    /// ```
+    pub fn acquire(&self, key: &str, cost: u64, max_wait: Duration) -> Result<Decision, Error> {
+        let mut waited = Duration::ZERO;
+        loop {
+            let decision = self.check_n(key, cost)?;
+            if decision.allowed {
+                return Ok(decision);
+            }
+            let wait = next_wait(&decision, waited, max_wait)?;
+            self.inner.clock.sleep_blocking(wait);
+            waited += wait;
+        }
+    }
+
+    /// Async [`check`](Self::check).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// let l = Limiter::memory(Policy::gcra(Rate::per_second(1).unwrap()).unwrap());
+    /// assert!(l.check_async("k").await.unwrap().allowed);
+    /// # });
+    /// ```
+    pub async fn check_async(&self, key: &str) -> Result<Decision, Error> {
+        self.check_n_async(key, 1).await
+    }
+
+    /// Async [`check_n`](Self::check_n).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// let l = Limiter::memory(Policy::gcra(Rate::per_second(3).unwrap()).unwrap());
+    /// assert_eq!(l.check_n_async("k", 3).await.unwrap().remaining, 0);
+    /// # });
+    /// ```
+    pub async fn check_n_async(&self, key: &str, cost: u64) -> Result<Decision, Error> {
+        self.run_async(key, Op::Check(cost))
+            .await
+            .and_then(expect_decision)
+    }
+
+    /// Async [`peek`](Self::peek).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// let l = Limiter::memory(Policy::gcra(Rate::per_second(3).unwrap()).unwrap());
+    /// assert_eq!(l.peek_async("k", 1).await.unwrap().remaining, 2);
+    /// # });
+    /// ```
+    pub async fn peek_async(&self, key: &str, cost: u64) -> Result<Decision, Error> {
+        self.run_async(key, Op::Peek(cost))
+            .await
+            .and_then(expect_decision)
+    }
+
+    /// Async [`reset`](Self::reset).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// let l = Limiter::memory(Policy::gcra(Rate::per_second(1).unwrap()).unwrap());
+    /// l.reset_async("k").await.unwrap();
+    /// # });
+    /// ```
+    pub async fn reset_async(&self, key: &str) -> Result<(), Error> {
+        self.run_async(key, Op::Reset).await.map(|_| ())
+    }
+
+    /// Async [`refund`](Self::refund).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// let l = Limiter::memory(Policy::gcra(Rate::per_second(1).unwrap()).unwrap());
+    /// l.refund_async("k", 1).await.unwrap();
+    /// # });
+    /// ```
+    pub async fn refund_async(&self, key: &str, amount: u64) -> Result<(), Error> {
+        self.run_async(key, Op::Refund(amount)).await.map(|_| ())
+    }
+
+    /// Async [`acquire`](Self::acquire): waits without blocking the executor; the wait on one
+    /// key never delays another key. Dropping the future cancels cleanly: nothing is charged
+    /// unless it completed with `Ok`.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// use std::time::Duration;
+    /// let l = Limiter::memory(Policy::gcra(Rate::per_second(100).unwrap().with_burst(1).unwrap()).unwrap());
+    /// l.acquire_async("k", 1, Duration::ZERO).await.unwrap();
+    /// assert!(l.acquire_async("k", 1, Duration::from_secs(1)).await.unwrap().allowed);
+    /// # });
+    /// ```
+    pub async fn acquire_async(
+        &self,
+        key: &str,
+        cost: u64,
+        max_wait: Duration,
+    ) -> Result<Decision, Error> {
+        let mut waited = Duration::ZERO;
+        loop {
+            let decision = self.check_n_async(key, cost).await?;
+            if decision.allowed {
+                return Ok(decision);
+            }
+            let wait = next_wait(&decision, waited, max_wait)?;
+            self.inner.clock.sleep(wait).await;
+            waited += wait;
+        }
+    }
+
+    /// Runs `f` once `cost` is admitted on `key` (waiting up to `max_wait`): the decorator of
+    /// the Python libraries.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// use std::time::Duration;
+    /// let l = Limiter::memory(Policy::gcra(Rate::per_second(10).unwrap()).unwrap());
+    /// let answer = l.call("api", 1, Duration::from_secs(1), || 6 * 7).unwrap();
+    /// assert_eq!(answer, 42);
+    /// ```
+    pub fn call<T>(
+        &self,
+        key: &str,
+        cost: u64,
+        max_wait: Duration,
+        f: impl FnOnce() -> T,
+    ) -> Result<T, Error> {
+        let _admitted = self.acquire(key, cost, max_wait)?;
+        Ok(f())
+    }
+
+    /// Awaits `fut` once `cost` is admitted on `key` (waiting up to `max_wait`).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// use std::time::Duration;
+    /// let l = Limiter::memory(Policy::gcra(Rate::per_second(10).unwrap()).unwrap());
+    /// let v = l.call_async("api", 1, Duration::from_secs(1), async { 7 }).await.unwrap();
+    /// assert_eq!(v, 7);
+    /// # });
+    /// ```
+    pub async fn call_async<F: Future>(
+        &self,
+        key: &str,
+        cost: u64,
+        max_wait: Duration,
+        fut: F,
+    ) -> Result<F::Output, Error> {
+        let _admitted = self.acquire_async(key, cost, max_wait).await?;
+        Ok(fut.await)
+    }
+
+    /// Wraps a function so every call first waits (up to `max_wait`) for one unit on `key`.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate, Error};
+    /// use std::time::Duration;
+    /// let l = Limiter::memory(Policy::gcra(Rate::per_second(2).unwrap()).unwrap());
+    /// let double = l.wrap("double", Duration::ZERO, |x: u32| x * 2);
+    /// assert_eq!(double(1).unwrap(), 2);
+    /// assert_eq!(double(2).unwrap(), 4);
+    /// assert!(matches!(double(3), Err(Error::WaitTimeout { .. })));
+    /// ```
+    pub fn wrap<A, T>(
+        &self,
+        key: impl Into<String>,
+        max_wait: Duration,
+        f: impl Fn(A) -> T,
+    ) -> impl Fn(A) -> Result<T, Error> {
+        let limiter = self.clone();
+        let key = key.into();
+        move |arg| limiter.call(&key, 1, max_wait, || f(arg))
+    }
+
+    /// Wraps an async function so every call first waits (up to `max_wait`) for one unit on
+    /// `key`.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// use std::time::Duration;
+    /// let l = Limiter::memory(Policy::gcra(Rate::per_second(5).unwrap()).unwrap());
+    /// let fetch = l.wrap_async("api", Duration::from_secs(1), |id: u32| async move { id + 1 });
+    /// assert_eq!(fetch(1).await.unwrap(), 2);
+    /// # });
+    /// ```
+    pub fn wrap_async<A, F, Fut>(
+        &self,
+        key: impl Into<String>,
+        max_wait: Duration,
+        f: F,
+    ) -> impl Fn(A) -> std::pin::Pin<Box<dyn Future<Output = Result<Fut::Output, Error>> + Send>>
+    where
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        A: Send + 'static,
+    {
+        let limiter = self.clone();
+        let key: Arc<str> = key.into().into();
+        let f = Arc::new(f);
+        move |arg| {
+            let limiter = limiter.clone();
+            let key = Arc::clone(&key);
+            let f = Arc::clone(&f);
+            Box::pin(async move {
+                let _admitted = limiter.acquire_async(&key, 1, max_wait).await?;
+                Ok(f(arg).await)
+            })
+        }
+    }
+}
+
+/// How long to sleep before trying again, or the timeout error.
+fn next_wait(decision: &Decision, waited: Duration, max_wait: Duration) -> Result<Duration, Error> {
+    let wait = decision.retry_after.max(Duration::from_micros(1));
+    if waited + wait > max_wait {
+        return Err(Error::WaitTimeout {
+            retry_after: decision.retry_after,
+        });
+    }
+    Ok(wait)
+}
+
+fn expect_decision(d: Option<Decision>) -> Result<Decision, Error> {
+    // Check and Peek always produce a decision; a backend that returns none is broken, and
+    // that is a store error, never a denial.
+    d.ok_or_else(|| crate::StoreError::new("backend", "returned no decision for a check").into())
+}
+
+/// One unkeyed in-memory rate limit (like governor's direct limiter): the fastest path, for a
+/// single shared resource. Clones share the same state.
+///
+/// ```
+/// use tollgate::{DirectLimiter, Policy, Rate};
+/// let limiter = DirectLimiter::new(Policy::gcra(Rate::per_second(3).unwrap()).unwrap());
+/// assert_eq!(limiter.check_n(3).unwrap().remaining, 0);
+/// assert!(!limiter.check().unwrap().allowed);
+/// ```
+#[derive(Clone)]
+pub struct DirectLimiter {
+    inner: Arc<DirectInner>,
+}
+
+struct DirectInner {
+    policy: Policy,
+    slot: DirectSlot,
+    clock: ClockHandle,
+}
+
+impl std::fmt::Debug for DirectLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectLimiter")
+            .field("policy", &self.inner.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DirectLimiter {
+    /// An unkeyed limiter with the system clock.
+    ///
+    /// ```
+    /// let l = tollgate::DirectLimiter::new(tollgate::Policy::gcra(tollgate::Rate::per_second(1).unwrap()).unwrap());
+    /// assert!(l.check().unwrap().allowed);
+    /// ```
+    pub fn new(policy: Policy) -> Self {
+        Limiter::builder(policy).build_direct()
+    }
+
+    /// The policy.
+    ///
+    /// ```
+    /// let l = tollgate::DirectLimiter::new(tollgate::Policy::gcra(tollgate::Rate::per_second(1).unwrap()).unwrap());
+    /// assert_eq!(l.policy().rates().len(), 1);
+    /// ```
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    #[inline]
+    fn run(&self, op: Op) -> Result<Option<Decision>, Error> {
+        self.inner.slot.execute(op, self.inner.clock.now())
+    }
+
+    /// Decides one unit and charges it when admitted.
+    ///
+    /// ```
+    /// let l = tollgate::DirectLimiter::new(tollgate::Policy::gcra(tollgate::Rate::per_second(1).unwrap()).unwrap());
+    /// assert!(l.check().unwrap().allowed);
+    /// ```
+    #[inline]
+    pub fn check(&self) -> Result<Decision, Error> {
+        self.check_n(1)
+    }
+
+    /// Decides `cost` units and charges them when admitted.
+    ///
+    /// ```
+    /// let l = tollgate::DirectLimiter::new(tollgate::Policy::gcra(tollgate::Rate::per_second(4).unwrap()).unwrap());
+    /// assert_eq!(l.check_n(2).unwrap().remaining, 2);
+    /// ```
+    #[inline]
+    pub fn check_n(&self, cost: u64) -> Result<Decision, Error> {
+        self.run(Op::Check(cost)).and_then(expect_decision)
+    }
+
+    /// The decision `check_n` would return, without charging.
+    ///
+    /// ```
+    /// let l = tollgate::DirectLimiter::new(tollgate::Policy::gcra(tollgate::Rate::per_second(4).unwrap()).unwrap());
+    /// assert_eq!(l.peek(1).unwrap().remaining, 3);
+    /// assert_eq!(l.peek(1).unwrap().remaining, 3);
+    /// ```
+    pub fn peek(&self, cost: u64) -> Result<Decision, Error> {
+        self.run(Op::Peek(cost)).and_then(expect_decision)
+    }
+
+    /// Back to fresh.
+    ///
+    /// ```
+    /// let l = tollgate::DirectLimiter::new(tollgate::Policy::gcra(tollgate::Rate::per_second(1).unwrap()).unwrap());
+    /// let _ = l.check();
+    /// l.reset();
+    /// assert!(l.check().unwrap().allowed);
+    /// ```
+    pub fn reset(&self) {
+        let _ = self.run(Op::Reset);
+    }
+
+    /// Gives back `amount` units.
+    ///
+    /// ```
+    /// let l = tollgate::DirectLimiter::new(tollgate::Policy::gcra(tollgate::Rate::per_second(1).unwrap()).unwrap());
+    /// let _ = l.check();
+    /// l.refund(1).unwrap();
+    /// assert!(l.check().unwrap().allowed);
+    /// ```
+    pub fn refund(&self, amount: u64) -> Result<(), Error> {
+        self.run(Op::Refund(amount)).map(|_| ())
+    }
+
+    /// Waits (blocking) until `cost` is admitted, at most `max_wait`.
+    ///
+    /// ```
+    /// let l = tollgate::DirectLimiter::new(tollgate::Policy::gcra(tollgate::Rate::per_second(1000).unwrap()).unwrap());
+    /// assert!(l.acquire(1, std::time::Duration::from_secs(1)).unwrap().allowed);
+    /// ```
+    pub fn acquire(&self, cost: u64, max_wait: Duration) -> Result<Decision, Error> {
+        let mut waited = Duration::ZERO;
+        loop {
+            let decision = self.check_n(cost)?;
+            if decision.allowed {
+                return Ok(decision);
+            }
+            let wait = next_wait(&decision, waited, max_wait)?;
+            self.inner.clock.sleep_blocking(wait);
+            waited += wait;
+        }
+    }
+
+    /// Waits (async) until `cost` is admitted, at most `max_wait`.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// let l = tollgate::DirectLimiter::new(tollgate::Policy::gcra(tollgate::Rate::per_second(1000).unwrap()).unwrap());
+    /// assert!(l.acquire_async(1, std::time::Duration::from_secs(1)).await.unwrap().allowed);
+    /// # });
+    /// ```
+    pub async fn acquire_async(&self, cost: u64, max_wait: Duration) -> Result<Decision, Error> {
+        let mut waited = Duration::ZERO;
+        loop {
+            let decision = self.check_n(cost)?;
+            if decision.allowed {
+                return Ok(decision);
+            }
+            let wait = next_wait(&decision, waited, max_wait)?;
+            self.inner.clock.sleep(wait).await;
+            waited += wait;
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Time: one [`Clock`] abstraction, the [`SystemClock`] and a [`ManualClock`] for tests.
+//!
+//! Times are integer microseconds ([`Micros`]). The system clock reads the wall clock once and
+//! then advances with a monotonic high-resolution counter, so decisions never see time jump
+//! backwards within a process. Distributed stores use the store's own clock by default
+//! (Redis `TIME`, database `now()`), so hosts with skewed clocks still agree; waits always use
+//! the *durations* returned in decisions, never a difference between two different clocks.
+
+use futures_util::future::BoxFuture;
+use parking_lot::{Condvar, Mutex};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Microseconds: the unit of every time and duration on the decision path.
+pub type Micros = u64;
+
+/// Converts a [`Duration`] to whole microseconds, saturating at `u64::MAX`.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(tollgate::time::micros(Duration::from_millis(3)), 3_000);
+/// ```
+pub fn micros(d: Duration) -> Micros {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A source of time that can also wait. Implement it to drive tollgate from your own time.
+///
+/// ```
+/// use tollgate::time::{Clock, ManualClock};
+/// use std::time::Duration;
+/// let clock = ManualClock::new(1_000);
+/// clock.advance(Duration::from_micros(500));
+/// assert_eq!(clock.now(), 1_500);
+/// ```
+pub trait Clock: Send + Sync + fmt::Debug + 'static {
+    /// The current time in microseconds.
+    fn now(&self) -> Micros;
+    /// Blocks the current thread for `d` of this clock's time.
+    fn sleep_blocking(&self, d: Duration);
+    /// Waits for `d` of this clock's time without blocking the executor.
+    fn sleep(&self, d: Duration) -> BoxFuture<'static, ()>;
+}
+
+/// The system clock: wall-clock microseconds since the UNIX epoch, advanced by a monotonic
+/// TSC-based counter (via `quanta`) so reading it costs a few nanoseconds.
+///
+/// ```
+/// use tollgate::time::{Clock, SystemClock};
+/// let a = SystemClock.now();
+/// let b = SystemClock.now();
+/// assert!(b >= a && a > 1_600_000_000_000_000); // after 2020
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+struct Anchor {
+    counter: quanta::Clock,
+    raw_at_anchor: u64,
+    wall_at_anchor: Micros,
+}
+
+fn anchor() -> &'static Anchor {
+    static ANCHOR: OnceLock<Anchor> = OnceLock::new();
+    ANCHOR.get_or_init(|| {
+        let counter = quanta::Clock::new();
+        let raw_at_anchor = counter.raw();
+        let wall_at_anchor = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(micros)
+            .unwrap_or(0);
+        Anchor {
+            counter,
+            raw_at_anchor,
+            wall_at_anchor,
+        }
+    })
+}
+
+impl SystemClock {
+    #[inline]
+    pub(crate) fn now_fast() -> Micros {
+        let a = anchor();
+        let elapsed_ns = a.counter.delta_as_nanos(a.raw_at_anchor, a.counter.raw());
+        a.wall_at_anchor + elapsed_ns / 1_000
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Micros {
+        Self::now_fast()
+    }
+    fn sleep_blocking(&self, d: Duration) {
+        std::thread::sleep(d);
+    }
+    fn sleep(&self, d: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(tokio::time::sleep(d))
+    }
+}
+
+/// A clock that only moves when told to: for tests. It drives waits too: a sleeping
+/// `acquire` wakes when [`ManualClock::advance`] moves time past its deadline. With
+/// [`ManualClock::auto_advance`], every sleep advances the clock by itself instead (handy for
+/// single-threaded tests of waiting code).
+///
+/// Clones share the same time.
+///
+/// ```
+/// use tollgate::{Limiter, Policy, Rate, time::ManualClock};
+/// use std::time::Duration;
+/// let clock = ManualClock::new(0);
+/// let limiter = Limiter::builder(Policy::gcra(Rate::per_second(1).unwrap()))
+///     .clock(clock.clone())
+///     .build();
+/// assert!(limiter.check("k").unwrap().allowed);
+/// assert!(!limiter.check("k").unwrap().allowed);
+/// clock.advance(Duration::from_secs(1));
+/// assert!(limiter.check("k").unwrap().allowed);
+/// ```
+#[derive(Clone)]
+pub struct ManualClock {
+    inner: Arc<ManualInner>,
+}
+
+struct ManualInner {
+    now: AtomicU64,
+    auto_advance: bool,
+    lock: Mutex<()>,
+    changed: Condvar,
+    watch: tokio::sync::watch::Sender<Micros>,
+}
+
+impl fmt::Debug for ManualClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManualClock")
+            .field("now", &self.now())
+            .field("auto_advance", &self.inner.auto_advance)
+            .finish()
+    }
+}
+
+impl ManualClock {
+    /// A manual clock starting at `start` microseconds; sleeps wait for [`advance`](Self::advance).
+    ///
+    /// ```
+    /// let c = tollgate::time::ManualClock::new(42);
+    /// assert_eq!(tollgate::time::Clock::now(&c), 42);
+    /// ```
+    pub fn new(start: Micros) -> Self {
+        Self::build(start, false)
+    }
+
+    /// A manual clock whose sleeps advance it by the slept duration immediately.
+    ///
+    /// ```
+    /// use tollgate::time::{Clock, ManualClock};
+    /// let c = ManualClock::auto_advance(0);
+    /// c.sleep_blocking(std::time::Duration::from_secs(2));
+    /// assert_eq!(c.now(), 2_000_000);
+    /// ```
+    pub fn auto_advance(start: Micros) -> Self {
+        Self::build(start, true)
+    }
+
+    fn build(start: Micros, auto_advance: bool) -> Self {
+        let (watch, _) = tokio::sync::watch::channel(start);
+        Self {
+            inner: Arc::new(ManualInner {
+                now: AtomicU64::new(start),
+                auto_advance,
+                lock: Mutex::new(()),
+                changed: Condvar::new(),
+                watch,
+            }),
+        }
+    }
+
+    /// The current time in microseconds.
+    ///
+    /// ```
+    /// assert_eq!(tollgate::time::ManualClock::new(7).now(), 7);
+    /// ```
+    pub fn now(&self) -> Micros {
+        self.inner.now.load(Ordering::Acquire)
+    }
+
+    /// Moves time forward by `d` and wakes the sleepers whose deadline has come.
+    ///
+    /// ```
+    /// let c = tollgate::time::ManualClock::new(0);
+    /// c.advance(std::time::Duration::from_millis(1));
+    /// assert_eq!(c.now(), 1_000);
+    /// ```
+    pub fn advance(&self, d: Duration) {
+        let step = micros(d);
+        let _guard = self.inner.lock.lock();
+        let now = self.inner.now.fetch_add(step, Ordering::AcqRel) + step;
+        self.inner.changed.notify_all();
+        self.inner.watch.send_replace(now);
+    }
+
+    /// Sets the time to `t` (it may not go backwards: earlier values are ignored).
+    ///
+    /// ```
+    /// let c = tollgate::time::ManualClock::new(0);
+    /// c.set(5_000);
+    /// c.set(1_000);
+    /// assert_eq!(c.now(), 5_000);
+    /// ```
+    pub fn set(&self, t: Micros) {
+        let _guard = self.inner.lock.lock();
+        let now = self.inner.now.fetch_max(t, Ordering::AcqRel).max(t);
+        self.inner.changed.notify_all();
+        self.inner.watch.send_replace(now);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Micros {
+        ManualClock::now(self)
+    }
+
+    fn sleep_blocking(&self, d: Duration) {
+        if self.inner.auto_advance {
+            self.advance(d);
+            return;
+        }
+        let deadline = self.now().saturating_add(micros(d));
+        let mut guard = self.inner.lock.lock();
+        while self.now() < deadline {
+            self.inner.changed.wait(&mut guard);
+        }
+    }
+
+    fn sleep(&self, d: Duration) -> BoxFuture<'static, ()> {
+        if self.inner.auto_advance {
+            self.advance(d);
+            return Box::pin(std::future::ready(()));
+        }
+        let deadline = self.now().saturating_add(micros(d));
+        let mut rx = self.inner.watch.subscribe();
+        Box::pin(async move {
+            while *rx.borrow_and_update() < deadline {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    }
+}
+
+/// The clock a limiter uses: the system clock (fast path, no indirection) or a custom one.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ClockHandle(Option<Arc<dyn Clock>>);
+
+impl ClockHandle {
+    pub(crate) fn custom(clock: Arc<dyn Clock>) -> Self {
+        Self(Some(clock))
+    }
+
+    #[inline]
+    pub(crate) fn now(&self) -> Micros {
+        match &self.0 {
+            None => SystemClock::now_fast(),
+            Some(c) => c.now(),
+        }
+    }
+
+    pub(crate) fn sleep_blocking(&self, d: Duration) {
+        match &self.0 {
+            None => std::thread::sleep(d),
+            Some(c) => c.sleep_blocking(d),
+        }
+    }
+
+    pub(crate) fn sleep(&self, d: Duration) -> BoxFuture<'static, ()> {
+        match &self.0 {
+            None => Box::pin(tokio::time::sleep(d)),
+            Some(c) => c.sleep(d),
+        }
+    }
+}
