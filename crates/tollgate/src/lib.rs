@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod algorithm;
+pub mod conformance;
 mod decision;
 mod error;
 mod limiter;

@@ -43,6 +43,7 @@ impl RateAlgorithm for FixedWindow {
     type State = State;
 
     fn evaluate(p: &Params, s: &State, now: Micros, cost: u64) -> Result<(Verdict, State), Error> {
+        let now = now.max(s.window_start);
         let ws = now - now % p.window;
         let count = if s.window_start == ws { s.count } else { 0 };
         if cost > p.limit {
@@ -71,6 +72,7 @@ impl RateAlgorithm for FixedWindow {
     }
 
     fn refund(p: &Params, s: &State, now: Micros, amount: u64) -> State {
+        let now = now.max(s.window_start);
         let ws = now - now % p.window;
         if s.window_start == ws {
             State {

@@ -65,7 +65,7 @@ impl RateAlgorithm for Gcra {
             let verdict = Verdict {
                 allowed: false,
                 limit: p.burst,
-                remaining: (now + p.tolerance - tat0) / p.emission_interval,
+                remaining: (now + p.tolerance).saturating_sub(tat0) / p.emission_interval,
                 retry_after: new_tat - p.tolerance - now,
                 reset_after: reset_after_uncharged,
                 reset_after_uncharged,

@@ -50,6 +50,13 @@ pub trait RateAlgorithm {
         cost: u64,
     ) -> Result<(Verdict, Self::State), Error>;
 
+    /// The state a `check` persists when the call is *not* charged (denied, or denied by
+    /// another rate): normally the state itself; the token bucket persists its refill (which
+    /// creates a new bucket and starts its refill clock — nothing is charged).
+    fn settle(_p: &Self::Params, state: &Self::State, _now: Micros) -> Self::State {
+        *state
+    }
+
     /// The state after giving back `amount` units at `now` (never beyond fresh).
     fn refund(p: &Self::Params, state: &Self::State, now: Micros, amount: u64) -> Self::State;
 
@@ -113,8 +120,14 @@ pub fn decide_rates<A: RateAlgorithm>(
         next[i] = n;
     }
     let decision = combine(&verdicts[..params.len()]);
-    if charge && decision.allowed {
-        states.copy_from_slice(&next[..params.len()]);
+    if charge {
+        if decision.allowed {
+            states.copy_from_slice(&next[..params.len()]);
+        } else {
+            for (p, s) in params.iter().zip(states.iter_mut()) {
+                *s = A::settle(p, s, now);
+            }
+        }
     }
     Ok(decision)
 }

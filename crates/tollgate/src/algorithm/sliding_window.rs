@@ -45,6 +45,7 @@ pub struct SlidingWindow;
 impl SlidingWindow {
     /// The state rolled forward to the window containing `now`.
     pub fn roll(p: &Params, s: &State, now: Micros) -> State {
+        let now = now.max(s.window_start);
         let ws = now - now % p.window;
         let (prev, curr) = if s.window_start == ws {
             (s.prev, s.curr)
@@ -97,6 +98,7 @@ impl RateAlgorithm for SlidingWindow {
     type State = State;
 
     fn evaluate(p: &Params, s: &State, now: Micros, cost: u64) -> Result<(Verdict, State), Error> {
+        let now = now.max(s.window_start);
         let r = Self::roll(p, s, now);
         let w = p.window;
         let e = now - r.window_start;

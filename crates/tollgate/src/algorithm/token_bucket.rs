@@ -37,6 +37,7 @@ pub struct TokenBucket;
 impl TokenBucket {
     /// The bucket refilled up to `now` (see `docs/semantics.md`).
     pub fn refill(p: &Params, s: &State, now: Micros) -> State {
+        let now = if s.present { now.max(s.last) } else { now };
         let (mut tokens, mut last) = if !s.present {
             (p.initial_tokens, now)
         } else if now > s.last {
@@ -74,6 +75,7 @@ impl RateAlgorithm for TokenBucket {
     type State = State;
 
     fn evaluate(p: &Params, s: &State, now: Micros, cost: u64) -> Result<(Verdict, State), Error> {
+        let now = if s.present { now.max(s.last) } else { now };
         let r = Self::refill(p, s, now);
         if cost > p.capacity {
             return Err(Error::CostExceedsCapacity {
@@ -108,6 +110,10 @@ impl RateAlgorithm for TokenBucket {
             };
             Ok((verdict, *s))
         }
+    }
+
+    fn settle(p: &Params, s: &State, now: Micros) -> State {
+        Self::refill(p, s, now)
     }
 
     fn refund(p: &Params, s: &State, now: Micros, amount: u64) -> State {

@@ -10,8 +10,9 @@
 //!
 //! # Bounded memory
 //!
-//! - A key is only stored when a `check` charges it: denials, peeks and refunds of unknown keys
-//!   store nothing, so a flood of requests that are denied or peeked costs no memory.
+//! - A key is only stored when a `check` changes its state: peeks, refunds and resets of unknown
+//!   keys store nothing, nor do denials (except a token bucket whose `initial_tokens` is below
+//!   its capacity: its first check creates it and starts its refill clock).
 //! - **Idle expiry**: every algorithm knows when a key's state is back to fresh (its
 //!   *horizon*). From then on the state is equivalent to no state, and the store drops it.
 //!   Each shard sweeps its expired keys when a new key is inserted, at most once per
@@ -162,6 +163,8 @@ pub(crate) trait SlotKind: Send + Sync + 'static {
     fn apply(p: &Self::Params, slot: &Self::Slot, now: Micros, op: Op)
         -> Result<Option<Decision>, Error>;
     fn horizon(p: &Self::Params, slot: &Self::Slot) -> Micros;
+    /// True when the slot holds the fresh state (nothing worth storing).
+    fn is_fresh(p: &Self::Params, slot: &Self::Slot) -> bool;
 }
 
 /// Single-rate GCRA: one atomic TAT, updated by compare-and-swap.
@@ -221,6 +224,10 @@ impl SlotKind for GcraOne {
     fn horizon(_p: &gcra::Params, slot: &AtomicU64) -> Micros {
         slot.load(Ordering::Acquire)
     }
+
+    fn is_fresh(_p: &gcra::Params, slot: &AtomicU64) -> bool {
+        slot.load(Ordering::Acquire) == 0
+    }
 }
 
 /// Any per-rate algorithm over several rates, under a per-key mutex.
@@ -263,6 +270,10 @@ where
     fn horizon(p: &Self::Params, slot: &Self::Slot) -> Micros {
         algorithm::horizon_rates::<A>(p, &slot.lock())
     }
+
+    fn is_fresh(_p: &Self::Params, slot: &Self::Slot) -> bool {
+        slot.lock().iter().all(|s| *s == A::State::default())
+    }
 }
 
 /// The sliding log, under a per-key mutex.
@@ -299,6 +310,10 @@ impl SlotKind for LogKind {
 
     fn horizon(p: &Self::Params, slot: &Self::Slot) -> Micros {
         sliding_log::horizon(p, &slot.lock())
+    }
+
+    fn is_fresh(_p: &Self::Params, slot: &Self::Slot) -> bool {
+        slot.lock().entries.is_empty()
     }
 }
 
@@ -451,7 +466,7 @@ impl<K: SlotKind> Keyed<K> {
             Op::Check(_) => {
                 let fresh = K::fresh(&self.params);
                 let decision = K::apply(&self.params, &fresh, now, op)?;
-                if !decision.is_some_and(|d| d.allowed) {
+                if !decision.is_some_and(|d| d.allowed) && K::is_fresh(&self.params, &fresh) {
                     return Ok(decision);
                 }
                 self.map.with_inserted(
