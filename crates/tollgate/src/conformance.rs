@@ -122,7 +122,8 @@ pub fn load_vectors(dir: &Path) -> Result<Vec<VectorFile>, String> {
     paths
         .into_iter()
         .map(|path| {
-            let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let mut file: VectorFile =
                 serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
             file.path = path;
@@ -159,7 +160,10 @@ pub async fn run_case_async<B: Backend>(
 }
 
 fn step_op(step: &Step) -> Result<Op, String> {
-    let cost = || step.cost.ok_or_else(|| format!("op {} needs a cost", step.op));
+    let cost = || {
+        step.cost
+            .ok_or_else(|| format!("op {} needs a cost", step.op))
+    };
     Ok(match step.op.as_str() {
         "check" => Op::Check(cost()?),
         "peek" => Op::Peek(cost()?),
@@ -175,7 +179,12 @@ fn check_step(
     step: &Step,
     got: Result<Option<Decision>, Error>,
 ) -> Result<(), String> {
-    let at = || format!("{}: step {i} ({} {} cost {:?} at t={})", case.name, step.op, step.key, step.cost, step.t);
+    let at = || {
+        format!(
+            "{}: step {i} ({} {} cost {:?} at t={})",
+            case.name, step.op, step.key, step.cost, step.t
+        )
+    };
     match (&step.expect_error, got) {
         (Some(expected), Err(e)) => {
             let name = match e {
@@ -195,7 +204,10 @@ fn check_step(
             (Some(want), Some(d)) => {
                 let got = Expect::from(&d);
                 if &got != want {
-                    return Err(format!("{}:\n  expected {want:?}\n  got      {got:?}", at()));
+                    return Err(format!(
+                        "{}:\n  expected {want:?}\n  got      {got:?}",
+                        at()
+                    ));
                 }
             }
             (Some(want), None) => return Err(format!("{}: expected {want:?}, got nothing", at())),

@@ -24,7 +24,9 @@ pub enum QuotaError {
     #[error("the burst must be at least 1 (got 0)")]
     ZeroBurst,
     /// More than one unit per microsecond.
-    #[error("{limit} per {period:?} is finer than 1 unit per microsecond, the resolution of tollgate")]
+    #[error(
+        "{limit} per {period:?} is finer than 1 unit per microsecond, the resolution of tollgate"
+    )]
     TooFine {
         /// Units per period.
         limit: u64,

@@ -250,9 +250,7 @@ impl<B: Backend> Limiter<B> {
     #[inline]
     fn run(&self, key: &str, op: Op) -> Result<Option<Decision>, Error> {
         self.key_ok(key)?;
-        self.inner
-            .backend
-            .execute(key, op, self.inner.clock.now())
+        self.inner.backend.execute(key, op, self.inner.clock.now())
     }
 
     async fn run_async(&self, key: &str, op: Op) -> Result<Option<Decision>, Error> {
@@ -536,7 +534,7 @@ impl<B: Backend> Limiter<B> {
         key: impl Into<String>,
         max_wait: Duration,
         f: F,
-    ) -> impl Fn(A) -> std::pin::Pin<Box<dyn Future<Output = Result<Fut::Output, Error>> + Send>>
+    ) -> impl Fn(A) -> futures_util::future::BoxFuture<'static, Result<Fut::Output, Error>>
     where
         F: Fn(A) -> Fut + Send + Sync + 'static,
         Fut: Future + Send + 'static,

@@ -275,11 +275,13 @@ impl Rate {
         if multiplier == 0 {
             return Err(QuotaError::ZeroPeriod(Duration::ZERO));
         }
-        let period_us = multiplier.checked_mul(unit_us).ok_or(QuotaError::TooLarge {
-            what: "the period in microseconds",
-            value: multiplier as u128 * unit_us as u128,
-            max: MAX_HORIZON_US as u128,
-        })?;
+        let period_us = multiplier
+            .checked_mul(unit_us)
+            .ok_or(QuotaError::TooLarge {
+                what: "the period in microseconds",
+                value: multiplier as u128 * unit_us as u128,
+                max: MAX_HORIZON_US as u128,
+            })?;
         let rate = Rate::new(limit, Duration::from_micros(period_us))?;
         match burst {
             Some(b) => rate.with_burst(b),

@@ -102,8 +102,12 @@ fn tokio_tasks_on_one_key_with_frozen_time_admit_exactly_the_capacity() {
 /// per-window limits, across threads.
 #[test]
 fn threads_on_one_key_with_the_real_clock_stay_within_the_rate() {
-    let limiter = DirectLimiter::new(Policy::gcra(Rate::per_second(1000).unwrap().with_burst(10).unwrap()).unwrap());
-    let keyed = Limiter::memory(Policy::gcra(Rate::per_second(1000).unwrap().with_burst(10).unwrap()).unwrap());
+    let limiter = DirectLimiter::new(
+        Policy::gcra(Rate::per_second(1000).unwrap().with_burst(10).unwrap()).unwrap(),
+    );
+    let keyed = Limiter::memory(
+        Policy::gcra(Rate::per_second(1000).unwrap().with_burst(10).unwrap()).unwrap(),
+    );
     let admitted_direct = AtomicU64::new(0);
     let admitted_keyed = AtomicU64::new(0);
     let start = Instant::now();
@@ -140,14 +144,19 @@ fn waiting_tasks_are_admitted_at_the_policy_rate() {
         .enable_time()
         .build()
         .unwrap();
-    let limiter = Limiter::memory(Policy::gcra(Rate::per_second(200).unwrap().with_burst(1).unwrap()).unwrap());
+    let limiter = Limiter::memory(
+        Policy::gcra(Rate::per_second(200).unwrap().with_burst(1).unwrap()).unwrap(),
+    );
     let started = Instant::now();
     let admitted = rt.block_on(async {
         let mut tasks = Vec::new();
         for _ in 0..20 {
             let limiter = limiter.clone();
             tasks.push(tokio::spawn(async move {
-                limiter.acquire_async("k", 1, Duration::from_secs(5)).await.is_ok()
+                limiter
+                    .acquire_async("k", 1, Duration::from_secs(5))
+                    .await
+                    .is_ok()
             }));
         }
         let mut n = 0;

@@ -26,7 +26,16 @@ fn zero_limit_and_zero_period_are_rejected() {
 #[test]
 fn more_than_one_unit_per_microsecond_is_too_fine() {
     let e = Rate::per_second(2_000_000).unwrap_err();
-    assert!(matches!(e, QuotaError::TooFine { limit: 2_000_000, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            QuotaError::TooFine {
+                limit: 2_000_000,
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert!(e.to_string().contains("1 unit per microsecond"));
     assert!(Rate::per_second(1_000_000).is_ok());
 }
@@ -40,10 +49,20 @@ fn overflowing_horizons_are_rejected() {
     let e = Rate::per_hour(1).unwrap().with_burst(u64::MAX).unwrap_err();
     assert!(matches!(e, QuotaError::TooLarge { .. }), "{e}");
     // limit x period too large for the sliding window's scaled arithmetic
-    let e = Rate::new(u64::MAX / 2, Duration::from_secs(u64::MAX / 4_000_000_000_000)).unwrap_err();
-    assert!(matches!(e, QuotaError::TooLarge { .. } | QuotaError::TooFine { .. }), "{e}");
+    let e = Rate::new(
+        u64::MAX / 2,
+        Duration::from_secs(u64::MAX / 4_000_000_000_000),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, QuotaError::TooLarge { .. } | QuotaError::TooFine { .. }),
+        "{e}"
+    );
     let e = Rate::parse("5/99999999999999999999w").unwrap_err();
-    assert!(matches!(e, QuotaError::Parse { .. } | QuotaError::TooLarge { .. }), "{e}");
+    assert!(
+        matches!(e, QuotaError::Parse { .. } | QuotaError::TooLarge { .. }),
+        "{e}"
+    );
 }
 
 #[test]
@@ -60,7 +79,10 @@ fn rate_strings_that_do_not_parse_say_why() {
         assert!(e.to_string().contains(needle), "{input}: {e}");
     }
     assert_eq!(Rate::parse("0/s"), Err(QuotaError::ZeroLimit));
-    assert!(matches!(Rate::parse("5/0s"), Err(QuotaError::ZeroPeriod(_))));
+    assert!(matches!(
+        Rate::parse("5/0s"),
+        Err(QuotaError::ZeroPeriod(_))
+    ));
     assert_eq!(parse_rates(" ; "), Err(QuotaError::NoRates));
 }
 
@@ -95,7 +117,17 @@ fn rate_strings_parse_every_documented_form() {
 fn multi_rate_lists_that_make_no_sense_are_rejected() {
     let r = |s: &str| Rate::parse(s).unwrap();
     let e = Policy::new(Algorithm::Gcra, [r("10/s"), r("20/s")]).unwrap_err();
-    assert!(matches!(e, QuotaError::InconsistentRates { first: 0, second: 1, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            QuotaError::InconsistentRates {
+                first: 0,
+                second: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
     let e = Policy::new(Algorithm::SlidingLog, [r("100/h"), r("10/s"), r("5/min")]).unwrap_err();
     assert!(matches!(e, QuotaError::InconsistentRates { .. }), "{e}");
     assert!(e.to_string().contains("never apply"), "{e}");
@@ -103,7 +135,9 @@ fn multi_rate_lists_that_make_no_sense_are_rejected() {
         Policy::new(Algorithm::Gcra, Vec::<Rate>::new()).unwrap_err(),
         QuotaError::NoRates
     );
-    let many: Vec<Rate> = (1..=9).map(|i| Rate::new(i * 10, Duration::from_secs(i)).unwrap()).collect();
+    let many: Vec<Rate> = (1..=9)
+        .map(|i| Rate::new(i * 10, Duration::from_secs(i)).unwrap())
+        .collect();
     assert!(matches!(
         Policy::new(Algorithm::Gcra, many),
         Err(QuotaError::TooManyRates { got: 9, max: 8 })
@@ -113,9 +147,16 @@ fn multi_rate_lists_that_make_no_sense_are_rejected() {
 #[test]
 fn burst_and_initial_tokens_only_where_they_mean_something() {
     let bursty = Rate::per_second(5).unwrap().with_burst(10).unwrap();
-    for algorithm in [Algorithm::FixedWindow, Algorithm::SlidingWindow, Algorithm::SlidingLog] {
+    for algorithm in [
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindow,
+        Algorithm::SlidingLog,
+    ] {
         let e = Policy::new(algorithm, [bursty]).unwrap_err();
-        assert!(matches!(e, QuotaError::BurstNotSupported { .. }), "{algorithm}: {e}");
+        assert!(
+            matches!(e, QuotaError::BurstNotSupported { .. }),
+            "{algorithm}: {e}"
+        );
     }
     assert!(Policy::new(Algorithm::Gcra, [bursty]).is_ok());
     assert!(matches!(
@@ -125,7 +166,10 @@ fn burst_and_initial_tokens_only_where_they_mean_something() {
     let tb = Policy::token_bucket(10, 1, Duration::from_secs(1)).unwrap();
     assert!(matches!(
         tb.with_initial_tokens(11),
-        Err(QuotaError::InvalidInitialTokens { initial: 11, capacity: 10 })
+        Err(QuotaError::InvalidInitialTokens {
+            initial: 11,
+            capacity: 10
+        })
     ));
 }
 
@@ -133,7 +177,12 @@ fn burst_and_initial_tokens_only_where_they_mean_something() {
 fn policy_specs_validate_when_deserialised() {
     let spec = PolicySpec {
         algorithm: Algorithm::Gcra,
-        rates: vec![RateSpec { limit: 0, period_us: 1_000_000, burst: None, initial_tokens: None }],
+        rates: vec![RateSpec {
+            limit: 0,
+            period_us: 1_000_000,
+            burst: None,
+            initial_tokens: None,
+        }],
     };
     assert_eq!(Policy::try_from(spec).unwrap_err(), QuotaError::ZeroLimit);
     let bad: Result<Policy, _> =
@@ -148,14 +197,30 @@ fn policy_specs_validate_when_deserialised() {
 #[test]
 fn costs_that_can_never_fit_and_zero_costs_are_errors_not_waits() {
     for algorithm in Algorithm::ALL {
-        let limiter = Limiter::memory(Policy::new(algorithm, [Rate::per_second(5).unwrap()]).unwrap());
+        let limiter =
+            Limiter::memory(Policy::new(algorithm, [Rate::per_second(5).unwrap()]).unwrap());
         assert!(
-            matches!(limiter.check_n("k", 6), Err(Error::CostExceedsCapacity { cost: 6, capacity: 5 })),
+            matches!(
+                limiter.check_n("k", 6),
+                Err(Error::CostExceedsCapacity {
+                    cost: 6,
+                    capacity: 5
+                })
+            ),
             "{algorithm}"
         );
-        assert!(matches!(limiter.check_n("k", 0), Err(Error::InvalidCost)), "{algorithm}");
-        assert!(matches!(limiter.peek("k", 0), Err(Error::InvalidCost)), "{algorithm}");
-        assert!(matches!(limiter.refund("k", 0), Err(Error::InvalidCost)), "{algorithm}");
+        assert!(
+            matches!(limiter.check_n("k", 0), Err(Error::InvalidCost)),
+            "{algorithm}"
+        );
+        assert!(
+            matches!(limiter.peek("k", 0), Err(Error::InvalidCost)),
+            "{algorithm}"
+        );
+        assert!(
+            matches!(limiter.refund("k", 0), Err(Error::InvalidCost)),
+            "{algorithm}"
+        );
         // acquire fails at once instead of waiting forever
         let started = std::time::Instant::now();
         assert!(matches!(
@@ -169,7 +234,10 @@ fn costs_that_can_never_fit_and_zero_costs_are_errors_not_waits() {
     let multi = Limiter::memory(Policy::parse(Algorithm::SlidingLog, "5/s;100/min").unwrap());
     assert!(matches!(
         multi.check_n("k", 6),
-        Err(Error::CostExceedsCapacity { cost: 6, capacity: 5 })
+        Err(Error::CostExceedsCapacity {
+            cost: 6,
+            capacity: 5
+        })
     ));
 }
 
@@ -183,14 +251,18 @@ fn oversized_keys_are_rejected_and_store_nothing() {
     assert_eq!(limiter.backend().stats().keys, 0);
     assert!(limiter.check(&"k".repeat(16)).unwrap().allowed);
     let default = Limiter::memory(gcra(5));
-    assert!(default.check(&"x".repeat(tollgate::DEFAULT_MAX_KEY_LEN + 1)).is_err());
+    assert!(default
+        .check(&"x".repeat(tollgate::DEFAULT_MAX_KEY_LEN + 1))
+        .is_err());
 }
 
 #[test]
 fn acquire_that_cannot_be_admitted_in_time_fails_without_charging() {
     let limiter = Limiter::memory(Policy::gcra(Rate::per_minute(1).unwrap()).unwrap());
     assert!(limiter.check("k").unwrap().allowed);
-    let e = limiter.acquire("k", 1, Duration::from_millis(10)).unwrap_err();
+    let e = limiter
+        .acquire("k", 1, Duration::from_millis(10))
+        .unwrap_err();
     match e {
         Error::WaitTimeout { retry_after } => assert!(retry_after > Duration::from_secs(59)),
         other => panic!("unexpected {other}"),

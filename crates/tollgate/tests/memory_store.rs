@@ -51,7 +51,10 @@ fn idle_keys_expire_by_themselves_without_changing_decisions() {
     assert!(stats.expired >= 4_900, "{stats:?}");
     assert_eq!(stats.evictions, 0);
     // "hot" was not fresh, so it was kept and still denies correctly
-    assert_eq!(limiter.peek("hot", 10).unwrap().retry_after, Duration::from_millis(500));
+    assert_eq!(
+        limiter.peek("hot", 10).unwrap().retry_after,
+        Duration::from_millis(500)
+    );
 }
 
 #[test]
@@ -77,7 +80,10 @@ fn eviction_drops_the_keys_closest_to_fresh_first() {
     for i in 0..200 {
         let _ = limiter.check(&format!("light{i}")).unwrap();
     }
-    assert!(!limiter.peek("heavy", 1).unwrap().allowed, "the most used key was evicted");
+    assert!(
+        !limiter.peek("heavy", 1).unwrap().allowed,
+        "the most used key was evicted"
+    );
 }
 
 #[test]
@@ -105,7 +111,10 @@ fn manual_clock_drives_blocking_waits() {
         })
     };
     std::thread::sleep(Duration::from_millis(50));
-    assert!(!done.load(Ordering::SeqCst), "returned before the clock moved");
+    assert!(
+        !done.load(Ordering::SeqCst),
+        "returned before the clock moved"
+    );
     clock.advance(Duration::from_secs(1));
     assert!(waiter.join().unwrap().allowed);
     assert_eq!(clock.now(), 1_000_000);
@@ -116,7 +125,12 @@ fn auto_advancing_clock_makes_waits_instant_and_exact() {
     let clock = ManualClock::auto_advance(0);
     let limiter = Limiter::builder(gcra(4)).clock(clock.clone()).build();
     for _ in 0..12 {
-        assert!(limiter.acquire("k", 1, Duration::from_secs(10)).unwrap().allowed);
+        assert!(
+            limiter
+                .acquire("k", 1, Duration::from_secs(10))
+                .unwrap()
+                .allowed
+        );
     }
     // 4 at once, then 8 more at 250 ms each
     assert_eq!(clock.now(), 2_000_000);
@@ -129,7 +143,11 @@ async fn a_wait_on_one_key_never_delays_another_key() {
     assert!(limiter.check("slow").unwrap().allowed);
     let slow = {
         let limiter = limiter.clone();
-        tokio::spawn(async move { limiter.acquire_async("slow", 1, Duration::from_secs(60)).await })
+        tokio::spawn(async move {
+            limiter
+                .acquire_async("slow", 1, Duration::from_secs(60))
+                .await
+        })
     };
     tokio::task::yield_now().await;
     // while "slow" waits (the clock does not move), another key is served at once
@@ -158,7 +176,10 @@ async fn dropping_a_waiting_acquire_charges_nothing() {
     }
     assert_eq!(limiter.peek("k", 1).unwrap(), before);
     clock.advance(Duration::from_secs(1));
-    assert!(limiter.check("k").unwrap().allowed, "the dropped waiter took the unit");
+    assert!(
+        limiter.check("k").unwrap().allowed,
+        "the dropped waiter took the unit"
+    );
 }
 
 #[test]

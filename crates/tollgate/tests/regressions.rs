@@ -10,23 +10,44 @@ use tollgate::{Algorithm, Policy, Rate};
 #[test]
 fn a_stale_now_neither_underflows_nor_resets_a_window() {
     for algorithm in Algorithm::ALL {
-        let policy = Policy::new(algorithm, [Rate::new(2, Duration::from_micros(1_000)).unwrap()]).unwrap();
+        let policy = Policy::new(
+            algorithm,
+            [Rate::new(2, Duration::from_micros(1_000)).unwrap()],
+        )
+        .unwrap();
         let b = MemoryStore::new().bind(&policy).unwrap();
         // fill the window that starts at 2000 at t = 2000
         for _ in 0..2 {
-            assert!(b.execute("k", Op::Check(1), 2_000).unwrap().unwrap().allowed, "{algorithm}");
+            assert!(
+                b.execute("k", Op::Check(1), 2_000)
+                    .unwrap()
+                    .unwrap()
+                    .allowed,
+                "{algorithm}"
+            );
         }
         // a caller that read the clock at 1999 (previous window) arrives late
         let late = b.execute("k", Op::Check(1), 1_999).unwrap().unwrap();
-        assert!(!late.allowed, "{algorithm}: a stale now was admitted past the limit");
+        assert!(
+            !late.allowed,
+            "{algorithm}: a stale now was admitted past the limit"
+        );
         let after = b.execute("k", Op::Check(1), 2_001).unwrap().unwrap();
-        assert!(!after.allowed, "{algorithm}: the stale call reset the window");
+        assert!(
+            !after.allowed,
+            "{algorithm}: the stale call reset the window"
+        );
     }
     // GCRA: state more than tau ahead of a stale now
     let gcra = MemoryStore::new()
         .bind(&Policy::gcra(Rate::new(1, Duration::from_micros(100)).unwrap()).unwrap())
         .unwrap();
-    assert!(gcra.execute("k", Op::Check(1), 10_000).unwrap().unwrap().allowed);
+    assert!(
+        gcra.execute("k", Op::Check(1), 10_000)
+            .unwrap()
+            .unwrap()
+            .allowed
+    );
     let stale = gcra.execute("k", Op::Check(1), 9_000).unwrap().unwrap();
     assert!(!stale.allowed);
     assert_eq!(stale.remaining, 0);

@@ -9,7 +9,9 @@ fn every_algorithm_has_vectors_and_memory_agrees_with_all_of_them() {
     let files = load_vectors(&vectors_dir()).expect("vector files load");
     for algorithm in Algorithm::ALL {
         assert!(
-            files.iter().any(|f| f.algorithm == algorithm.name() && !f.cases.is_empty()),
+            files
+                .iter()
+                .any(|f| f.algorithm == algorithm.name() && !f.cases.is_empty()),
             "no vectors for {algorithm}"
         );
     }
@@ -17,7 +19,9 @@ fn every_algorithm_has_vectors_and_memory_agrees_with_all_of_them() {
     let mut steps = 0;
     for file in &files {
         for case in &file.cases {
-            let policy = case.policy().unwrap_or_else(|e| panic!("{}: bad policy: {e}", case.name));
+            let policy = case
+                .policy()
+                .unwrap_or_else(|e| panic!("{}: bad policy: {e}", case.name));
             assert_eq!(policy.algorithm().name(), file.algorithm, "{}", case.name);
             let backend = MemoryStore::new().bind(&policy).unwrap();
             steps += case.steps.len();
@@ -27,7 +31,12 @@ fn every_algorithm_has_vectors_and_memory_agrees_with_all_of_them() {
         }
     }
     assert!(steps >= 100, "only {steps} steps");
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[tokio::test]

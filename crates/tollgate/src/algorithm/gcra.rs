@@ -41,7 +41,12 @@ impl RateAlgorithm for Gcra {
     type State = State;
 
     #[inline]
-    fn evaluate(p: &Params, tat: &State, now: Micros, cost: u64) -> Result<(Verdict, State), Error> {
+    fn evaluate(
+        p: &Params,
+        tat: &State,
+        now: Micros,
+        cost: u64,
+    ) -> Result<(Verdict, State), Error> {
         if cost > p.burst {
             return Err(Error::CostExceedsCapacity {
                 cost,

@@ -115,7 +115,11 @@ impl RateAlgorithm for SlidingWindow {
             allowed,
             limit: p.limit,
             remaining: (p.limit * w).saturating_sub(weighted + curr_after * w) / w,
-            retry_after: if allowed { 0 } else { Self::wait(p, &r, e, cost) },
+            retry_after: if allowed {
+                0
+            } else {
+                Self::wait(p, &r, e, cost)
+            },
             reset_after: Self::reset_after(p, r.prev, curr_after, e),
             reset_after_uncharged: Self::reset_after(p, r.prev, r.curr, e),
         };

@@ -160,8 +160,12 @@ pub(crate) trait SlotKind: Send + Sync + 'static {
     type Params: Send + Sync;
     type Slot: Send + Sync;
     fn fresh(p: &Self::Params) -> Self::Slot;
-    fn apply(p: &Self::Params, slot: &Self::Slot, now: Micros, op: Op)
-        -> Result<Option<Decision>, Error>;
+    fn apply(
+        p: &Self::Params,
+        slot: &Self::Slot,
+        now: Micros,
+        op: Op,
+    ) -> Result<Option<Decision>, Error>;
     fn horizon(p: &Self::Params, slot: &Self::Slot) -> Micros;
     /// True when the slot holds the fresh state (nothing worth storing).
     fn is_fresh(p: &Self::Params, slot: &Self::Slot) -> bool;
@@ -254,8 +258,12 @@ where
     ) -> Result<Option<Decision>, Error> {
         let mut states = slot.lock();
         match op {
-            Op::Check(cost) => algorithm::decide_rates::<A>(p, &mut states, now, cost, true).map(Some),
-            Op::Peek(cost) => algorithm::decide_rates::<A>(p, &mut states, now, cost, false).map(Some),
+            Op::Check(cost) => {
+                algorithm::decide_rates::<A>(p, &mut states, now, cost, true).map(Some)
+            }
+            Op::Peek(cost) => {
+                algorithm::decide_rates::<A>(p, &mut states, now, cost, false).map(Some)
+            }
             Op::Refund(amount) => {
                 algorithm::refund_rates::<A>(p, &mut states, now, amount);
                 Ok(None)
@@ -337,7 +345,9 @@ struct ShardedMap<V> {
 
 impl<V> ShardedMap<V> {
     fn new(store: &MemoryStore) -> Self {
-        let shards = (store.max_keys / 1024).clamp(1, MAX_SHARDS).next_power_of_two();
+        let shards = (store.max_keys / 1024)
+            .clamp(1, MAX_SHARDS)
+            .next_power_of_two();
         let shards = shards.min(MAX_SHARDS);
         Self {
             shards: (0..shards)
@@ -694,4 +704,3 @@ impl DirectSlot {
         }
     }
 }
-

@@ -93,3 +93,42 @@ pub(crate) fn validate_op(op: Op) -> Result<(), Error> {
         _ => Ok(()),
     }
 }
+
+/// `Arc<dyn Backend>` (and `Box<dyn Backend>`) is a backend, so a store can be chosen at run
+/// time.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tollgate::{Limiter, Policy, Rate, store::{Backend, Store, memory::MemoryStore}};
+/// let policy = Policy::gcra(Rate::per_second(1).unwrap()).unwrap();
+/// let backend: Arc<dyn Backend> = Arc::new(MemoryStore::new().bind(&policy).unwrap());
+/// let limiter = Limiter::builder(policy).build_on(backend);
+/// assert!(limiter.check("k").unwrap().allowed);
+/// ```
+impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
+    fn execute(&self, key: &str, op: Op, now: Micros) -> Result<Option<Decision>, Error> {
+        (**self).execute(key, op, now)
+    }
+    fn execute_async<'a>(
+        &'a self,
+        key: &'a str,
+        op: Op,
+        now: Micros,
+    ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
+        (**self).execute_async(key, op, now)
+    }
+}
+
+impl<B: Backend + ?Sized> Backend for Box<B> {
+    fn execute(&self, key: &str, op: Op, now: Micros) -> Result<Option<Decision>, Error> {
+        (**self).execute(key, op, now)
+    }
+    fn execute_async<'a>(
+        &'a self,
+        key: &'a str,
+        op: Op,
+        now: Micros,
+    ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
+        (**self).execute_async(key, op, now)
+    }
+}
