@@ -97,7 +97,7 @@ pub enum QuotaError {
 ///
 /// ```
 /// use tollgate::{Limiter, Policy, Rate, Error};
-/// let limiter = Limiter::memory(Policy::gcra(Rate::per_second(5).unwrap()));
+/// let limiter = Limiter::memory(Policy::gcra(Rate::per_second(5).unwrap()).unwrap());
 /// assert!(matches!(limiter.check_n("k", 6), Err(Error::CostExceedsCapacity { cost: 6, capacity: 5 })));
 /// assert!(matches!(limiter.check_n("k", 0), Err(Error::InvalidCost)));
 /// ```

@@ -111,7 +111,7 @@ impl Clock for SystemClock {
 /// use tollgate::{Limiter, Policy, Rate, time::ManualClock};
 /// use std::time::Duration;
 /// let clock = ManualClock::new(0);
-/// let limiter = Limiter::builder(Policy::gcra(Rate::per_second(1).unwrap()))
+/// let limiter = Limiter::builder(Policy::gcra(Rate::per_second(1).unwrap()).unwrap())
 ///     .clock(clock.clone())
 ///     .build();
 /// assert!(limiter.check("k").unwrap().allowed);
