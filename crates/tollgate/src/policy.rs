@@ -128,9 +128,10 @@ impl fmt::Display for Policy {
 impl Policy {
     /// A policy of `algorithm` enforcing every rate in `rates` together.
     ///
-    /// Rejects: no rate, more than [`MAX_RATES`], two rates with the same period, a longer
-    /// period that allows no more than a shorter one (the shorter would never matter), and a
-    /// burst on algorithms without one.
+    /// Rejects: no rate, more than [`MAX_RATES`], a burst on algorithms without one, and a rate
+    /// that could never be the one that denies: for windows and logs, two rates with the same
+    /// period or a longer period that allows no more than a shorter one; for GCRA and the token
+    /// bucket, a rate that another rate matches or beats in both sustained rate and burst.
     ///
     /// ```
     /// use tollgate::{Policy, Rate, Algorithm, QuotaError};
@@ -162,8 +163,27 @@ impl Policy {
                 });
             }
         }
+        let bursty = matches!(algorithm, Algorithm::Gcra | Algorithm::TokenBucket);
         for (i, a) in rates.iter().enumerate() {
             for (j, b) in rates.iter().enumerate().skip(i + 1) {
+                if bursty {
+                    // A rate that another is at least as strict as, in both sustained rate and
+                    // burst, can never be the one that denies.
+                    let a_rate_le_b = a.limit() as u128 * b.period_us() as u128
+                        <= b.limit() as u128 * a.period_us() as u128;
+                    let b_rate_le_a = b.limit() as u128 * a.period_us() as u128
+                        <= a.limit() as u128 * b.period_us() as u128;
+                    if (a_rate_le_b && a.burst() <= b.burst())
+                        || (b_rate_le_a && b.burst() <= a.burst())
+                    {
+                        return Err(QuotaError::InconsistentRates {
+                            first: i,
+                            second: j,
+                            reason: "one rate is at least as strict as the other in both sustained rate and burst, so the other would never apply",
+                        });
+                    }
+                    continue;
+                }
                 if a.period_us() == b.period_us() {
                     return Err(QuotaError::InconsistentRates {
                         first: i,

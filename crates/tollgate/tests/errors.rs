@@ -268,3 +268,26 @@ fn acquire_that_cannot_be_admitted_in_time_fails_without_charging() {
         other => panic!("unexpected {other}"),
     }
 }
+
+#[test]
+fn bursty_multi_rates_are_rejected_only_when_one_rate_can_never_apply() {
+    let r = |s: &str| Rate::parse(s).unwrap();
+    // slower sustained rate with a larger burst, plus a faster rate with a smaller burst: both bind
+    assert!(Policy::new(Algorithm::Gcra, [r("1/10s burst 5"), r("1/s burst 2")]).is_ok());
+    assert!(Policy::new(Algorithm::TokenBucket, [r("1/s burst 3"), r("2/s burst 2")]).is_ok());
+    // the first is stricter in both rate and burst: the second never applies
+    let e = Policy::new(Algorithm::Gcra, [r("1/s burst 2"), r("2/s burst 3")]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            QuotaError::InconsistentRates {
+                first: 0,
+                second: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = Policy::new(Algorithm::TokenBucket, [r("5/min"), r("5/min")]).unwrap_err();
+    assert!(matches!(e, QuotaError::InconsistentRates { .. }), "{e}");
+}

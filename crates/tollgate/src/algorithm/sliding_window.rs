@@ -74,7 +74,7 @@ impl SlidingWindow {
         if s.curr == 0 {
             return w - e;
         }
-        let e2 = w - (p.limit - cost) * w / s.curr;
+        let e2 = w - ((p.limit - cost) * w / s.curr).min(w);
         if e2 < w {
             (w - e) + e2
         } else {
