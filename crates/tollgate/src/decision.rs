@@ -42,6 +42,7 @@ impl Decision {
     /// let d = tollgate::Decision::from_parts(false, 5, 0, 200_000, 1_000_000, Some(0));
     /// assert_eq!(d.retry_after.as_millis(), 200);
     /// ```
+    #[inline(always)]
     pub fn from_parts(
         allowed: bool,
         limit: u64,

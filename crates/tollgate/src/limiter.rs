@@ -567,10 +567,19 @@ fn next_wait(decision: &Decision, waited: Duration, max_wait: Duration) -> Resul
     Ok(wait)
 }
 
+#[inline(always)]
 fn expect_decision(d: Option<Decision>) -> Result<Decision, Error> {
     // Check and Peek always produce a decision; a backend that returns none is broken, and
     // that is a store error, never a denial.
-    d.ok_or_else(|| crate::StoreError::new("backend", "returned no decision for a check").into())
+    match d {
+        Some(d) => Ok(d),
+        None => Err(no_decision()),
+    }
+}
+
+#[cold]
+fn no_decision() -> Error {
+    crate::StoreError::new("backend", "returned no decision for a check").into()
 }
 
 /// One unkeyed in-memory rate limit (like governor's direct limiter): the fastest path, for a
@@ -622,7 +631,7 @@ impl DirectLimiter {
         &self.inner.policy
     }
 
-    #[inline]
+    #[inline(always)]
     fn run(&self, op: Op) -> Result<Option<Decision>, Error> {
         self.inner.slot.execute(op, self.inner.clock.now())
     }

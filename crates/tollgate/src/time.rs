@@ -62,6 +62,7 @@ struct Anchor {
     wall_at_anchor: Micros,
 }
 
+#[inline(always)]
 fn anchor() -> &'static Anchor {
     static ANCHOR: OnceLock<Anchor> = OnceLock::new();
     ANCHOR.get_or_init(|| {
@@ -80,7 +81,7 @@ fn anchor() -> &'static Anchor {
 }
 
 impl SystemClock {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn now_fast() -> Micros {
         let a = anchor();
         let elapsed_ns = a.counter.delta_as_nanos(a.raw_at_anchor, a.counter.raw());

@@ -7,7 +7,7 @@ use crate::quota::Rate;
 use crate::time::Micros;
 
 /// GCRA parameters of one rate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct Params {
     /// `T = ceil(period / limit)` µs: the time one unit takes to come back.
     pub emission_interval: Micros,
@@ -15,6 +15,8 @@ pub struct Params {
     pub tolerance: Micros,
     /// The most units admitted at once.
     pub burst: u64,
+    /// `emission_interval` as a precomputed divisor: exact integer division by a multiply.
+    divisor: strength_reduce::StrengthReducedU64,
 }
 
 impl Params {
@@ -25,6 +27,7 @@ impl Params {
             emission_interval: t,
             tolerance: t * rate.burst(),
             burst: rate.burst(),
+            divisor: strength_reduce::StrengthReducedU64::new(t),
         }
     }
 }
@@ -40,7 +43,7 @@ impl RateAlgorithm for Gcra {
     type Params = Params;
     type State = State;
 
-    #[inline]
+    #[inline(always)]
     fn evaluate(
         p: &Params,
         tat: &State,
@@ -60,7 +63,7 @@ impl RateAlgorithm for Gcra {
             let verdict = Verdict {
                 allowed: true,
                 limit: p.burst,
-                remaining: (now + p.tolerance - new_tat) / p.emission_interval,
+                remaining: (now + p.tolerance - new_tat) / p.divisor,
                 retry_after: 0,
                 reset_after: new_tat - now,
                 reset_after_uncharged,
@@ -70,7 +73,7 @@ impl RateAlgorithm for Gcra {
             let verdict = Verdict {
                 allowed: false,
                 limit: p.burst,
-                remaining: (now + p.tolerance).saturating_sub(tat0) / p.emission_interval,
+                remaining: (now + p.tolerance).saturating_sub(tat0) / p.divisor,
                 retry_after: new_tat - p.tolerance - now,
                 reset_after: reset_after_uncharged,
                 reset_after_uncharged,

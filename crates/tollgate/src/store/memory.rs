@@ -182,7 +182,7 @@ impl SlotKind for GcraOne {
         AtomicU64::new(0)
     }
 
-    #[inline]
+    #[inline(always)]
     fn apply(
         p: &gcra::Params,
         slot: &AtomicU64,
@@ -685,7 +685,7 @@ impl DirectSlot {
         })
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn execute(&self, op: Op, now: Micros) -> Result<Option<Decision>, Error> {
         validate_op(op)?;
         match &self.0 {
