@@ -36,7 +36,13 @@ fn random_keys(n: usize) -> Vec<String> {
 
 fn always_allowed_policy() -> Policy {
     // 1,000,000/s with a burst no benchmark run can exhaust
-    Policy::gcra(Rate::per_second(1_000_000).unwrap().with_burst(1 << 40).unwrap()).unwrap()
+    Policy::gcra(
+        Rate::per_second(1_000_000)
+            .unwrap()
+            .with_burst(1 << 40)
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 fn always_allowed_quota() -> Quota {
@@ -55,7 +61,9 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("direct_allowed");
     let t = DirectLimiter::new(always_allowed_policy());
     let gov = RateLimiter::direct(always_allowed_quota());
-    g.bench_function("tollgate", |b| b.iter(|| black_box(t.check().unwrap().allowed)));
+    g.bench_function("tollgate", |b| {
+        b.iter(|| black_box(t.check().unwrap().allowed))
+    });
     g.bench_function("governor", |b| b.iter(|| black_box(gov.check().is_ok())));
     g.finish();
 
@@ -64,7 +72,9 @@ fn bench(c: &mut Criterion) {
     let _ = t.check();
     let gov = RateLimiter::direct(always_denied_quota());
     let _ = gov.check();
-    g.bench_function("tollgate", |b| b.iter(|| black_box(t.check().unwrap().allowed)));
+    g.bench_function("tollgate", |b| {
+        b.iter(|| black_box(t.check().unwrap().allowed))
+    });
     g.bench_function("governor", |b| b.iter(|| black_box(gov.check().is_ok())));
     g.finish();
 
@@ -72,8 +82,12 @@ fn bench(c: &mut Criterion) {
     let hot = "client-hot".to_string();
     let t = Limiter::memory(always_allowed_policy());
     let gov = RateLimiter::keyed(always_allowed_quota());
-    g.bench_function("tollgate", |b| b.iter(|| black_box(t.check(&hot).unwrap().allowed)));
-    g.bench_function("governor", |b| b.iter(|| black_box(gov.check_key(&hot).is_ok())));
+    g.bench_function("tollgate", |b| {
+        b.iter(|| black_box(t.check(&hot).unwrap().allowed))
+    });
+    g.bench_function("governor", |b| {
+        b.iter(|| black_box(gov.check_key(&hot).is_ok()))
+    });
     g.finish();
 
     let mut g = c.benchmark_group("keyed_100k_string_keys");
@@ -112,7 +126,8 @@ fn memory_per_key() -> (f64, f64) {
         let _ = t.check(k).unwrap();
     }
     let s = region.change();
-    let tollgate = (s.bytes_allocated as f64 - s.bytes_deallocated as f64 - key_bytes as f64) / KEYS as f64;
+    let tollgate =
+        (s.bytes_allocated as f64 - s.bytes_deallocated as f64 - key_bytes as f64) / KEYS as f64;
     drop(t);
 
     let region = Region::new(GLOBAL);
@@ -121,12 +136,13 @@ fn memory_per_key() -> (f64, f64) {
         let _ = gov.check_key(k);
     }
     let s = region.change();
-    let governor = (s.bytes_allocated as f64 - s.bytes_deallocated as f64 - key_bytes as f64) / KEYS as f64;
+    let governor =
+        (s.bytes_allocated as f64 - s.bytes_deallocated as f64 - key_bytes as f64) / KEYS as f64;
     drop(gov);
     (tollgate, governor)
 }
 
-fn mean_ns(dir: &PathBuf, group: &str, function: &str) -> Option<f64> {
+fn mean_ns(dir: &std::path::Path, group: &str, function: &str) -> Option<f64> {
     let path = dir.join(group).join(function).join("new/estimates.json");
     let text = std::fs::read_to_string(path).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
@@ -134,9 +150,10 @@ fn mean_ns(dir: &PathBuf, group: &str, function: &str) -> Option<f64> {
 }
 
 fn main() {
-    let dir = PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../../target").to_string()
-    }))
+    let dir = PathBuf::from(
+        std::env::var("CARGO_TARGET_DIR")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target").to_string()),
+    )
     .join("criterion");
     let mut c = Criterion::default()
         .output_directory(&dir)
@@ -146,16 +163,32 @@ fn main() {
     bench(&mut c);
     c.final_summary();
 
-    println!("\n== tollgate vs governor 0.10 (median ns per check; ratio = tollgate / governor) ==");
-    println!("{:<26} {:>12} {:>12} {:>8}", "benchmark", "tollgate", "governor", "ratio");
-    for group in ["direct_allowed", "direct_denied", "keyed_hot_key", "keyed_100k_string_keys"] {
-        if let (Some(t), Some(g)) = (mean_ns(&dir, group, "tollgate"), mean_ns(&dir, group, "governor")) {
+    println!(
+        "\n== tollgate vs governor 0.10 (median ns per check; ratio = tollgate / governor) =="
+    );
+    println!(
+        "{:<26} {:>12} {:>12} {:>8}",
+        "benchmark", "tollgate", "governor", "ratio"
+    );
+    for group in [
+        "direct_allowed",
+        "direct_denied",
+        "keyed_hot_key",
+        "keyed_100k_string_keys",
+    ] {
+        if let (Some(t), Some(g)) = (
+            mean_ns(&dir, group, "tollgate"),
+            mean_ns(&dir, group, "governor"),
+        ) {
             println!("{group:<26} {t:>10.2}ns {g:>10.2}ns {:>7.2}x", t / g);
         }
     }
     let (t, g) = memory_per_key();
     println!(
         "{:<26} {:>10.1} B {:>10.1} B {:>7.2}x   (live heap bytes per idle key, excluding the key)",
-        "memory_per_idle_key", t, g, t / g
+        "memory_per_idle_key",
+        t,
+        g,
+        t / g
     );
 }

@@ -56,10 +56,29 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
-struct Anchor {
+/// The wall-clock reading taken once per process, advanced by the TSC counter.
+pub(crate) struct Anchor {
     counter: quanta::Clock,
     raw_at_anchor: u64,
     wall_at_anchor: Micros,
+}
+
+impl fmt::Debug for Anchor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Anchor")
+            .field("wall_at_anchor", &self.wall_at_anchor)
+            .finish()
+    }
+}
+
+impl Anchor {
+    #[inline(always)]
+    fn now(&self) -> Micros {
+        let elapsed_ns = self
+            .counter
+            .delta_as_nanos(self.raw_at_anchor, self.counter.raw());
+        self.wall_at_anchor + elapsed_ns / 1_000
+    }
 }
 
 #[inline(always)]
@@ -83,9 +102,7 @@ fn anchor() -> &'static Anchor {
 impl SystemClock {
     #[inline(always)]
     pub(crate) fn now_fast() -> Micros {
-        let a = anchor();
-        let elapsed_ns = a.counter.delta_as_nanos(a.raw_at_anchor, a.counter.raw());
-        a.wall_at_anchor + elapsed_ns / 1_000
+        anchor().now()
     }
 }
 
@@ -252,34 +269,44 @@ impl Clock for ManualClock {
     }
 }
 
-/// The clock a limiter uses: the system clock (fast path, no indirection) or a custom one.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct ClockHandle(Option<Arc<dyn Clock>>);
+/// The clock a limiter uses: the system clock (fast path: the anchor is resolved once, at
+/// construction) or a custom one.
+#[derive(Clone, Debug)]
+pub(crate) enum ClockHandle {
+    System(&'static Anchor),
+    Custom(Arc<dyn Clock>),
+}
+
+impl Default for ClockHandle {
+    fn default() -> Self {
+        ClockHandle::System(anchor())
+    }
+}
 
 impl ClockHandle {
     pub(crate) fn custom(clock: Arc<dyn Clock>) -> Self {
-        Self(Some(clock))
+        ClockHandle::Custom(clock)
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn now(&self) -> Micros {
-        match &self.0 {
-            None => SystemClock::now_fast(),
-            Some(c) => c.now(),
+        match self {
+            ClockHandle::System(a) => a.now(),
+            ClockHandle::Custom(c) => c.now(),
         }
     }
 
     pub(crate) fn sleep_blocking(&self, d: Duration) {
-        match &self.0 {
-            None => std::thread::sleep(d),
-            Some(c) => c.sleep_blocking(d),
+        match self {
+            ClockHandle::System(_) => std::thread::sleep(d),
+            ClockHandle::Custom(c) => c.sleep_blocking(d),
         }
     }
 
     pub(crate) fn sleep(&self, d: Duration) -> BoxFuture<'static, ()> {
-        match &self.0 {
-            None => Box::pin(tokio::time::sleep(d)),
-            Some(c) => c.sleep(d),
+        match self {
+            ClockHandle::System(_) => Box::pin(tokio::time::sleep(d)),
+            ClockHandle::Custom(c) => c.sleep(d),
         }
     }
 }
