@@ -123,6 +123,13 @@ pub enum Error {
         /// The maximum.
         max: usize,
     },
+    /// A key that cannot be stored as given (e.g. a Redis Cluster hash tag with braces), or
+    /// keys that cannot be checked together (e.g. in different Redis Cluster slots).
+    #[error("invalid key: {reason}")]
+    InvalidKey {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// `acquire` gave up: the cost would not be admitted within the maximum wait.
     /// `retry_after` is how long it would still have had to wait at the time it gave up.
     #[error("not admitted within the maximum wait (would need {retry_after:?} more)")]

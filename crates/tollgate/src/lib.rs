@@ -29,6 +29,7 @@ pub mod algorithm;
 pub mod conformance;
 mod decision;
 mod error;
+pub mod keys;
 mod limiter;
 mod policy;
 mod quota;

@@ -4,6 +4,7 @@
 //! The in-memory store is [`memory`]; distributed stores (Redis, SQL) implement the same trait
 //! by running the algorithm of `crate::algorithm` as one script or statement.
 
+pub mod failure;
 pub mod memory;
 
 use crate::decision::Decision;

@@ -1,0 +1,109 @@
+-- Sliding-window counter (docs/semantics.md, "Sliding-window counter"); mirrors
+-- crates/tollgate/src/algorithm/sliding_window.rs.
+--
+-- Parameters, 2 ARGV per rate: limit L, window W (µs); L * W <= 2^52 (policy validation).
+-- State: one string "window_start_1,prev_1,curr_1,...": absent = fresh.
+-- Expires at max(window_start + 2W if curr > 0, window_start + W if prev > 0), rounded up.
+-- Bounds: prev * (W - e) <= L * W <= 2^52; the admission test first checks curr + cost <= L
+-- (necessary anyway), so (curr + cost) * W <= 2^52 and the sum stays <= 2^53.
+
+local sw = { width = 3 }
+ALG.sliding_window = sw
+
+function sw.parse(argv, i, n)
+  local p = {}
+  for r = 1, n do
+    p[r] = { l = num(argv[i]), w = num(argv[i + 1]) }
+    i = i + 2
+  end
+  return p, i
+end
+
+local function state_of(s, r)
+  if s.exists then return s.v[3 * r - 2], s.v[3 * r - 1], s.v[3 * r] end
+  return 0, 0, 0
+end
+
+-- The state rolled forward to the window containing now (clamped to the state's window).
+local function roll(q, sws, sprev, scurr, now)
+  local t = math.max(now, sws)
+  local ws = t - imod(t, q.w)
+  if sws == ws then
+    return ws, sprev, scurr
+  elseif sws + q.w == ws then
+    return ws, scurr, 0
+  end
+  return ws, 0, 0
+end
+
+local function wait(q, prev, curr, e, cost)
+  local w = q.w
+  if q.l >= curr + cost and prev > 0 then
+    local room = q.l - curr - cost
+    local e_min = w - idiv(room * w, prev)
+    if e_min < w then return e_min - e end
+  end
+  if curr == 0 then return w - e end
+  local e2 = w - math.min(w, idiv((q.l - cost) * w, curr))
+  if e2 < w then return (w - e) + e2 end
+  return (w - e) + w
+end
+
+local function reset_after(q, prev, curr, e)
+  if curr > 0 then return (q.w - e) + q.w end
+  if prev > 0 then return q.w - e end
+  return 0
+end
+
+function sw.eval(p, s, now, cost)
+  local verdicts, next = {}, {}
+  for r = 1, #p do
+    local q = p[r]
+    local sws, sprev, scurr = state_of(s, r)
+    local t = math.max(now, sws)
+    local ws, prev, curr = roll(q, sws, sprev, scurr, t)
+    local w = q.w
+    local e = t - ws
+    local weighted = prev * (w - e)
+    local allowed = curr + cost <= q.l and weighted + (curr + cost) * w <= q.l * w
+    local after = curr
+    if allowed then after = curr + cost end
+    local retry = 0
+    if not allowed then retry = wait(q, prev, curr, e, cost) end
+    verdicts[r] = verdict(allowed, q.l, idiv(math.max(0, q.l * w - weighted - after * w), w),
+      retry, reset_after(q, prev, after, e), reset_after(q, prev, curr, e))
+    if allowed then
+      next[3 * r - 2], next[3 * r - 1], next[3 * r] = ws, prev, after
+    else
+      next[3 * r - 2], next[3 * r - 1], next[3 * r] = sws, sprev, scurr
+    end
+  end
+  return verdicts, next
+end
+
+sw.settle_state = nil
+
+function sw.refund_state(p, s, now, amount)
+  local out = {}
+  for r = 1, #p do
+    local sws, sprev, scurr = state_of(s, r)
+    local ws, prev, curr = roll(p[r], sws, sprev, scurr, now)
+    out[3 * r - 2], out[3 * r - 1], out[3 * r] = ws, prev, math.max(0, curr - amount)
+  end
+  return out
+end
+
+function sw.horizon(p, values)
+  local h = 0
+  for r = 1, #p do
+    local ws, prev, curr = values[3 * r - 2], values[3 * r - 1], values[3 * r]
+    if curr > 0 then
+      h = math.max(h, ws + 2 * p[r].w)
+    elseif prev > 0 then
+      h = math.max(h, ws + p[r].w)
+    end
+  end
+  return h
+end
+
+flat_writers(sw)

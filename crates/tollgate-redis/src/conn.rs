@@ -1,0 +1,144 @@
+//! The store's own runtime thread and its connection (standalone or Cluster).
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+use tollgate::{Error, StoreError};
+
+/// Where the store connects.
+pub(crate) enum Target {
+    Standalone(redis::Client),
+    Cluster(ClusterClient),
+}
+
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// The runtime, the target and the (lazily opened) connection shared by every backend of one
+/// store.
+pub(crate) struct Shared {
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    target: Target,
+    conn: OnceCell<Conn>,
+    pub(crate) timeout: Duration,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which panics inside an async context; the store may be
+        // dropped anywhere, so let its threads wind down in the background.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+pub(crate) fn store_error(e: impl std::fmt::Display) -> Error {
+    Error::Store(StoreError::new("redis", e.to_string()))
+}
+
+impl Shared {
+    pub(crate) fn new(target: Target, timeout: Duration, threads: usize) -> Result<Shared, Error> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("tollgate-redis")
+            .enable_all()
+            .build()
+            .map_err(|e| store_error(format!("cannot start the store's runtime: {e}")))?;
+        Ok(Shared {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+            target,
+            conn: OnceCell::new(),
+            timeout,
+        })
+    }
+
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster(_))
+    }
+
+    /// The connection, opened on first use (so a store can be built while Redis is down).
+    pub(crate) async fn conn(&self) -> Result<Conn, Error> {
+        let conn = self
+            .conn
+            .get_or_try_init(|| async {
+                match &self.target {
+                    Target::Standalone(client) => {
+                        let config = ConnectionManagerConfig::new()
+                            .set_connection_timeout(Some(self.timeout))
+                            .set_response_timeout(Some(self.timeout))
+                            .set_number_of_retries(3)
+                            .set_max_delay(Duration::from_millis(500));
+                        ConnectionManager::new_with_config(client.clone(), config)
+                            .await
+                            .map(Conn::Standalone)
+                    }
+                    Target::Cluster(client) => {
+                        client.get_async_connection().await.map(Conn::Cluster)
+                    }
+                }
+            })
+            .await
+            .map_err(|e| store_error(format!("cannot connect: {e}")))?;
+        Ok(conn.clone())
+    }
+
+    /// Runs `fut` on the store's runtime with the call timeout, and waits for it without
+    /// needing the caller to have a runtime.
+    pub(crate) fn block_on<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T, Error>> + Send + 'static,
+    ) -> Result<T, Error> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let timeout = self.timeout;
+        self.handle.spawn(async move {
+            let _ = tx.send(with_timeout(timeout, fut).await);
+        });
+        rx.recv()
+            .unwrap_or_else(|_| Err(store_error("the store's runtime has shut down")))
+    }
+
+    /// Runs `fut` on the store's runtime with the call timeout; the returned future can be
+    /// awaited on any executor.
+    pub(crate) fn spawn<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T, Error>> + Send + 'static,
+    ) -> impl Future<Output = Result<T, Error>> + Send + 'static {
+        let timeout = self.timeout;
+        let task = self.handle.spawn(with_timeout(timeout, fut));
+        async move {
+            task.await
+                .unwrap_or_else(|e| Err(store_error(format!("store task failed: {e}"))))
+        }
+    }
+}
+
+async fn with_timeout<T>(
+    timeout: Duration,
+    fut: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Store(StoreError::timeout("redis", timeout))),
+    }
+}
+
+impl Conn {
+    pub(crate) async fn invoke(
+        &mut self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> redis::RedisResult<redis::Value> {
+        match self {
+            Conn::Standalone(c) => invocation.invoke_async(c).await,
+            Conn::Cluster(c) => invocation.invoke_async(c).await,
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! tollgate-redis against real redis-server processes (started by tollgate-testkit): one
+//! standalone server and one 3-master Cluster, each shared by the whole binary.
+
+mod common;
+mod concurrency;
+mod faults;
+mod features;
+mod vectors;
