@@ -1,0 +1,417 @@
+//! Response fields: `Retry-After`, the IETF `RateLimit` / `RateLimit-Policy` fields
+//! (draft-ietf-httpapi-ratelimit-headers-10), the legacy `X-RateLimit-*` fields, and RFC 9457
+//! `application/problem+json` bodies.
+//!
+//! The IETF fields are Structured Field lists with one item per policy that applied to the
+//! request:
+//!
+//! ```text
+//! RateLimit-Policy: "per-user";q=100;w=60, "global";q=1000;w=1
+//! RateLimit: "per-user";r=42;t=17, "global";r=998;t=1
+//! ```
+//!
+//! - `q` is the policy's capacity ([`Decision::limit`]: the burst for GCRA and the token
+//!   bucket, the limit for the window algorithms and the sliding log);
+//! - `w` is the time in whole seconds (rounded up, at least 1) in which the rate replenishes
+//!   that capacity: `burst × period / limit` (for window algorithms simply the period);
+//! - `r` is [`Decision::remaining`] and `t` is [`Decision::reset_after`] rounded up to whole
+//!   seconds.
+//!
+//! ```
+//! use tollgate_tower::headers::{ratelimit_field, ratelimit_policy_field, PolicyReport};
+//! let d = tollgate::Decision::from_parts(true, 100, 42, 0, 16_200_000, None);
+//! let report = PolicyReport { name: "api", decision: d, window_secs: 60 };
+//! assert_eq!(ratelimit_policy_field(&[report]).unwrap(), "\"api\";q=100;w=60");
+//! assert_eq!(ratelimit_field(&[report]).unwrap(), "\"api\";r=42;t=17");
+//! ```
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use std::fmt::Write as _;
+use tollgate::{Decision, Rate};
+
+/// The `RateLimit` field name.
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+/// The `RateLimit-Policy` field name.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// Legacy `X-RateLimit-Limit`.
+pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+/// Legacy `X-RateLimit-Remaining`.
+pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+/// Legacy `X-RateLimit-Reset` (seconds until the key is back to full, like the IETF `t`).
+pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// The media type of RFC 9457 problem details.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Which rate-limit fields the layer writes.
+///
+/// Default: IETF fields on every response (allowed and denied), `Retry-After` on denials,
+/// no legacy fields.
+///
+/// ```
+/// use tollgate_tower::headers::HeaderOptions;
+/// let opts = HeaderOptions::default().legacy(true).on_allowed(false);
+/// assert!(opts.ietf_enabled() && opts.legacy_enabled() && !opts.on_allowed_enabled());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeaderOptions {
+    ietf: bool,
+    legacy: bool,
+    on_allowed: bool,
+}
+
+impl Default for HeaderOptions {
+    fn default() -> Self {
+        Self {
+            ietf: true,
+            legacy: false,
+            on_allowed: true,
+        }
+    }
+}
+
+impl HeaderOptions {
+    /// No rate-limit fields at all (denials still carry `Retry-After`).
+    ///
+    /// ```
+    /// let o = tollgate_tower::headers::HeaderOptions::none();
+    /// assert!(!o.ietf_enabled() && !o.legacy_enabled());
+    /// ```
+    pub fn none() -> Self {
+        Self {
+            ietf: false,
+            legacy: false,
+            on_allowed: false,
+        }
+    }
+
+    /// Writes the IETF `RateLimit` / `RateLimit-Policy` fields (default on).
+    ///
+    /// ```
+    /// let o = tollgate_tower::headers::HeaderOptions::default().ietf(false);
+    /// assert!(!o.ietf_enabled());
+    /// ```
+    pub fn ietf(mut self, on: bool) -> Self {
+        self.ietf = on;
+        self
+    }
+
+    /// Writes the legacy `X-RateLimit-Limit/Remaining/Reset` fields (default off).
+    ///
+    /// ```
+    /// let o = tollgate_tower::headers::HeaderOptions::default().legacy(true);
+    /// assert!(o.legacy_enabled());
+    /// ```
+    pub fn legacy(mut self, on: bool) -> Self {
+        self.legacy = on;
+        self
+    }
+
+    /// Writes the fields on allowed responses too, not only on 429s (default on).
+    ///
+    /// ```
+    /// let o = tollgate_tower::headers::HeaderOptions::default().on_allowed(false);
+    /// assert!(!o.on_allowed_enabled());
+    /// ```
+    pub fn on_allowed(mut self, on: bool) -> Self {
+        self.on_allowed = on;
+        self
+    }
+
+    /// Whether the IETF fields are written.
+    ///
+    /// ```
+    /// assert!(tollgate_tower::headers::HeaderOptions::default().ietf_enabled());
+    /// ```
+    pub fn ietf_enabled(&self) -> bool {
+        self.ietf
+    }
+
+    /// Whether the legacy fields are written.
+    ///
+    /// ```
+    /// assert!(!tollgate_tower::headers::HeaderOptions::default().legacy_enabled());
+    /// ```
+    pub fn legacy_enabled(&self) -> bool {
+        self.legacy
+    }
+
+    /// Whether allowed responses carry the fields.
+    ///
+    /// ```
+    /// assert!(tollgate_tower::headers::HeaderOptions::default().on_allowed_enabled());
+    /// ```
+    pub fn on_allowed_enabled(&self) -> bool {
+        self.on_allowed
+    }
+}
+
+/// One policy's decision for one request, as reported in the fields.
+///
+/// ```
+/// use tollgate_tower::headers::PolicyReport;
+/// let r = PolicyReport { name: "p", decision: tollgate::Decision::fail_open(5), window_secs: 1 };
+/// assert_eq!(r.decision.limit, 5);
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct PolicyReport<'a> {
+    /// The policy's name (already validated as a Structured Field string).
+    pub name: &'a str,
+    /// Its decision.
+    pub decision: Decision,
+    /// The `w` parameter: seconds in which the capacity replenishes.
+    pub window_secs: u64,
+}
+
+/// The `w` parameter for a rate: `burst × period / limit` in whole seconds, rounded up,
+/// at least 1.
+///
+/// ```
+/// use tollgate::Rate;
+/// use tollgate_tower::headers::window_secs;
+/// assert_eq!(window_secs(&Rate::per_minute(100).unwrap()), 60);
+/// assert_eq!(window_secs(&Rate::per_minute(100).unwrap().with_burst(10).unwrap()), 6);
+/// assert_eq!(window_secs(&Rate::per_second(1000).unwrap()), 1);
+/// ```
+pub fn window_secs(rate: &Rate) -> u64 {
+    let us = u128::from(rate.period_us()) * u128::from(rate.burst()) / u128::from(rate.limit());
+    let secs = us.div_ceil(1_000_000);
+    u64::try_from(secs).unwrap_or(u64::MAX).max(1)
+}
+
+/// Formats `RateLimit-Policy` for the given reports; `None` when there are none.
+///
+/// ```
+/// use tollgate_tower::headers::{ratelimit_policy_field, PolicyReport};
+/// let d = tollgate::Decision::from_parts(true, 5, 4, 0, 200_000, None);
+/// let a = PolicyReport { name: "a", decision: d, window_secs: 1 };
+/// let b = PolicyReport { name: "b", decision: d, window_secs: 3600 };
+/// assert_eq!(ratelimit_policy_field(&[a, b]).unwrap(), "\"a\";q=5;w=1, \"b\";q=5;w=3600");
+/// ```
+pub fn ratelimit_policy_field(reports: &[PolicyReport<'_>]) -> Option<String> {
+    join(reports, |out, r| {
+        let _ = write!(
+            out,
+            "\"{}\";q={};w={}",
+            r.name, r.decision.limit, r.window_secs
+        );
+    })
+}
+
+/// Formats `RateLimit` for the given reports; `None` when there are none.
+///
+/// ```
+/// use tollgate_tower::headers::{ratelimit_field, PolicyReport};
+/// let d = tollgate::Decision::from_parts(false, 5, 0, 1_500_000, 2_000_000, Some(0));
+/// let a = PolicyReport { name: "a", decision: d, window_secs: 1 };
+/// assert_eq!(ratelimit_field(&[a]).unwrap(), "\"a\";r=0;t=2");
+/// ```
+pub fn ratelimit_field(reports: &[PolicyReport<'_>]) -> Option<String> {
+    join(reports, |out, r| {
+        let _ = write!(
+            out,
+            "\"{}\";r={};t={}",
+            r.name,
+            r.decision.remaining,
+            r.decision.reset_after_secs()
+        );
+    })
+}
+
+fn join(
+    reports: &[PolicyReport<'_>],
+    mut item: impl FnMut(&mut String, &PolicyReport<'_>),
+) -> Option<String> {
+    if reports.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(32 * reports.len());
+    for (i, r) in reports.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        item(&mut out, r);
+    }
+    Some(out)
+}
+
+/// The report the legacy single-valued fields describe: the denying one if any, else the one
+/// with the fewest remaining units.
+fn tightest<'r, 'a>(reports: &'r [PolicyReport<'a>]) -> Option<&'r PolicyReport<'a>> {
+    reports
+        .iter()
+        .find(|r| !r.decision.allowed)
+        .or_else(|| reports.iter().min_by_key(|r| r.decision.remaining))
+}
+
+/// Writes the configured rate-limit fields for `reports` into `headers` (and `Retry-After`
+/// when `denied` is given, from that decision).
+///
+/// ```
+/// use http::HeaderMap;
+/// use tollgate_tower::headers::{write_fields, HeaderOptions, PolicyReport};
+/// let d = tollgate::Decision::from_parts(false, 5, 0, 1_200_000, 3_000_000, Some(0));
+/// let r = PolicyReport { name: "ip", decision: d, window_secs: 1 };
+/// let mut h = HeaderMap::new();
+/// write_fields(&mut h, &[r], Some(&d), HeaderOptions::default().legacy(true));
+/// assert_eq!(h["retry-after"], "2");
+/// assert_eq!(h["ratelimit"], "\"ip\";r=0;t=3");
+/// assert_eq!(h["x-ratelimit-remaining"], "0");
+/// ```
+pub fn write_fields(
+    headers: &mut HeaderMap,
+    reports: &[PolicyReport<'_>],
+    denied: Option<&Decision>,
+    options: HeaderOptions,
+) {
+    if let Some(d) = denied {
+        headers.insert(RETRY_AFTER, HeaderValue::from(d.retry_after_secs().max(1)));
+    }
+    if options.ietf {
+        if let Some(v) = ratelimit_policy_field(reports).and_then(to_value) {
+            headers.insert(RATELIMIT_POLICY, v);
+        }
+        if let Some(v) = ratelimit_field(reports).and_then(to_value) {
+            headers.insert(RATELIMIT, v);
+        }
+    }
+    if options.legacy {
+        if let Some(r) = tightest(reports) {
+            headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(r.decision.limit));
+            headers.insert(
+                X_RATELIMIT_REMAINING,
+                HeaderValue::from(r.decision.remaining),
+            );
+            headers.insert(
+                X_RATELIMIT_RESET,
+                HeaderValue::from(r.decision.reset_after_secs()),
+            );
+        }
+    }
+}
+
+fn to_value(s: String) -> Option<HeaderValue> {
+    HeaderValue::from_str(&s).ok()
+}
+
+/// Whether `name` can be used as a policy name: 1 to 64 characters from `A-Z a-z 0-9 - _ . : /`
+/// (so it is a valid Structured Field string and a readable metric label without escaping).
+///
+/// ```
+/// use tollgate_tower::headers::is_valid_policy_name;
+/// assert!(is_valid_policy_name("per-user:v1"));
+/// assert!(!is_valid_policy_name("has \"quotes\""));
+/// assert!(!is_valid_policy_name(""));
+/// ```
+pub fn is_valid_policy_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'))
+}
+
+/// An RFC 9457 problem details document.
+///
+/// ```
+/// use tollgate_tower::headers::Problem;
+/// let p = Problem::new(http::StatusCode::TOO_MANY_REQUESTS, "slow down").with_extension("policy", "api".into());
+/// let v: serde_json::Value = serde_json::from_slice(&p.to_json()).unwrap();
+/// assert_eq!(v["status"], 429);
+/// assert_eq!(v["title"], "Too Many Requests");
+/// assert_eq!(v["type"], "about:blank");
+/// assert_eq!(v["policy"], "api");
+/// ```
+#[derive(Clone, Debug)]
+pub struct Problem {
+    /// The HTTP status.
+    pub status: http::StatusCode,
+    /// The problem type URI (`about:blank` by default).
+    pub type_uri: String,
+    /// A human-readable explanation of this occurrence.
+    pub detail: String,
+    /// Extension members (e.g. `policy`, `retry_after`).
+    pub extensions: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Problem {
+    /// A problem of type `about:blank` whose title is the status's reason phrase.
+    ///
+    /// ```
+    /// let p = tollgate_tower::headers::Problem::new(http::StatusCode::SERVICE_UNAVAILABLE, "store down");
+    /// assert_eq!(p.status, 503);
+    /// ```
+    pub fn new(status: http::StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            type_uri: "about:blank".to_string(),
+            detail: detail.into(),
+            extensions: serde_json::Map::new(),
+        }
+    }
+
+    /// Adds an extension member.
+    ///
+    /// ```
+    /// let p = tollgate_tower::headers::Problem::new(http::StatusCode::TOO_MANY_REQUESTS, "x")
+    ///     .with_extension("retry_after", 3.into());
+    /// assert_eq!(p.extensions["retry_after"], 3);
+    /// ```
+    pub fn with_extension(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.extensions.insert(key.to_string(), value);
+        self
+    }
+
+    /// Sets the problem type URI.
+    ///
+    /// ```
+    /// let p = tollgate_tower::headers::Problem::new(http::StatusCode::TOO_MANY_REQUESTS, "x")
+    ///     .with_type("https://example.com/problems/rate-limited");
+    /// assert!(p.type_uri.ends_with("rate-limited"));
+    /// ```
+    pub fn with_type(mut self, type_uri: impl Into<String>) -> Self {
+        self.type_uri = type_uri.into();
+        self
+    }
+
+    /// The JSON document.
+    ///
+    /// ```
+    /// let p = tollgate_tower::headers::Problem::new(http::StatusCode::BAD_REQUEST, "no key");
+    /// assert!(String::from_utf8(p.to_json()).unwrap().contains("\"detail\":\"no key\""));
+    /// ```
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut doc = serde_json::Map::new();
+        doc.insert("type".into(), self.type_uri.clone().into());
+        doc.insert(
+            "title".into(),
+            self.status
+                .canonical_reason()
+                .unwrap_or("Error")
+                .to_string()
+                .into(),
+        );
+        doc.insert("status".into(), self.status.as_u16().into());
+        doc.insert("detail".into(), self.detail.clone().into());
+        for (k, v) in &self.extensions {
+            doc.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        serde_json::to_vec(&serde_json::Value::Object(doc)).unwrap_or_default()
+    }
+
+    /// A full response (status, `Content-Type: application/problem+json`, body).
+    ///
+    /// ```
+    /// let r = tollgate_tower::headers::Problem::new(http::StatusCode::TOO_MANY_REQUESTS, "x").into_response();
+    /// assert_eq!(r.headers()["content-type"], "application/problem+json");
+    /// ```
+    pub fn into_response(self) -> http::Response<bytes::Bytes> {
+        let body = bytes::Bytes::from(self.to_json());
+        let mut response = http::Response::new(body);
+        *response.status_mut() = self.status;
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        response
+    }
+}

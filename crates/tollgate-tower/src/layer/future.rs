@@ -1,0 +1,150 @@
+//! [`ResponseFuture`]: decide, then call the inner service (or answer directly).
+
+use super::Verdict;
+use crate::body::ResponseBody;
+use crate::concurrency::InFlightPermit;
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, Response};
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use tower_service::Service;
+
+pin_project! {
+    /// The future of [`RateLimit`](super::RateLimit) and
+    /// [`ConcurrencyLimit`](crate::concurrency::ConcurrencyLimit) services: first the
+    /// decision, then the inner service's response with the rate-limit fields added (or the
+    /// layer's own rejection).
+    ///
+    /// ```
+    /// fn is_future<F: std::future::Future>() {}
+    /// is_future::<tollgate_tower::ResponseFuture<tower::util::BoxCloneService<http::Request<String>, http::Response<String>, std::convert::Infallible>, http::Request<String>>>();
+    /// ```
+    pub struct ResponseFuture<S, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: State<S, Req>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, Req>
+    where
+        S: Service<Req>,
+    {
+        Deciding {
+            verdict: BoxFuture<'static, Verdict>,
+            call: Option<(S, Req)>,
+        },
+        Calling {
+            #[pin]
+            future: S::Future,
+            headers: Option<HeaderMap>,
+            permit: Option<InFlightPermit>,
+        },
+        Answered {
+            response: Option<Response<bytes::Bytes>>,
+        },
+    }
+}
+
+impl<S, Req> ResponseFuture<S, Req>
+where
+    S: Service<Req>,
+{
+    pub(crate) fn deciding(verdict: BoxFuture<'static, Verdict>, inner: S, req: Req) -> Self {
+        Self {
+            state: State::Deciding {
+                verdict,
+                call: Some((inner, req)),
+            },
+        }
+    }
+
+    pub(crate) fn calling(future: S::Future) -> Self {
+        Self {
+            state: State::Calling {
+                future,
+                headers: None,
+                permit: None,
+            },
+        }
+    }
+
+    pub(crate) fn answered(response: Response<bytes::Bytes>) -> Self {
+        Self {
+            state: State::Answered {
+                response: Some(response),
+            },
+        }
+    }
+}
+
+impl<S, Req, ResB> Future for ResponseFuture<S, Req>
+where
+    S: Service<Req, Response = Response<ResB>>,
+{
+    type Output = Result<Response<ResponseBody<ResB>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Deciding { verdict, call } => {
+                    let verdict = ready!(verdict.as_mut().poll(cx));
+                    match verdict {
+                        Verdict::Allow { headers, permit } => match call.take() {
+                            Some((mut inner, req)) => {
+                                let future = inner.call(req);
+                                this.state.set(State::Calling {
+                                    future,
+                                    headers,
+                                    permit,
+                                });
+                            }
+                            None => {
+                                // Polled again after the call was made: unreachable by
+                                // construction, answered without panicking.
+                                this.state.set(State::Answered { response: None });
+                            }
+                        },
+                        Verdict::Reject(response) => {
+                            this.state.set(State::Answered {
+                                response: Some(response),
+                            });
+                        }
+                    }
+                }
+                StateProj::Calling {
+                    future,
+                    headers,
+                    permit,
+                } => {
+                    let response = ready!(future.poll(cx))?;
+                    let (mut parts, body) = response.into_parts();
+                    if let Some(fields) = headers.take() {
+                        for (name, value) in fields {
+                            if let Some(name) = name {
+                                parts.headers.insert(name, value);
+                            }
+                        }
+                    }
+                    let body = ResponseBody::with_permit(body, permit.take());
+                    return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                }
+                StateProj::Answered { response } => {
+                    let response = response.take().unwrap_or_else(|| {
+                        let mut r = Response::new(bytes::Bytes::new());
+                        *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                        r
+                    });
+                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! [`RateLimit`]: the service made by [`RateLimitLayer`](super::RateLimitLayer).
+
+use super::{Gate, Plan, ResponseFuture};
+use crate::body::ResponseBody;
+use http::{Request, Response};
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower_service::Service;
+use tracing::Instrument;
+
+/// Rate-limits requests before they reach `S`. Clones share the layer's limiters.
+///
+/// ```
+/// use tollgate::{Limiter, Policy, Rate};
+/// use tollgate_tower::{HttpPolicy, RateLimit, RateLimitLayer, key::Global};
+/// use tower::{Service, ServiceExt};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let layer = RateLimitLayer::new(HttpPolicy::new("g", Limiter::memory(Policy::gcra(Rate::per_minute(1).unwrap()).unwrap()), Global)).unwrap();
+/// let handler = tower::service_fn(|_req: http::Request<String>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+/// });
+/// let mut svc: RateLimit<_> = tower_layer::Layer::layer(&layer, handler);
+/// let first = svc.ready().await.unwrap().call(http::Request::new(String::new())).await.unwrap();
+/// assert_eq!(first.status(), 200);
+/// let mut clone = svc.clone(); // shares the budget
+/// let second = clone.ready().await.unwrap().call(http::Request::new(String::new())).await.unwrap();
+/// assert_eq!(second.status(), 429);
+/// assert_eq!(second.headers()["retry-after"], "60");
+/// # });
+/// ```
+pub struct RateLimit<S> {
+    inner: S,
+    gate: Arc<Gate>,
+}
+
+impl<S: Clone> Clone for RateLimit<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            gate: Arc::clone(&self.gate),
+        }
+    }
+}
+
+impl<S> fmt::Debug for RateLimit<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("policies", &self.gate.policies.len())
+            .field("shadow", &self.gate.shadow)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> RateLimit<S> {
+    pub(crate) fn from_gate(inner: S, gate: Arc<Gate>) -> Self {
+        Self { inner, gate }
+    }
+
+    /// The wrapped service.
+    ///
+    /// ```
+    /// # use tollgate::{Limiter, Policy, Rate};
+    /// # use tollgate_tower::{HttpPolicy, RateLimitLayer, key::Global};
+    /// # let layer = RateLimitLayer::new(HttpPolicy::new("g", Limiter::memory(Policy::gcra(Rate::per_second(1).unwrap()).unwrap()), Global)).unwrap();
+    /// let svc = tower_layer::Layer::layer(&layer, 42u32);
+    /// assert_eq!(*svc.get_ref(), 42);
+    /// ```
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    ReqB: Send + 'static,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, Request<ReqB>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let (parts, body) = req.into_parts();
+        let plan = self.gate.plan(&parts);
+        match plan {
+            Plan::Pass => {
+                ResponseFuture::calling(self.inner.call(Request::from_parts(parts, body)))
+            }
+            Plan::Reject(response) => ResponseFuture::answered(response),
+            Plan::Decide(work) => {
+                let span = tracing::debug_span!(
+                    "tollgate.http.ratelimit",
+                    method = %parts.method,
+                    path = %parts.uri.path(),
+                );
+                let verdict = Box::pin(Arc::clone(&self.gate).decide(work).instrument(span));
+                // The clone takes the place of the service that was driven ready.
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::deciding(verdict, ready, Request::from_parts(parts, body))
+            }
+        }
+    }
+}
