@@ -1,0 +1,306 @@
+//! The HTTP/JSON API (axum). Exact request and response shapes are in `docs/server.md`.
+//!
+//! | method | path | body | reply |
+//! |---|---|---|---|
+//! | POST | `/v1/check` | `{"policy"` or `"rates"[,"algorithm"]`, `"key"`, `"cost"?}` | decision + `RateLimit`, `RateLimit-Policy`, `Retry-After` headers |
+//! | POST | `/v1/peek` | same | same, nothing charged |
+//! | POST | `/v1/reset` | `{"policy"` or `"rates", "key"}` | `{"reset": true}` |
+//! | POST | `/v1/refund` | `{"policy"` or `"rates", "key", "amount"}` | `{"refunded": n}` |
+//! | GET | `/v1/policies` | | the named policies |
+//! | GET | `/health` | | `{"status": "ok", …}` |
+//! | GET | `/metrics` | | Prometheus text |
+
+use crate::app::{rate_limit_field, App, AppError, Outcome, PolicyEntry};
+use axum::body::{to_bytes, Body};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Shared handler state.
+#[derive(Clone, Debug)]
+pub struct HttpState {
+    /// The application.
+    pub app: Arc<App>,
+    /// Largest request body.
+    pub max_body: usize,
+    /// Time allowed to receive the body.
+    pub request_timeout: Duration,
+}
+
+/// The body of `/v1/check`, `/v1/peek`, `/v1/reset`, `/v1/refund`.
+///
+/// ```
+/// let r: tollgate_server::http::DecideRequest = serde_json::from_str(r#"{"policy":"api","key":"u1"}"#).unwrap();
+/// assert_eq!(r.cost, None);
+/// ```
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecideRequest {
+    /// A named policy…
+    pub policy: Option<String>,
+    /// …or inline rates (`"10/s burst 20; 1000/hour"`).
+    pub rates: Option<String>,
+    /// With `rates`: the algorithm (default `gcra`).
+    pub algorithm: Option<String>,
+    /// The key (user id, IP, API token…).
+    pub key: String,
+    /// Units to decide (check/peek, default 1).
+    pub cost: Option<u64>,
+    /// Units to give back (refund).
+    pub amount: Option<u64>,
+}
+
+/// A decision as JSON.
+///
+/// ```
+/// let d = tollgate::Decision::from_parts(true, 5, 4, 0, 200_000, None);
+/// let body = tollgate_server::http::DecisionBody::new("api", &d, None);
+/// assert_eq!(body.reset_after_ms, 200);
+/// ```
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DecisionBody {
+    /// The cost was admitted (and, for check, charged).
+    pub allowed: bool,
+    /// The binding rate's capacity.
+    pub limit: u64,
+    /// Left after this decision.
+    pub remaining: u64,
+    /// 0 when allowed; else milliseconds until the same cost can be admitted (rounded up).
+    pub retry_after_ms: u64,
+    /// Milliseconds until the key is completely fresh (rounded up).
+    pub reset_after_ms: u64,
+    /// Index of the denying rate in the policy, or null.
+    pub denied_by: Option<usize>,
+    /// The policy name (`inline` for inline rates).
+    pub policy: String,
+    /// Set when the store failed and the failure policy decided.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub store_error: Option<String>,
+}
+
+impl DecisionBody {
+    /// Builds the JSON body of a decision.
+    ///
+    /// ```
+    /// let d = tollgate::Decision::from_parts(false, 5, 0, 1_500, 1_000_000, Some(0));
+    /// assert_eq!(tollgate_server::http::DecisionBody::new("p", &d, None).retry_after_ms, 2);
+    /// ```
+    pub fn new(policy: &str, d: &tollgate::Decision, store_error: Option<String>) -> Self {
+        DecisionBody {
+            allowed: d.allowed,
+            limit: d.limit,
+            remaining: d.remaining,
+            retry_after_ms: d.retry_after.as_micros().div_ceil(1000) as u64,
+            reset_after_ms: d.reset_after.as_micros().div_ceil(1000) as u64,
+            denied_by: d.denied_by,
+            policy: policy.to_string(),
+            store_error,
+        }
+    }
+}
+
+struct ApiError(StatusCode, String);
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        let status = match &e {
+            AppError::BadRequest(_) | AppError::TooManyPolicies(_) => StatusCode::BAD_REQUEST,
+            AppError::UnknownPolicy(_) => StatusCode::NOT_FOUND,
+            AppError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::NOT_IMPLEMENTED,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+/// The router.
+///
+/// ```
+/// let app = std::sync::Arc::new(tollgate_server::app::App::new(&tollgate_server::config::Config::default(), None).unwrap());
+/// let router = tollgate_server::http::router(tollgate_server::http::HttpState {
+///     app, max_body: 65536, request_timeout: std::time::Duration::from_secs(10) });
+/// # let _ = router;
+/// ```
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/v1/check", post(check))
+        .route("/v1/peek", post(peek))
+        .route("/v1/reset", post(reset))
+        .route("/v1/refund", post(refund))
+        .route("/v1/policies", get(policies))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "no such endpoint (see docs/server.md: POST /v1/check, /v1/peek, /v1/reset, /v1/refund; GET /v1/policies, /health, /metrics)".into(),
+    )
+}
+
+async fn read_request(state: &HttpState, body: Body) -> Result<DecideRequest, ApiError> {
+    let bytes =
+        match tokio::time::timeout(state.request_timeout, to_bytes(body, state.max_body)).await {
+            Err(_) => {
+                return Err(ApiError(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body was not received in time".into(),
+                ))
+            }
+            Ok(Err(_)) => {
+                return Err(ApiError(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the request body is larger than {} bytes (or was cut off)",
+                        state.max_body
+                    ),
+                ))
+            }
+            Ok(Ok(b)) => b,
+        };
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+fn resolve(state: &HttpState, req: &DecideRequest) -> Result<Arc<PolicyEntry>, ApiError> {
+    match (&req.policy, &req.rates) {
+        (Some(name), None) => {
+            if req.algorithm.is_some() {
+                return Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    "\"algorithm\" goes with \"rates\", not with a named \"policy\"".into(),
+                ));
+            }
+            Ok(state.app.named(name)?)
+        }
+        (None, Some(rates)) => Ok(state.app.inline(req.algorithm.as_deref(), rates)?),
+        (Some(_), Some(_)) => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "give either \"policy\" (a configured name) or \"rates\" (inline), not both".into(),
+        )),
+        (None, None) => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "missing \"policy\" (a configured name) or \"rates\" (e.g. \"10/s burst 20\")".into(),
+        )),
+    }
+}
+
+fn decision_response(entry: &PolicyEntry, outcome: Outcome) -> Response {
+    let d = outcome.decision;
+    let mut headers = HeaderMap::new();
+    let rates = entry.policy().rates().len();
+    if let Ok(v) = HeaderValue::from_str(entry.rate_limit_policy()) {
+        headers.insert("ratelimit-policy", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&rate_limit_field(entry.name(), rates, &d)) {
+        headers.insert("ratelimit", v);
+    }
+    if !d.allowed {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(d.retry_after_secs()));
+    }
+    let body = DecisionBody::new(entry.name(), &d, outcome.store_error);
+    (StatusCode::OK, headers, Json(body)).into_response()
+}
+
+async fn decide(state: HttpState, body: Body, charge: bool) -> Result<Response, ApiError> {
+    let req = read_request(&state, body).await?;
+    if req.amount.is_some() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "\"amount\" is for /v1/refund; use \"cost\"".into(),
+        ));
+    }
+    let entry = resolve(&state, &req)?;
+    let cost = req.cost.unwrap_or(1);
+    let outcome = if charge {
+        state.app.check(&entry, &req.key, cost).await?
+    } else {
+        state.app.peek(&entry, &req.key, cost).await?
+    };
+    Ok(decision_response(&entry, outcome))
+}
+
+async fn check(State(state): State<HttpState>, body: Body) -> Result<Response, ApiError> {
+    decide(state, body, true).await
+}
+
+async fn peek(State(state): State<HttpState>, body: Body) -> Result<Response, ApiError> {
+    decide(state, body, false).await
+}
+
+async fn reset(State(state): State<HttpState>, body: Body) -> Result<Response, ApiError> {
+    let req = read_request(&state, body).await?;
+    let entry = resolve(&state, &req)?;
+    state.app.reset(&entry, &req.key).await?;
+    Ok(Json(json!({ "reset": true })).into_response())
+}
+
+async fn refund(State(state): State<HttpState>, body: Body) -> Result<Response, ApiError> {
+    let req = read_request(&state, body).await?;
+    let entry = resolve(&state, &req)?;
+    let amount = req.amount.ok_or_else(|| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "missing \"amount\" (units to give back)".into(),
+        )
+    })?;
+    state.app.refund(&entry, &req.key, amount).await?;
+    Ok(Json(json!({ "refunded": amount })).into_response())
+}
+
+async fn policies(State(state): State<HttpState>) -> Response {
+    let list: Vec<_> = state
+        .app
+        .policies()
+        .map(|p| {
+            let policy = p.policy();
+            json!({
+                "name": p.name(),
+                "algorithm": policy.algorithm().name(),
+                "rates": policy.rates().iter().map(|r| json!({
+                    "limit": r.limit(),
+                    "period_ms": r.period_us().div_ceil(1000),
+                    "burst": r.burst(),
+                })).collect::<Vec<_>>(),
+                "spec": policy.to_string(),
+                "ratelimit_policy": p.rate_limit_policy(),
+            })
+        })
+        .collect();
+    Json(json!({ "policies": list })).into_response()
+}
+
+async fn health(State(state): State<HttpState>) -> Response {
+    Json(json!({
+        "status": "ok",
+        "store": state.app.store_description(),
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+    .into_response()
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    match state.app.render_metrics() {
+        Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        None => ApiError(
+            StatusCode::NOT_IMPLEMENTED,
+            "metrics are not enabled in this process".into(),
+        )
+        .into_response(),
+    }
+}

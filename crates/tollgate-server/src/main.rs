@@ -1,0 +1,297 @@
+//! `tollgate-server`: the standalone rate-limit service. See `docs/server.md`.
+
+use clap::Parser;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tollgate_server::app::App;
+use tollgate_server::config::{
+    load_file, parse_duration, parse_listen, validate_namespace, validate_secret, Config,
+    ConfigError, StoreUrl,
+};
+use tollgate_server::server::Server;
+
+/// The standalone tollgate rate-limit service: HTTP/JSON API, a redis-cell compatible RESP
+/// endpoint (CL.THROTTLE) and Prometheus metrics.
+///
+/// Flags and environment variables override the --config file, which overrides the defaults.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate-server", version, about, long_about = None)]
+struct Cli {
+    /// TOML configuration file (see docs/server.md).
+    #[arg(short, long, env = "TOLLGATE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// HTTP/JSON listen address, or "off" [default: 127.0.0.1:8080].
+    #[arg(long, env = "TOLLGATE_HTTP_ADDR", value_name = "ADDR")]
+    http_addr: Option<String>,
+    /// RESP (Redis protocol) listen address, or "off" [default: 127.0.0.1:6380].
+    #[arg(long, env = "TOLLGATE_RESP_ADDR", value_name = "ADDR")]
+    resp_addr: Option<String>,
+    /// Store: "memory", redis://host:port[/db] or redis+cluster://host:port,host:port [default: memory].
+    #[arg(long, env = "TOLLGATE_STORE", value_name = "URL")]
+    store: Option<String>,
+    /// When the store fails: error, open, closed or local [default: error].
+    #[arg(long, env = "TOLLGATE_FAILURE", value_name = "POLICY")]
+    failure: Option<String>,
+    /// Store call timeout, e.g. 250ms.
+    #[arg(long, env = "TOLLGATE_STORE_TIMEOUT", value_name = "DURATION")]
+    store_timeout: Option<String>,
+    /// Key prefix in shared stores [default: tollgate].
+    #[arg(long, env = "TOLLGATE_NAMESPACE", value_name = "PREFIX")]
+    namespace: Option<String>,
+    /// Secret for HMAC-SHA256 key hashing (at least 16 bytes): raw keys never reach the store.
+    #[arg(
+        long,
+        env = "TOLLGATE_KEY_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    key_secret: Option<String>,
+    /// A named policy: NAME=[ALGORITHM:]RATES, e.g. "api=10/s burst 20" or
+    /// "login=fixed_window:5/min". Repeatable.
+    #[arg(long = "policy", value_name = "NAME=RATES")]
+    policies: Vec<String>,
+    /// Longest key in bytes [default: 512].
+    #[arg(long, env = "TOLLGATE_MAX_KEY_LEN", value_name = "BYTES")]
+    max_key_len: Option<usize>,
+    /// Close connections idle this long, e.g. 300s.
+    #[arg(long, env = "TOLLGATE_IDLE_TIMEOUT", value_name = "DURATION")]
+    idle_timeout: Option<String>,
+    /// Check the configuration, print it, and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(
+        long,
+        env = "TOLLGATE_LOG",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
+    log: String,
+}
+
+fn build_config(cli: &Cli) -> Result<Config, ConfigError> {
+    let mut c = match &cli.config {
+        Some(path) => load_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(a) = &cli.http_addr {
+        c.http_addr = parse_listen(a).map_err(|m| ConfigError::new("--http-addr", m))?;
+    }
+    if let Some(a) = &cli.resp_addr {
+        c.resp_addr = parse_listen(a).map_err(|m| ConfigError::new("--resp-addr", m))?;
+    }
+    if let Some(s) = &cli.store {
+        c.store = StoreUrl::parse(s).map_err(|m| ConfigError::new("--store", m))?;
+    }
+    if let Some(f) = &cli.failure {
+        c.failure = f
+            .parse()
+            .map_err(|m: String| ConfigError::new("--failure", m))?;
+    }
+    if let Some(t) = &cli.store_timeout {
+        c.store_timeout = parse_duration(t)
+            .and_then(|d| {
+                if d.is_zero() {
+                    Err("must be greater than zero".into())
+                } else {
+                    Ok(d)
+                }
+            })
+            .map_err(|m| ConfigError::new("--store-timeout", m))?;
+    }
+    if let Some(t) = &cli.idle_timeout {
+        c.idle_timeout = parse_duration(t)
+            .and_then(|d| {
+                if d.is_zero() {
+                    Err("must be greater than zero".into())
+                } else {
+                    Ok(d)
+                }
+            })
+            .map_err(|m| ConfigError::new("--idle-timeout", m))?;
+    }
+    if let Some(ns) = &cli.namespace {
+        c.namespace = validate_namespace(ns).map_err(|m| ConfigError::new("--namespace", m))?;
+    }
+    if let Some(secret) = &cli.key_secret {
+        c.key_secret =
+            Some(validate_secret(secret).map_err(|m| ConfigError::new("--key-secret", m))?);
+    }
+    if let Some(n) = cli.max_key_len {
+        if !(1..=65_536).contains(&n) {
+            return Err(ConfigError::new(
+                "--max-key-len",
+                format!("must be between 1 and 65536 (got {n})"),
+            ));
+        }
+        c.max_key_len = n;
+    }
+    for spec in &cli.policies {
+        let Some((name, rest)) = spec.split_once('=') else {
+            return Err(ConfigError::new(
+                "--policy",
+                format!("{spec:?}: expected NAME=[ALGORITHM:]RATES, e.g. api=10/s"),
+            ));
+        };
+        let name = name.trim();
+        let (algorithm, rates) = match rest.split_once(':') {
+            Some((a, r)) if a.trim().parse::<tollgate::Algorithm>().is_ok() => (Some(a.trim()), r),
+            _ => (None, rest),
+        };
+        c.add_policy(name, algorithm, rates, None, |f| {
+            format!("--policy {name} ({f})")
+        })?;
+    }
+    if c.http_addr.is_none() && c.resp_addr.is_none() {
+        return Err(ConfigError::new(
+            "server.http_addr / server.resp_addr",
+            "both listeners are off: nothing to serve",
+        ));
+    }
+    Ok(c)
+}
+
+fn describe_policies(config: &Config) -> String {
+    if config.policies.is_empty() {
+        return "none configured (inline \"rates\" and CL.THROTTLE work; add --policy NAME=10/s or [policies.NAME] in --config)".into();
+    }
+    config
+        .policies
+        .iter()
+        .map(|(n, p)| format!("{n} ({p})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match build_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tollgate-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    if cli.check_config {
+        println!(
+            "configuration OK: http {}, resp {}, store {}, failure {}, policies: {}",
+            config.http_addr.map_or("off".into(), |a| a.to_string()),
+            config.resp_addr.map_or("off".into(), |a| a.to_string()),
+            config.store.describe(),
+            config.failure.name(),
+            describe_policies(&config)
+        );
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tollgate-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> ExitCode {
+    let buckets = [
+        0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
+        0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), &buckets)
+        .and_then(|b| b.install_recorder());
+    let handle = match handle {
+        Ok(h) => {
+            let upkeep = h.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    upkeep.run_upkeep();
+                }
+            });
+            Some(h)
+        }
+        Err(e) => {
+            tracing::warn!("metrics disabled: {e}");
+            None
+        }
+    };
+    let app = match App::new(&config, handle) {
+        Ok(a) => Arc::new(a),
+        Err(e) => {
+            eprintln!("tollgate-server: cannot open the store: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let server = match Server::start(&config, Arc::clone(&app)).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tollgate-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut listening = Vec::new();
+    if let Some(a) = server.http_addr() {
+        listening.push(format!("http://{a} (HTTP/JSON)"));
+    }
+    if let Some(a) = server.resp_addr() {
+        listening.push(format!("redis://{a} (RESP)"));
+    }
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(
+        stdout,
+        "tollgate-server listening: {}; store: {}",
+        listening.join(", "),
+        app.store_description()
+    );
+    let _ = writeln!(stdout, "policies: {}", describe_policies(&config));
+    let _ = stdout.flush();
+    shutdown_signal().await;
+    let _ = writeln!(
+        stdout,
+        "tollgate-server: shutting down (finishing in-flight requests, up to {:?})",
+        config.shutdown_grace
+    );
+    let _ = stdout.flush();
+    server.shutdown();
+    server.wait().await;
+    let _ = writeln!(stdout, "tollgate-server: stopped");
+    let _ = stdout.flush();
+    ExitCode::SUCCESS
+}

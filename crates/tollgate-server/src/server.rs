@@ -1,0 +1,201 @@
+//! Listeners, connection limits and graceful shutdown.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! use tollgate_server::{app::App, config::Config, server::Server};
+//! let config = Config::default();
+//! let app = Arc::new(App::new(&config, None).expect("valid config"));
+//! let server = Server::start(&config, app).await?;
+//! println!("HTTP on {:?}", server.http_addr());
+//! server.shutdown();
+//! server.wait().await;
+//! # Ok(()) }
+//! ```
+
+use crate::app::App;
+use crate::config::Config;
+use crate::http::{router, HttpState};
+use crate::resp::Limits;
+use crate::resp_server::{serve_connection, ConnSettings};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+/// A running server: its bound addresses and a handle to stop it.
+#[derive(Debug)]
+pub struct Server {
+    http_addr: Option<SocketAddr>,
+    resp_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds the configured listeners (port 0 picks a free port) and starts serving.
+    pub async fn start(config: &Config, app: Arc<App>) -> std::io::Result<Server> {
+        let (tx, rx) = watch::channel(false);
+        let grace = config.shutdown_grace;
+        let mut tasks = Vec::new();
+        let mut http_addr = None;
+        let mut resp_addr = None;
+        if let Some(addr) = config.http_addr {
+            let listener = bind(addr, "HTTP").await?;
+            http_addr = Some(listener.local_addr()?);
+            let state = HttpState {
+                app: Arc::clone(&app),
+                max_body: config.max_request_bytes,
+                request_timeout: config.request_timeout,
+            };
+            tasks.push(tokio::spawn(http_loop(
+                listener,
+                state,
+                config.max_connections,
+                config.request_timeout,
+                grace,
+                rx.clone(),
+            )));
+        }
+        if let Some(addr) = config.resp_addr {
+            let listener = bind(addr, "RESP").await?;
+            resp_addr = Some(listener.local_addr()?);
+            let settings = ConnSettings {
+                limits: Limits {
+                    max_args: 1024,
+                    max_arg_bytes: config.max_request_bytes,
+                    max_command_bytes: config.max_request_bytes,
+                },
+                idle_timeout: config.idle_timeout,
+                request_timeout: config.request_timeout,
+            };
+            tasks.push(tokio::spawn(resp_loop(
+                listener,
+                Arc::clone(&app),
+                settings,
+                config.max_connections,
+                grace,
+                rx.clone(),
+            )));
+        }
+        Ok(Server {
+            http_addr,
+            resp_addr,
+            shutdown: tx,
+            tasks,
+        })
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// The bound RESP address.
+    pub fn resp_addr(&self) -> Option<SocketAddr> {
+        self.resp_addr
+    }
+
+    /// Stops accepting connections; in-flight requests finish, idle connections close.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits until every listener and connection has finished (or the grace period ran out).
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen for {what} on {addr}: {e}"))
+    })
+}
+
+async fn accept_error_pause(e: std::io::Error) {
+    // Out of file descriptors and similar: pause instead of spinning.
+    tracing::warn!("accept failed: {e}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+async fn http_loop(
+    listener: TcpListener,
+    state: HttpState,
+    max_connections: usize,
+    request_timeout: Duration,
+    grace: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let router = router(state);
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.changed() => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => { accept_error_pause(e).await; continue; }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(request_timeout)
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+}
+
+async fn resp_loop(
+    listener: TcpListener,
+    app: Arc<App>,
+    settings: ConnSettings,
+    max_connections: usize,
+    grace: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.changed() => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => { accept_error_pause(e).await; continue; }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let app = Arc::clone(&app);
+        let rx = shutdown.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, app, settings, rx).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    // Every connection holds a slot: holding them all means every connection has finished.
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(grace, slots.acquire_many(all)).await;
+}

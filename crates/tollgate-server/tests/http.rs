@@ -1,0 +1,299 @@
+//! The HTTP/JSON API of the real binary, with reqwest.
+
+mod common;
+
+use common::ServerProcess;
+use serde_json::{json, Value};
+
+fn header(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn check_returns_decisions_and_ietf_headers() {
+    let server = ServerProcess::start(&["--policy", "api=3/min"]);
+    let http = reqwest::Client::new();
+    let check = |key: &str| {
+        http.post(server.url("/v1/check"))
+            .json(&json!({"policy": "api", "key": key}))
+            .send()
+    };
+    // GCRA 3/min: one unit every 20 s, burst 3.
+    let r = check("alice").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "ratelimit-policy").unwrap(), "\"api\";q=3;w=60");
+    assert_eq!(header(&r, "ratelimit").unwrap(), "\"api\";r=2;t=20");
+    assert_eq!(header(&r, "retry-after"), None);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["allowed"], true);
+    assert_eq!(body["limit"], 3);
+    assert_eq!(body["remaining"], 2);
+    assert_eq!(body["retry_after_ms"], 0);
+    assert_eq!(body["reset_after_ms"], 20_000);
+    assert_eq!(body["denied_by"], Value::Null);
+    assert_eq!(body["policy"], "api");
+
+    for remaining in [1, 0] {
+        let body: Value = check("alice").await.unwrap().json().await.unwrap();
+        assert_eq!(body["remaining"], remaining);
+    }
+    let r = check("alice").await.unwrap();
+    assert_eq!(r.status(), 200, "a denial is a decision, not an HTTP error");
+    assert_eq!(header(&r, "retry-after").unwrap(), "20");
+    assert_eq!(header(&r, "ratelimit").unwrap(), "\"api\";r=0;t=20");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["allowed"], false);
+    assert_eq!(body["denied_by"], 0);
+    let retry = body["retry_after_ms"].as_u64().unwrap();
+    assert!(retry > 19_000 && retry <= 20_000, "{retry}");
+
+    // other keys are independent
+    let body: Value = check("bob").await.unwrap().json().await.unwrap();
+    assert_eq!(body["allowed"], true);
+}
+
+#[tokio::test]
+async fn peek_reset_refund_inline_rates_and_policies() {
+    let server = ServerProcess::start(&[
+        "--policy",
+        "api=2/min",
+        "--policy",
+        "login=sliding_log:5/min;20/hour",
+    ]);
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| http.post(server.url(path)).json(&body).send();
+
+    let body: Value = post("/v1/peek", json!({"policy": "api", "key": "k"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (body["allowed"].as_bool(), body["remaining"].as_u64()),
+        (Some(true), Some(1))
+    );
+    let body: Value = post("/v1/check", json!({"policy": "api", "key": "k", "cost": 2}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["remaining"], 0);
+    let body: Value = post("/v1/peek", json!({"policy": "api", "key": "k"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["allowed"], false);
+    let r = post(
+        "/v1/refund",
+        json!({"policy": "api", "key": "k", "amount": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = post("/v1/peek", json!({"policy": "api", "key": "k"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["allowed"], true);
+    let r = post("/v1/reset", json!({"policy": "api", "key": "k"}))
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"reset": true}));
+    let body: Value = post("/v1/check", json!({"policy": "api", "key": "k", "cost": 2}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["allowed"], true);
+
+    // inline rates, with an algorithm
+    let inline = json!({"rates": "1/hour", "algorithm": "fixed_window", "key": "x"});
+    let body: Value = post("/v1/check", inline.clone())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (body["allowed"].as_bool(), body["policy"].as_str()),
+        (Some(true), Some("inline"))
+    );
+    let r = post("/v1/check", inline).await.unwrap();
+    assert_eq!(
+        header(&r, "ratelimit-policy").unwrap(),
+        "\"inline\";q=1;w=3600"
+    );
+    assert_eq!(r.json::<Value>().await.unwrap()["allowed"], false);
+
+    // multi-rate policy: one RateLimit-Policy item per rate
+    let r = post("/v1/check", json!({"policy": "login", "key": "u"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&r, "ratelimit-policy").unwrap(),
+        "\"login-0\";q=5;w=60, \"login-1\";q=20;w=3600"
+    );
+
+    let list: Value = http
+        .get(server.url("/v1/policies"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = list["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["api", "login"]);
+    assert_eq!(list["policies"][1]["algorithm"], "sliding_log");
+    assert_eq!(list["policies"][1]["rates"][1]["period_ms"], 3_600_000);
+
+    let health: Value = http
+        .get(server.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["store"], "memory");
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors_and_the_server_stays_up() {
+    let server = ServerProcess::start(&["--policy", "api=2/min"]);
+    let http = reqwest::Client::new();
+    let raw = |body: &'static str| {
+        http.post(server.url("/v1/check"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let cases: [(&str, u16, &str); 9] = [
+        ("{not json", 400, "invalid JSON body"),
+        (r#"{"key": "k"}"#, 400, "missing \"policy\""),
+        (r#"{"policy": "nope", "key": "k"}"#, 404, "unknown policy"),
+        (r#"{"policy": "api", "key": ""}"#, 400, "must not be empty"),
+        (
+            r#"{"policy": "api", "key": "k", "cost": 0}"#,
+            400,
+            "at least 1",
+        ),
+        (
+            r#"{"policy": "api", "key": "k", "cost": 3}"#,
+            400,
+            "capacity",
+        ),
+        (r#"{"rates": "ten per second", "key": "k"}"#, 400, "rates"),
+        (
+            r#"{"policy": "api", "rates": "1/s", "key": "k"}"#,
+            400,
+            "not both",
+        ),
+        (
+            r#"{"policy": "api", "key": "k", "colour": 1}"#,
+            400,
+            "unknown field",
+        ),
+    ];
+    for (body, status, needle) in cases {
+        let r = raw(body).await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{body}");
+        let v: Value = r.json().await.unwrap();
+        let msg = v["error"].as_str().unwrap();
+        assert!(msg.contains(needle), "{body}: {msg}");
+    }
+    // key too long
+    let long = "k".repeat(513);
+    let r = http
+        .post(server.url("/v1/check"))
+        .json(&json!({"policy": "api", "key": long}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("maximum is 512"));
+    // body too large
+    let big = format!(
+        "{{\"policy\":\"api\",\"key\":\"{}\"}}",
+        "k".repeat(100 * 1024)
+    );
+    let r = http
+        .post(server.url("/v1/check"))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    // unknown endpoint
+    let r = http.get(server.url("/v2/nothing")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    // still serving
+    let r = http
+        .post(server.url("/v1/check"))
+        .json(&json!({"policy": "api", "key": "k"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["allowed"], true);
+}
+
+#[tokio::test]
+async fn metrics_count_decisions_by_policy_and_outcome() {
+    let server = ServerProcess::start(&["--policy", "api=1/min"]);
+    let http = reqwest::Client::new();
+    for _ in 0..3 {
+        http.post(server.url("/v1/check"))
+            .json(&json!({"policy": "api", "key": "m"}))
+            .send()
+            .await
+            .unwrap();
+    }
+    let text = http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = |needle: &str| {
+        text.lines()
+            .find(|l| l.starts_with(needle))
+            .unwrap_or_else(|| panic!("{needle} in\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert_eq!(
+        line("tollgate_server_decisions_total{policy=\"api\",outcome=\"allowed\"}"),
+        1.0
+    );
+    assert_eq!(
+        line("tollgate_server_decisions_total{policy=\"api\",outcome=\"denied\"}"),
+        2.0
+    );
+    assert_eq!(
+        line("tollgate_server_decision_duration_seconds_count{policy=\"api\"}"),
+        3.0
+    );
+    assert!(text
+        .contains("tollgate_server_decision_duration_seconds_bucket{policy=\"api\",le=\"0.001\"}"));
+    assert_eq!(line("tollgate_server_store_errors_total"), 0.0);
+}
