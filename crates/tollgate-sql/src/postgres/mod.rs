@@ -1,0 +1,921 @@
+//! The PostgreSQL store: rate-limit state shared by a fleet through one table.
+//!
+//! # How it works
+//!
+//! - [`PgStore::migrate`] (explicit, idempotent, safe to run from many processes at once: it
+//!   holds a transaction-level advisory lock) creates the table
+//!   `key text PRIMARY KEY, state bigint[], expires_at bigint`, an index on `expires_at`, and
+//!   one PL/pgSQL function per algorithm (`<table>_gcra`, `<table>_token_bucket`, …). The
+//!   functions mirror `tollgate::algorithm` line for line in `bigint` arithmetic (their source
+//!   is in `src/postgres/sql/`).
+//! - **One round trip per decision**: a prepared `SELECT * FROM <table>_<algorithm>(…)`. The
+//!   function locks the key's row (`SELECT … FOR UPDATE`, after `INSERT … ON CONFLICT DO
+//!   NOTHING` for a new key), decides every rate, and writes the new state, all in the
+//!   statement's own transaction. Concurrent calls on one key queue on the row lock: no
+//!   read-then-write race and no retry loop that could reject what the policy admits.
+//! - **Time**: the database clock (`clock_timestamp()` in µs) by default, so hosts with skewed
+//!   clocks agree; [`PgStoreBuilder::caller_time`] uses the `now` the limiter passes instead
+//!   (tests, the golden vectors).
+//! - **Bounded table**: each row carries `expires_at`, the time from which its state is
+//!   equivalent to fresh. A call whose key is back to fresh deletes the row, and every
+//!   [`PgStoreBuilder::sweep_every`] calls one call first deletes up to
+//!   [`PgStoreBuilder::sweep_batch`] expired rows (`FOR UPDATE SKIP LOCKED`, never waiting).
+//!   [`PgStore::purge_expired`] deletes all of them on demand.
+//! - **Sync and async**: the store runs its own small tokio runtime (2 threads by default)
+//!   that owns the connections, so the sync [`Backend::execute`] works from any thread, with
+//!   or without a runtime, and [`Backend::execute_async`] works from any executor.
+//! - **Failures** are `Error::Store(StoreError { store: "postgres", .. })`, never denials;
+//!   every call has a timeout (default 5 s). Wrap the backend in
+//!   `tollgate::store::failure` for fail-open / fail-closed / fall-back behaviour.
+//!
+//! ```no_run
+//! use tollgate::{Limiter, Policy, Rate};
+//! use tollgate_sql::PgStore;
+//!
+//! let store = PgStore::builder("postgres://app@db.internal/app")
+//!     .table("rate_limits")?
+//!     .connect()?;
+//! store.migrate()?;
+//! let limiter = Limiter::builder(Policy::gcra(Rate::per_second(10)?)?).build_with(&store)?;
+//! if !limiter.check("user:42")?.allowed { /* 429 */ }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use crate::engine::Engine;
+use crate::table::TableName;
+use deadpool::managed::{self, Metrics, Pool, RecycleError, RecycleResult};
+use futures_util::future::BoxFuture;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres::{NoTls, Statement};
+use tollgate::store::{Backend, Op, Store};
+use tollgate::time::Micros;
+use tollgate::{Algorithm, Decision, Error, Policy, StoreError};
+
+const STORE: &str = "postgres";
+
+fn pg_error(context: &str, message: impl std::fmt::Display) -> Error {
+    Error::Store(StoreError::new(STORE, format!("{context}: {message}")))
+}
+
+/// A readable message for a driver error: the server's message and SQLSTATE when there is
+/// one, with a hint for the mistakes users make most.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        let hint = match code {
+            "42883" | "42P01" => " (the schema is missing: call PgStore::migrate() first)",
+            "42501" => " (the database user lacks a privilege on this table or schema)",
+            "3F000" => " (the schema does not exist: create it first)",
+            _ => "",
+        };
+        return format!("{} [SQLSTATE {code}]{hint}", db.message());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+// ---------------------------------------------------------------------------------------
+// The connection pool.
+
+struct PgConn {
+    client: tokio_postgres::Client,
+    statements: HashMap<String, Statement>,
+}
+
+impl PgConn {
+    async fn statement(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql).await?;
+        self.statements.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+}
+
+struct PgManager {
+    config: tokio_postgres::Config,
+}
+
+impl managed::Manager for PgManager {
+    type Type = PgConn;
+    type Error = tokio_postgres::Error;
+
+    async fn create(&self) -> Result<PgConn, tokio_postgres::Error> {
+        let (client, connection) = self.config.connect(NoTls).await?;
+        // Runs on the store's own runtime (every pool call does).
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "tollgate-sql: PostgreSQL connection closed");
+            }
+        });
+        Ok(PgConn {
+            client,
+            statements: HashMap::new(),
+        })
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut PgConn,
+        _: &Metrics,
+    ) -> RecycleResult<tokio_postgres::Error> {
+        if conn.client.is_closed() {
+            return Err(RecycleError::message("connection closed"));
+        }
+        Ok(())
+    }
+}
+
+/// The store's own runtime; shut down in the background on drop, so dropping the last
+/// handle inside an async context is fine.
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnedRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        match &self.0 {
+            Some(rt) => rt.handle(),
+            None => unreachable_runtime(),
+        }
+    }
+}
+
+#[cold]
+fn unreachable_runtime() -> ! {
+    // `OwnedRuntime.0` is only taken in `drop`.
+    panic!("tollgate-sql: the PostgreSQL store's runtime is gone")
+}
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+struct Shared {
+    runtime: OwnedRuntime,
+    pool: Pool<PgManager>,
+    table: TableName,
+    namespace: String,
+    caller_time: bool,
+    call_timeout: Duration,
+    sweep_every: u64,
+    sweep_batch: i32,
+    calls: AtomicU64,
+}
+
+impl Shared {
+    /// Runs `fut` on the store's runtime with the call timeout.
+    fn spawn<R: Send + 'static>(
+        &self,
+        what: &'static str,
+        fut: impl Future<Output = Result<R, Error>> + Send + 'static,
+    ) -> tokio::task::JoinHandle<Result<R, Error>> {
+        let timeout = self.call_timeout;
+        self.runtime.handle().spawn(async move {
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Store(StoreError::timeout(STORE, timeout))),
+            }
+            .map_err(|e| match e {
+                Error::Store(mut s) if !s.timeout && !what.is_empty() => {
+                    s.message = format!("{what}: {}", s.message);
+                    Error::Store(s)
+                }
+                other => other,
+            })
+        })
+    }
+
+    /// Runs `fut` on the store's runtime and blocks the calling thread until it is done.
+    fn block_on<R: Send + 'static>(
+        &self,
+        what: &'static str,
+        fut: impl Future<Output = Result<R, Error>> + Send + 'static,
+    ) -> Result<R, Error> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let handle = self.spawn(what, fut);
+        self.runtime.handle().spawn(async move {
+            let result = match handle.await {
+                Ok(r) => r,
+                Err(e) => Err(pg_error(what, format!("the task failed: {e}"))),
+            };
+            let _ = tx.send(result);
+        });
+        rx.recv()
+            .unwrap_or_else(|_| Err(pg_error(what, "the store's runtime stopped")))
+    }
+
+    async fn get(&self) -> Result<managed::Object<PgManager>, Error> {
+        self.pool.get().await.map_err(|e| match e {
+            managed::PoolError::Backend(e) => pg_error("cannot connect", describe(&e)),
+            managed::PoolError::Timeout(_) => {
+                let mut e = StoreError::new(STORE, "timed out waiting for a connection");
+                e.timeout = true;
+                Error::Store(e)
+            }
+            other => pg_error("connection pool", other),
+        })
+    }
+
+    fn now_param(&self, now: Micros) -> Option<i64> {
+        self.caller_time.then(|| to_i64(now))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The store and its builder.
+
+/// Configures and connects a [`PgStore`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// let store = tollgate_sql::PgStore::builder("postgres://postgres@127.0.0.1/postgres")
+///     .table("rate_limits").unwrap()
+///     .max_connections(32)
+///     .call_timeout(Duration::from_millis(250))
+///     .connect()
+///     .unwrap();
+/// store.migrate().unwrap();
+/// ```
+#[derive(Clone, Debug)]
+pub struct PgStoreBuilder {
+    url: String,
+    table: TableName,
+    namespace: String,
+    max_connections: usize,
+    caller_time: bool,
+    call_timeout: Duration,
+    connect_timeout: Duration,
+    sweep_every: u64,
+    sweep_batch: u32,
+    runtime_threads: usize,
+}
+
+impl PgStoreBuilder {
+    /// Uses table `name` (default `tollgate_state`; `schema.table` accepted), validated as an
+    /// SQL identifier.
+    ///
+    /// ```
+    /// let b = tollgate_sql::PgStore::builder("postgres://localhost/db");
+    /// assert!(b.clone().table("limits").is_ok());
+    /// assert!(b.table("limits; DROP TABLE users").is_err());
+    /// ```
+    pub fn table(mut self, name: &str) -> Result<Self, Error> {
+        self.table = TableName::new(name)?;
+        Ok(self)
+    }
+
+    /// Prefixes every key with `namespace:` so several limiters can share one table.
+    ///
+    /// ```
+    /// let b = tollgate_sql::PgStore::builder("postgres://localhost/db").namespace("api");
+    /// # let _ = b;
+    /// ```
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.namespace = format!("{namespace}:");
+        self
+    }
+
+    /// The most connections the pool opens (default 16, at least 1).
+    ///
+    /// ```
+    /// let b = tollgate_sql::PgStore::builder("postgres://localhost/db").max_connections(4);
+    /// # let _ = b;
+    /// ```
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// Decide with the `now` the limiter passes (its clock) instead of the database clock.
+    /// Use it for tests and replay; in production the database clock keeps hosts with skewed
+    /// clocks consistent.
+    ///
+    /// ```
+    /// let b = tollgate_sql::PgStore::builder("postgres://localhost/db").caller_time(true);
+    /// # let _ = b;
+    /// ```
+    pub fn caller_time(mut self, yes: bool) -> Self {
+        self.caller_time = yes;
+        self
+    }
+
+    /// The time limit of one call, connection included (default 5 s). An expired call is a
+    /// `StoreError` with `timeout == true`.
+    ///
+    /// ```
+    /// let b = tollgate_sql::PgStore::builder("postgres://localhost/db")
+    ///     .call_timeout(std::time::Duration::from_millis(200));
+    /// # let _ = b;
+    /// ```
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// The time limit of opening one connection (default 5 s).
+    ///
+    /// ```
+    /// let b = tollgate_sql::PgStore::builder("postgres://localhost/db")
+    ///     .connect_timeout(std::time::Duration::from_secs(2));
+    /// # let _ = b;
+    /// ```
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Every `n` calls (default 1000, at least 1) one call also deletes expired rows.
+    ///
+    /// ```
+    /// let b = tollgate_sql::PgStore::builder("postgres://localhost/db").sweep_every(100);
+    /// # let _ = b;
+    /// ```
+    pub fn sweep_every(mut self, n: u64) -> Self {
+        self.sweep_every = n.max(1);
+        self
+    }
+
+    /// How many expired rows one sweep deletes at most (default 100, at least 1).
+    ///
+    /// ```
+    /// let b = tollgate_sql::PgStore::builder("postgres://localhost/db").sweep_batch(1000);
+    /// # let _ = b;
+    /// ```
+    pub fn sweep_batch(mut self, n: u32) -> Self {
+        self.sweep_batch = n.clamp(1, i32::MAX as u32);
+        self
+    }
+
+    /// Worker threads of the store's own runtime (default 2, at least 1).
+    ///
+    /// ```
+    /// let b = tollgate_sql::PgStore::builder("postgres://localhost/db").runtime_threads(1);
+    /// # let _ = b;
+    /// ```
+    pub fn runtime_threads(mut self, n: usize) -> Self {
+        self.runtime_threads = n.max(1);
+        self
+    }
+
+    fn build(self) -> Result<PgStore, Error> {
+        let mut config: tokio_postgres::Config = self.url.parse().map_err(|e| {
+            pg_error(
+                "invalid PostgreSQL URL",
+                format!("{e} (expected postgres://user[:password]@host[:port]/database or key=value pairs)"),
+            )
+        })?;
+        config.connect_timeout(self.connect_timeout);
+        if config.get_application_name().is_none() {
+            config.application_name("tollgate");
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(self.runtime_threads)
+            .thread_name("tollgate-sql-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| pg_error("cannot start the store's runtime", e))?;
+        let pool = Pool::builder(PgManager { config })
+            .max_size(self.max_connections)
+            .runtime(deadpool::Runtime::Tokio1)
+            .wait_timeout(Some(self.call_timeout))
+            .create_timeout(Some(self.connect_timeout))
+            .recycle_timeout(Some(self.call_timeout))
+            .build()
+            .map_err(|e| pg_error("cannot build the connection pool", e))?;
+        Ok(PgStore {
+            shared: Arc::new(Shared {
+                runtime: OwnedRuntime(Some(runtime)),
+                pool,
+                table: self.table,
+                namespace: self.namespace,
+                caller_time: self.caller_time,
+                call_timeout: self.call_timeout,
+                sweep_every: self.sweep_every,
+                sweep_batch: self.sweep_batch as i32,
+                calls: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Connects (opening one connection now, so a bad URL, host, password or database fails
+    /// here with a clear error). Blocks the calling thread; works with or without a runtime.
+    ///
+    /// ```
+    /// let err = tollgate_sql::PgStore::builder("mysql://nope").connect().unwrap_err();
+    /// assert!(err.to_string().contains("invalid PostgreSQL URL"));
+    /// ```
+    pub fn connect(self) -> Result<PgStore, Error> {
+        let store = self.build()?;
+        let shared = store.shared.clone();
+        store
+            .shared
+            .block_on("", async move { shared.get().await.map(drop) })?;
+        Ok(store)
+    }
+
+    /// [`connect`](Self::connect) without blocking the executor.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let err = tollgate_sql::PgStore::builder("not a url").connect_async().await.unwrap_err();
+    /// assert!(err.to_string().contains("invalid PostgreSQL URL"));
+    /// # });
+    /// ```
+    pub async fn connect_async(self) -> Result<PgStore, Error> {
+        let store = self.build()?;
+        let shared = store.shared.clone();
+        join(
+            "cannot connect",
+            store
+                .shared
+                .spawn("", async move { shared.get().await.map(drop) }),
+        )
+        .await?;
+        Ok(store)
+    }
+}
+
+async fn join<R>(
+    what: &'static str,
+    handle: tokio::task::JoinHandle<Result<R, Error>>,
+) -> Result<R, Error> {
+    match handle.await {
+        Ok(r) => r,
+        Err(e) => Err(pg_error(what, format!("the task failed: {e}"))),
+    }
+}
+
+/// A PostgreSQL database that holds rate-limit state for a fleet. Cheap to clone.
+///
+/// See the [module docs](self) for how it works.
+///
+/// ```no_run
+/// let store = tollgate_sql::PgStore::connect("postgres://postgres@127.0.0.1/postgres").unwrap();
+/// store.migrate().unwrap();
+/// ```
+#[derive(Clone)]
+pub struct PgStore {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("table", &self.shared.table.as_str())
+            .field("caller_time", &self.shared.caller_time)
+            .finish()
+    }
+}
+
+/// The function names and bodies, one per algorithm.
+const ALGORITHMS: [(&str, &str); 5] = [
+    ("gcra", include_str!("sql/gcra.sql")),
+    ("token_bucket", include_str!("sql/token_bucket.sql")),
+    ("fixed_window", include_str!("sql/fixed_window.sql")),
+    ("sliding_window", include_str!("sql/sliding_window.sql")),
+    ("sliding_log", include_str!("sql/sliding_log.sql")),
+];
+
+/// The `CREATE OR REPLACE FUNCTION` statement of one algorithm for `table`.
+fn function_sql(table: &TableName, algorithm: &str, body: &str) -> String {
+    let (eval, horizon) = body.split_once("-- @horizon\n").unwrap_or((body, ""));
+    let head = include_str!("sql/head.sql");
+    let tail = include_str!("sql/tail.sql");
+    format!("{head}{eval}{tail}")
+        .replace("{{HORIZON}}", horizon)
+        .replace("{{ALGORITHM}}", algorithm)
+        .replace("{{FUNCTION}}", &table.quoted(&format!("_{algorithm}")))
+        .replace("{{TABLE}}", &table.quoted(""))
+}
+
+/// A stable 64-bit id of the table, for the migration's advisory lock.
+fn lock_id(table: &TableName) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("tollgate-sql migrate {table}").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
+
+impl PgStore {
+    /// A builder for the database at `url` (`postgres://user:pass@host:port/db`).
+    ///
+    /// ```
+    /// let builder = tollgate_sql::PgStore::builder("postgres://postgres@127.0.0.1/postgres");
+    /// # let _ = builder;
+    /// ```
+    pub fn builder(url: &str) -> PgStoreBuilder {
+        PgStoreBuilder {
+            url: url.to_string(),
+            table: TableName::default(),
+            namespace: String::new(),
+            max_connections: 16,
+            caller_time: false,
+            call_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            sweep_every: 1000,
+            sweep_batch: 100,
+            runtime_threads: 2,
+        }
+    }
+
+    /// Connects to `url` with the defaults (table `tollgate_state`, database clock).
+    ///
+    /// ```
+    /// let err = tollgate_sql::PgStore::connect("postgres://u@127.0.0.1:1/db").unwrap_err();
+    /// assert!(err.to_string().contains("postgres: cannot connect"));
+    /// ```
+    pub fn connect(url: &str) -> Result<PgStore, Error> {
+        Self::builder(url).connect()
+    }
+
+    /// The table name in use.
+    ///
+    /// ```no_run
+    /// let store = tollgate_sql::PgStore::connect("postgres://localhost/db").unwrap();
+    /// assert_eq!(store.table_name().as_str(), "tollgate_state");
+    /// ```
+    pub fn table_name(&self) -> &TableName {
+        &self.shared.table
+    }
+
+    /// The SQL that [`migrate`](Self::migrate) runs (table, index and functions), for review
+    /// or for a migration tool of your own.
+    ///
+    /// ```
+    /// let sql = tollgate_sql::PgStore::schema_sql(&tollgate_sql::TableName::new("limits").unwrap());
+    /// assert!(sql.contains("CREATE TABLE IF NOT EXISTS \"limits\""));
+    /// assert!(sql.contains("FUNCTION \"limits_gcra\""));
+    /// ```
+    pub fn schema_sql(table: &TableName) -> String {
+        let t = table.quoted("");
+        let index = table.quoted_local("_expires_at");
+        let mut sql = format!(
+            "CREATE TABLE IF NOT EXISTS {t} (\n    key text PRIMARY KEY,\n    state bigint[] NOT NULL,\n    expires_at bigint NOT NULL\n);\nCREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at);\n"
+        );
+        for (name, body) in ALGORITHMS {
+            sql.push_str(&function_sql(table, name, body));
+            sql.push('\n');
+        }
+        sql
+    }
+
+    /// Creates the table, its index and the functions if needed, and replaces the functions
+    /// with this version's (idempotent; concurrent runs are serialised by an advisory lock).
+    /// Needs the privilege to create tables and functions in the schema.
+    ///
+    /// ```no_run
+    /// let store = tollgate_sql::PgStore::connect("postgres://localhost/db").unwrap();
+    /// store.migrate().unwrap();
+    /// store.migrate().unwrap(); // no-op
+    /// ```
+    pub fn migrate(&self) -> Result<(), Error> {
+        let shared = self.shared.clone();
+        self.shared
+            .block_on("cannot migrate", Self::migrate_on(shared))
+    }
+
+    /// [`migrate`](Self::migrate) without blocking the executor.
+    ///
+    /// ```no_run
+    /// # async fn f() {
+    /// let store = tollgate_sql::PgStore::builder("postgres://localhost/db").connect_async().await.unwrap();
+    /// store.migrate_async().await.unwrap();
+    /// # }
+    /// ```
+    pub async fn migrate_async(&self) -> Result<(), Error> {
+        let shared = self.shared.clone();
+        join(
+            "cannot migrate",
+            self.shared
+                .spawn("cannot migrate", Self::migrate_on(shared)),
+        )
+        .await
+    }
+
+    async fn migrate_on(shared: Arc<Shared>) -> Result<(), Error> {
+        let conn = shared.get().await?;
+        let sql = format!(
+            "BEGIN;\nSELECT pg_advisory_xact_lock({});\n{}COMMIT;",
+            lock_id(&shared.table),
+            Self::schema_sql(&shared.table)
+        );
+        if let Err(e) = conn.client.batch_execute(&sql).await {
+            let _ = conn.client.batch_execute("ROLLBACK").await;
+            return Err(pg_error(&format!("table {}", shared.table), describe(&e)));
+        }
+        Ok(())
+    }
+
+    /// Drops the table and the functions [`migrate`](Self::migrate) created (every key's
+    /// state is lost). For tests and uninstalling.
+    ///
+    /// ```no_run
+    /// let store = tollgate_sql::PgStore::connect("postgres://localhost/db").unwrap();
+    /// store.drop_schema().unwrap();
+    /// ```
+    pub fn drop_schema(&self) -> Result<(), Error> {
+        let shared = self.shared.clone();
+        self.shared.block_on("cannot drop the schema", async move {
+            let conn = shared.get().await?;
+            let mut sql = format!(
+                "BEGIN;\nSELECT pg_advisory_xact_lock({});\nDROP TABLE IF EXISTS {};\n",
+                lock_id(&shared.table),
+                shared.table.quoted("")
+            );
+            for (name, _) in ALGORITHMS {
+                sql.push_str(&format!(
+                    "DROP FUNCTION IF EXISTS {}(text, bigint, integer, bigint, bigint[], bigint[], bigint[], bigint[], integer);\n",
+                    shared.table.quoted(&format!("_{name}"))
+                ));
+            }
+            sql.push_str("COMMIT;");
+            if let Err(e) = conn.client.batch_execute(&sql).await {
+                let _ = conn.client.batch_execute("ROLLBACK").await;
+                return Err(pg_error(&format!("table {}", shared.table), describe(&e)));
+            }
+            Ok(())
+        })
+    }
+
+    /// Deletes every expired row now (at the database clock, or at `now` µs with caller
+    /// time); returns how many. The store also does this by itself, a batch at a time.
+    ///
+    /// ```no_run
+    /// let store = tollgate_sql::PgStore::connect("postgres://localhost/db").unwrap();
+    /// let deleted = store.purge_expired(0).unwrap();
+    /// # let _ = deleted;
+    /// ```
+    pub fn purge_expired(&self, now: Micros) -> Result<u64, Error> {
+        let shared = self.shared.clone();
+        self.shared.block_on("cannot purge", async move {
+            let conn = shared.get().await?;
+            let sql = format!(
+                "DELETE FROM {} WHERE expires_at <= coalesce($1::bigint, floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint)",
+                shared.table.quoted("")
+            );
+            conn.client
+                .execute(&sql, &[&shared.now_param(now)])
+                .await
+                .map_err(|e| pg_error("delete", describe(&e)))
+        })
+    }
+
+    /// The number of rows in the table (keys with state).
+    ///
+    /// ```no_run
+    /// let store = tollgate_sql::PgStore::connect("postgres://localhost/db").unwrap();
+    /// println!("{} keys", store.row_count().unwrap());
+    /// ```
+    pub fn row_count(&self) -> Result<u64, Error> {
+        let shared = self.shared.clone();
+        self.shared.block_on("cannot count rows", async move {
+            let conn = shared.get().await?;
+            let sql = format!("SELECT count(*) FROM {}", shared.table.quoted(""));
+            let row = conn
+                .client
+                .query_one(&sql, &[])
+                .await
+                .map_err(|e| pg_error("count", describe(&e)))?;
+            Ok(row.get::<_, i64>(0) as u64)
+        })
+    }
+
+    /// Closes every idle connection of the pool; the next call opens new ones.
+    ///
+    /// ```no_run
+    /// let store = tollgate_sql::PgStore::connect("postgres://localhost/db").unwrap();
+    /// store.reconnect();
+    /// ```
+    pub fn reconnect(&self) {
+        self.shared.pool.retain(|_, _| false);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The backend.
+
+struct Call {
+    engine: Engine,
+    decide_sql: String,
+    reset_sql: String,
+    prefix: String,
+    a: Vec<i64>,
+    b: Vec<i64>,
+    c: Vec<i64>,
+    d: Vec<i64>,
+}
+
+/// A [`PgStore`] bound to one policy.
+///
+/// ```no_run
+/// use tollgate::store::{Backend, Op, Store};
+/// let store = tollgate_sql::PgStore::connect("postgres://localhost/db").unwrap();
+/// let policy = tollgate::Policy::gcra(tollgate::Rate::per_second(1).unwrap()).unwrap();
+/// let backend = store.bind(&policy).unwrap();
+/// let d = backend.execute("k", Op::Check(1), 0).unwrap().unwrap();
+/// # let _ = d;
+/// ```
+#[derive(Clone)]
+pub struct PgBackend {
+    shared: Arc<Shared>,
+    call: Arc<Call>,
+}
+
+impl std::fmt::Debug for PgBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgBackend")
+            .field("table", &self.shared.table.as_str())
+            .field("function", &self.call.decide_sql)
+            .finish()
+    }
+}
+
+impl Store for PgStore {
+    type Backend = PgBackend;
+
+    /// Binds `policy` (no round trip; a missing schema shows on the first call, with a hint
+    /// to run [`PgStore::migrate`]).
+    fn bind(&self, policy: &Policy) -> Result<PgBackend, Error> {
+        let engine = Engine::new(policy);
+        let rates = policy.rates();
+        let i = |v: u64| to_i64(v);
+        let (name, a, b, c, d): (&str, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) = match &engine {
+            Engine::Gcra(p) => (
+                "gcra",
+                p.iter().map(|p| i(p.emission_interval)).collect(),
+                p.iter().map(|p| i(p.tolerance)).collect(),
+                p.iter().map(|p| i(p.burst)).collect(),
+                vec![],
+            ),
+            Engine::TokenBucket(p) => (
+                "token_bucket",
+                p.iter().map(|p| i(p.capacity)).collect(),
+                p.iter().map(|p| i(p.refill_amount)).collect(),
+                p.iter().map(|p| i(p.refill_interval)).collect(),
+                p.iter().map(|p| i(p.initial_tokens)).collect(),
+            ),
+            Engine::FixedWindow(_) | Engine::SlidingWindow(_) | Engine::SlidingLog(_) => (
+                match policy.algorithm() {
+                    Algorithm::FixedWindow => "fixed_window",
+                    Algorithm::SlidingWindow => "sliding_window",
+                    _ => "sliding_log",
+                },
+                rates.iter().map(|r| i(r.limit())).collect(),
+                rates.iter().map(|r| i(r.period_us())).collect(),
+                vec![],
+                vec![],
+            ),
+        };
+        let t = &self.shared.table;
+        Ok(PgBackend {
+            shared: self.shared.clone(),
+            call: Arc::new(Call {
+                decide_sql: format!(
+                    "SELECT * FROM {}($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    t.quoted(&format!("_{name}"))
+                ),
+                reset_sql: format!("DELETE FROM {} WHERE key = $1", t.quoted("")),
+                prefix: format!("{}{}:", self.shared.namespace, policy.algorithm()),
+                engine,
+                a,
+                b,
+                c,
+                d,
+            }),
+        })
+    }
+}
+
+impl PgBackend {
+    async fn run(
+        shared: Arc<Shared>,
+        call: Arc<Call>,
+        key: String,
+        op: Op,
+        now: Micros,
+    ) -> Result<Option<Decision>, Error> {
+        let mut conn = shared.get().await?;
+        let key = format!("{}{key}", call.prefix);
+        let (op_code, cost) = match op {
+            Op::Check(c) => (0i32, c),
+            Op::Peek(c) => (1, c),
+            Op::Refund(c) => (2, c),
+            _ => {
+                let stmt = conn
+                    .statement(&call.reset_sql)
+                    .await
+                    .map_err(|e| pg_error("reset", describe(&e)))?;
+                conn.client
+                    .execute(&stmt, &[&key])
+                    .await
+                    .map_err(|e| pg_error("reset", describe(&e)))?;
+                return Ok(None);
+            }
+        };
+        let sweep: i32 = if shared.calls.fetch_add(1, Ordering::Relaxed) % shared.sweep_every
+            == shared.sweep_every - 1
+        {
+            shared.sweep_batch
+        } else {
+            0
+        };
+        let stmt = conn
+            .statement(&call.decide_sql)
+            .await
+            .map_err(|e| pg_error("prepare", describe(&e)))?;
+        let row = conn
+            .client
+            .query_opt(
+                &stmt,
+                &[
+                    &key,
+                    &shared.now_param(now),
+                    &op_code,
+                    &to_i64(cost),
+                    &call.a,
+                    &call.b,
+                    &call.c,
+                    &call.d,
+                    &sweep,
+                ],
+            )
+            .await
+            .map_err(|e| pg_error("decide", describe(&e)))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let get = |i: usize| -> Result<u64, Error> {
+            let v: i64 = row
+                .try_get(i)
+                .map_err(|e| pg_error("bad reply", describe(&e)))?;
+            u64::try_from(v).map_err(|_| pg_error("bad reply", format!("negative value {v}")))
+        };
+        let allowed: bool = row
+            .try_get(0)
+            .map_err(|e| pg_error("bad reply", describe(&e)))?;
+        let denied_by: Option<i32> = row
+            .try_get(5)
+            .map_err(|e| pg_error("bad reply", describe(&e)))?;
+        Ok(Some(Decision::from_parts(
+            allowed,
+            get(1)?,
+            get(2)?,
+            get(3)?,
+            get(4)?,
+            denied_by.map(|d| d as usize),
+        )))
+    }
+}
+
+impl Backend for PgBackend {
+    fn execute(&self, key: &str, op: Op, now: Micros) -> Result<Option<Decision>, Error> {
+        self.call.engine.validate(op)?;
+        let fut = Self::run(
+            self.shared.clone(),
+            self.call.clone(),
+            key.to_string(),
+            op,
+            now,
+        );
+        self.shared.block_on("postgres call", fut)
+    }
+
+    fn execute_async<'a>(
+        &'a self,
+        key: &'a str,
+        op: Op,
+        now: Micros,
+    ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
+        Box::pin(async move {
+            self.call.engine.validate(op)?;
+            let fut = Self::run(
+                self.shared.clone(),
+                self.call.clone(),
+                key.to_string(),
+                op,
+                now,
+            );
+            join("postgres call", self.shared.spawn("postgres call", fut)).await
+        })
+    }
+}
