@@ -33,6 +33,7 @@ pub mod keys;
 mod limiter;
 mod policy;
 mod quota;
+pub mod semaphore;
 pub mod store;
 pub mod time;
 
@@ -41,3 +42,4 @@ pub use error::{Error, QuotaError, StoreError};
 pub use limiter::{DirectLimiter, Limiter, LimiterBuilder, DEFAULT_MAX_KEY_LEN};
 pub use policy::{Algorithm, Policy, PolicySpec, RateSpec, MAX_RATES};
 pub use quota::{parse_rates, Rate, MAX_HORIZON_US};
+pub use semaphore::{Permit, Semaphore, SemaphoreError};

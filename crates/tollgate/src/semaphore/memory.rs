@@ -1,0 +1,427 @@
+//! The in-memory semaphore backend: one process, many names.
+//!
+//! Names are spread over 32 shards, each a `parking_lot` mutex around a map of names, with a
+//! condition variable (sync waiters) and a `tokio::sync::Notify` (async waiters) that wake
+//! waiters when a permit of that shard frees: no polling. A name with no holder and no waiter
+//! is removed at once, and each shard sweeps names whose leases all ended when a new name is
+//! added (at most once per second of the callers' clock), so memory stays bounded by the
+//! number of live holders and waiters.
+
+use super::backend::{
+    AcquireOutcome, AcquireRequest, ExtendOutcome, HolderId, ReleaseOutcome, SemaphoreBackend,
+    SemaphoreStatus,
+};
+use crate::error::StoreError;
+use crate::time::Micros;
+use futures_util::future::BoxFuture;
+use parking_lot::{Condvar, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+const SHARDS: usize = 32;
+const SWEEP_EVERY_US: Micros = 1_000_000;
+
+/// In-memory leases for any number of named semaphores. Cheap to share (`Arc`); every
+/// [`Semaphore`](super::Semaphore) built with [`SemaphoreBuilder::build`](super::SemaphoreBuilder::build)
+/// uses the process-wide [`MemorySemaphoreBackend::global`], so two semaphores with the same
+/// name in one process are the same semaphore, as on Redis.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tollgate::semaphore::{MemorySemaphoreBackend, Semaphore};
+/// let backend = Arc::new(MemorySemaphoreBackend::new()); // private to these semaphores
+/// let a = Semaphore::builder("db", 1).build_on(Arc::clone(&backend)).unwrap();
+/// let b = Semaphore::builder("db", 1).build_on(backend).unwrap();
+/// let _held = a.try_acquire().unwrap().unwrap();
+/// assert!(b.try_acquire().unwrap().is_none()); // same name, same backend
+/// ```
+pub struct MemorySemaphoreBackend {
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+}
+
+struct Shard {
+    state: Mutex<ShardState>,
+    changed: Condvar,
+    notify: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct ShardState {
+    names: HashMap<String, NameState>,
+    epoch: u64,
+    last_sweep: Micros,
+}
+
+#[derive(Default)]
+struct NameState {
+    holders: HashMap<HolderId, Held>,
+    in_use: u64,
+    queue: VecDeque<Queued>,
+}
+
+struct Held {
+    permits: u64,
+    expires_at: Micros,
+}
+
+struct Queued {
+    holder: HolderId,
+    permits: u64,
+    expires_at: Micros,
+}
+
+impl NameState {
+    /// Drops expired holders and waiters; true when anything was dropped.
+    fn purge(&mut self, now: Micros) -> bool {
+        let before = (self.holders.len(), self.queue.len());
+        let mut freed = 0;
+        self.holders.retain(|_, h| {
+            let live = h.expires_at > now;
+            if !live {
+                freed += h.permits;
+            }
+            live
+        });
+        self.in_use -= freed;
+        self.queue.retain(|q| q.expires_at > now);
+        before != (self.holders.len(), self.queue.len())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.holders.is_empty() && self.queue.is_empty()
+    }
+
+    fn next_expiry_in(&self, now: Micros) -> Option<Micros> {
+        self.holders
+            .values()
+            .map(|h| h.expires_at.saturating_sub(now))
+            .min()
+    }
+}
+
+impl Default for MemorySemaphoreBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MemorySemaphoreBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemorySemaphoreBackend")
+            .field("names", &self.names())
+            .finish()
+    }
+}
+
+impl MemorySemaphoreBackend {
+    /// An empty backend.
+    ///
+    /// ```
+    /// assert_eq!(tollgate::semaphore::MemorySemaphoreBackend::new().names(), 0);
+    /// ```
+    pub fn new() -> Self {
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| Shard {
+                    state: Mutex::new(ShardState::default()),
+                    changed: Condvar::new(),
+                    notify: tokio::sync::Notify::new(),
+                })
+                .collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// The process-wide backend used by [`SemaphoreBuilder::build`](super::SemaphoreBuilder::build).
+    ///
+    /// ```
+    /// use tollgate::semaphore::MemorySemaphoreBackend;
+    /// assert!(std::sync::Arc::ptr_eq(&MemorySemaphoreBackend::global(), &MemorySemaphoreBackend::global()));
+    /// ```
+    pub fn global() -> Arc<MemorySemaphoreBackend> {
+        static GLOBAL: OnceLock<Arc<MemorySemaphoreBackend>> = OnceLock::new();
+        Arc::clone(GLOBAL.get_or_init(|| Arc::new(MemorySemaphoreBackend::new())))
+    }
+
+    /// How many names hold state (live or not yet swept holders, or waiters).
+    ///
+    /// ```
+    /// use tollgate::semaphore::{MemorySemaphoreBackend, Semaphore};
+    /// let backend = std::sync::Arc::new(MemorySemaphoreBackend::new());
+    /// let s = Semaphore::builder("x", 1).build_on(backend.clone()).unwrap();
+    /// let p = s.try_acquire().unwrap().unwrap();
+    /// assert_eq!(backend.names(), 1);
+    /// drop(p);
+    /// assert_eq!(backend.names(), 0);
+    /// ```
+    pub fn names(&self) -> usize {
+        self.shards.iter().map(|s| s.state.lock().names.len()).sum()
+    }
+
+    fn shard(&self, name: &str) -> &Shard {
+        let h = self.hasher.hash_one(name);
+        &self.shards[(h as usize) % SHARDS]
+    }
+
+    fn changed(shard: &Shard) {
+        shard.changed.notify_all();
+        shard.notify.notify_waiters();
+    }
+}
+
+impl ShardState {
+    fn sweep(&mut self, now: Micros) {
+        if now.saturating_sub(self.last_sweep) < SWEEP_EVERY_US {
+            return;
+        }
+        self.last_sweep = now;
+        self.names.retain(|_, ns| {
+            ns.purge(now);
+            !ns.is_empty()
+        });
+    }
+}
+
+impl SemaphoreBackend for MemorySemaphoreBackend {
+    fn is_local(&self) -> bool {
+        true
+    }
+
+    fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome, StoreError> {
+        let shard = self.shard(req.name);
+        let mut guard = shard.state.lock();
+        let st = &mut *guard;
+        if !st.names.contains_key(req.name) {
+            st.sweep(req.now);
+            st.names.insert(req.name.to_owned(), NameState::default());
+        }
+        let ns = st
+            .names
+            .get_mut(req.name)
+            .ok_or_else(|| StoreError::new("memory", "semaphore state vanished"))?;
+        let mut changed = ns.purge(req.now);
+        let mut ahead: u64 = 0;
+        let mut position = None;
+        for (i, q) in ns.queue.iter().enumerate() {
+            if q.holder == req.holder {
+                position = Some(i);
+                break;
+            }
+            ahead = ahead.saturating_add(q.permits);
+        }
+        if let Some(held) = ns.holders.get_mut(&req.holder) {
+            // The same id asking again (a retry after a lost answer): it keeps its one grant,
+            // with a fresh lease; permits are never counted twice.
+            held.expires_at = req.now.saturating_add(req.lease);
+            let expires_at = held.expires_at;
+            if changed {
+                st.epoch = st.epoch.wrapping_add(1);
+                drop(guard);
+                Self::changed(shard);
+            }
+            return Ok(AcquireOutcome::Granted { expires_at });
+        }
+        let fits = ns
+            .in_use
+            .checked_add(ahead)
+            .and_then(|v| v.checked_add(req.permits))
+            .is_some_and(|total| total <= req.capacity);
+        let outcome = if fits {
+            if let Some(i) = position {
+                ns.queue.remove(i);
+            }
+            let expires_at = req.now.saturating_add(req.lease);
+            ns.holders.insert(
+                req.holder,
+                Held {
+                    permits: req.permits,
+                    expires_at,
+                },
+            );
+            ns.in_use += req.permits;
+            AcquireOutcome::Granted { expires_at }
+        } else {
+            match (req.queue_ttl, position) {
+                (Some(ttl), Some(i)) => {
+                    ns.queue[i].expires_at = req.now.saturating_add(ttl);
+                    ns.queue[i].permits = req.permits;
+                }
+                (Some(ttl), None) => ns.queue.push_back(Queued {
+                    holder: req.holder,
+                    permits: req.permits,
+                    expires_at: req.now.saturating_add(ttl),
+                }),
+                (None, Some(i)) => {
+                    ns.queue.remove(i);
+                    changed = true;
+                }
+                (None, None) => {}
+            }
+            AcquireOutcome::Busy {
+                in_use: ns.in_use,
+                next_expiry_in: ns.next_expiry_in(req.now),
+                epoch: st.epoch.wrapping_add(u64::from(changed)),
+            }
+        };
+        if ns.is_empty() {
+            st.names.remove(req.name);
+        }
+        if changed {
+            st.epoch = st.epoch.wrapping_add(1);
+            drop(guard);
+            Self::changed(shard);
+        }
+        Ok(outcome)
+    }
+
+    fn try_acquire_async<'a>(
+        &'a self,
+        req: &'a AcquireRequest<'a>,
+    ) -> BoxFuture<'a, Result<AcquireOutcome, StoreError>> {
+        Box::pin(std::future::ready(self.try_acquire(req)))
+    }
+
+    fn release(
+        &self,
+        name: &str,
+        holder: HolderId,
+        now: Micros,
+    ) -> Result<ReleaseOutcome, StoreError> {
+        let shard = self.shard(name);
+        let mut guard = shard.state.lock();
+        let st = &mut *guard;
+        let Some(ns) = st.names.get_mut(name) else {
+            return Ok(ReleaseOutcome::NotHeld);
+        };
+        let mut changed = ns.purge(now);
+        let outcome = match ns.holders.remove(&holder) {
+            Some(held) => {
+                ns.in_use -= held.permits;
+                changed = true;
+                ReleaseOutcome::Released
+            }
+            None => ReleaseOutcome::NotHeld,
+        };
+        if let Some(i) = ns.queue.iter().position(|q| q.holder == holder) {
+            ns.queue.remove(i);
+            changed = true;
+        }
+        if ns.is_empty() {
+            st.names.remove(name);
+        }
+        if changed {
+            st.epoch = st.epoch.wrapping_add(1);
+            drop(guard);
+            Self::changed(shard);
+        }
+        Ok(outcome)
+    }
+
+    fn release_async<'a>(
+        &'a self,
+        name: &'a str,
+        holder: HolderId,
+        now: Micros,
+    ) -> BoxFuture<'a, Result<ReleaseOutcome, StoreError>> {
+        Box::pin(std::future::ready(self.release(name, holder, now)))
+    }
+
+    fn extend(
+        &self,
+        name: &str,
+        holder: HolderId,
+        lease: Micros,
+        now: Micros,
+    ) -> Result<ExtendOutcome, StoreError> {
+        let shard = self.shard(name);
+        let mut guard = shard.state.lock();
+        let st = &mut *guard;
+        let Some(ns) = st.names.get_mut(name) else {
+            return Ok(ExtendOutcome::NotHeld);
+        };
+        let changed = ns.purge(now);
+        let outcome = match ns.holders.get_mut(&holder) {
+            Some(held) => {
+                held.expires_at = now.saturating_add(lease);
+                ExtendOutcome::Extended {
+                    expires_at: held.expires_at,
+                }
+            }
+            None => ExtendOutcome::NotHeld,
+        };
+        if ns.is_empty() {
+            st.names.remove(name);
+        }
+        if changed {
+            st.epoch = st.epoch.wrapping_add(1);
+            drop(guard);
+            Self::changed(shard);
+        }
+        Ok(outcome)
+    }
+
+    fn extend_async<'a>(
+        &'a self,
+        name: &'a str,
+        holder: HolderId,
+        lease: Micros,
+        now: Micros,
+    ) -> BoxFuture<'a, Result<ExtendOutcome, StoreError>> {
+        Box::pin(std::future::ready(self.extend(name, holder, lease, now)))
+    }
+
+    fn status(&self, name: &str, now: Micros) -> Result<SemaphoreStatus, StoreError> {
+        let shard = self.shard(name);
+        let st = shard.state.lock();
+        let Some(ns) = st.names.get(name) else {
+            return Ok(SemaphoreStatus::default());
+        };
+        let live = ns.holders.values().filter(|h| h.expires_at > now);
+        let (holders, in_use) = live.fold((0u64, 0u64), |(n, p), h| (n + 1, p + h.permits));
+        let waiting = ns.queue.iter().filter(|q| q.expires_at > now).count() as u64;
+        Ok(SemaphoreStatus {
+            in_use,
+            holders,
+            waiting,
+        })
+    }
+
+    fn status_async<'a>(
+        &'a self,
+        name: &'a str,
+        now: Micros,
+    ) -> BoxFuture<'a, Result<SemaphoreStatus, StoreError>> {
+        Box::pin(std::future::ready(self.status(name, now)))
+    }
+
+    fn wait_blocking(&self, name: &str, epoch: u64, _attempt: u32, max: Duration) {
+        let shard = self.shard(name);
+        let mut st = shard.state.lock();
+        if st.epoch != epoch {
+            return;
+        }
+        let _ = shard.changed.wait_for(&mut st, max);
+    }
+
+    fn wait<'a>(
+        &'a self,
+        name: &'a str,
+        epoch: u64,
+        _attempt: u32,
+        max: Duration,
+    ) -> BoxFuture<'a, ()> {
+        let shard = self.shard(name);
+        Box::pin(async move {
+            let notified = shard.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if shard.state.lock().epoch != epoch {
+                return;
+            }
+            let _ = tokio::time::timeout(max, notified).await;
+        })
+    }
+}
