@@ -156,6 +156,7 @@ pub struct HttpPolicy {
     matcher: RouteMatcher,
     cost: u64,
     missing_key: MissingKey,
+    key_builder: Option<tollgate::keys::KeyBuilder>,
     /// (capacity, w seconds) for each rate of the limiter's policy.
     windows: Arc<[(u64, u64)]>,
 }
@@ -207,6 +208,7 @@ impl HttpPolicy {
             matcher: RouteMatcher::default(),
             cost: 1,
             missing_key: MissingKey::default(),
+            key_builder: None,
             windows: windows.into(),
         }
     }
@@ -293,6 +295,24 @@ impl HttpPolicy {
         self
     }
 
+    /// Passes every extracted key through `keys` ([`tollgate::keys::KeyBuilder`]: namespace,
+    /// HMAC-SHA256 so raw IPs or API keys never reach the store, bounded length) before it
+    /// reaches the limiter. Without it the extracted key goes to the limiter as is (stores
+    /// such as Redis apply their own key builder on top). A key the builder rejects is
+    /// answered 400 with problem+json.
+    ///
+    /// ```
+    /// # use tollgate::{Limiter, Policy, Rate};
+    /// # let l = Limiter::memory(Policy::gcra(Rate::per_second(1).unwrap()).unwrap());
+    /// let keys = tollgate::keys::KeyBuilder::new("http").unwrap().hmac_secret("secret").unwrap();
+    /// let p = tollgate_tower::HttpPolicy::new("ip", l, tollgate_tower::key::PeerIp::new()).key_builder(keys);
+    /// # let _ = p;
+    /// ```
+    pub fn key_builder(mut self, keys: tollgate::keys::KeyBuilder) -> Self {
+        self.key_builder = Some(keys);
+        self
+    }
+
     fn window_for(&self, d: &Decision) -> u64 {
         self.windows
             .iter()
@@ -349,7 +369,16 @@ impl Gate {
             if !p.matcher.matches(parts) {
                 continue;
             }
-            match p.extractor.extract(parts) {
+            let extracted = p
+                .extractor
+                .extract(parts)
+                .and_then(|raw| match &p.key_builder {
+                    None => Ok(raw),
+                    Some(keys) => keys
+                        .build(&raw)
+                        .map_err(|e| KeyError::Custom(format!("the key is unusable: {e}"))),
+                });
+            match extracted {
                 Ok(key) => work.push((i, key)),
                 Err(err) => match &p.missing_key {
                     MissingKey::Skip => {}
@@ -464,7 +493,7 @@ impl Gate {
             };
         }
         let (status, detail) = match &e {
-            Error::KeyTooLong { .. } => (
+            Error::KeyTooLong { .. } | Error::InvalidKey { .. } => (
                 StatusCode::BAD_REQUEST,
                 format!(
                     "the rate-limit key of policy {:?} is invalid: {e}",
