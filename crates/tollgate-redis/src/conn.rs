@@ -11,7 +11,7 @@ use tollgate::{Error, StoreError};
 /// Where the store connects.
 pub(crate) enum Target {
     Standalone(redis::Client),
-    Cluster(ClusterClient),
+    Cluster(Box<ClusterClient>),
 }
 
 #[derive(Clone)]

@@ -65,9 +65,11 @@ mod cache;
 mod conn;
 mod multi;
 mod scripts;
+mod semaphore;
 mod store;
 
 pub use multi::{KeyCheck, MultiDecision};
+pub use semaphore::{semaphore_script_source, RedisSemaphoreBackend};
 pub use store::{RedisBackend, RedisStore, RedisStoreBuilder, TimeSource};
 
 /// The Lua sources, for inspection or for loading them into Redis by other means.

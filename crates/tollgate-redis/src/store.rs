@@ -245,7 +245,7 @@ impl RedisStoreBuilder {
                 .response_timeout(self.timeout)
                 .build()
                 .map_err(|e| invalid(format!("bad cluster URLs: {e}")))?;
-            Target::Cluster(client)
+            Target::Cluster(Box::new(client))
         } else {
             let client = redis::Client::open(self.urls[0].as_str())
                 .map_err(|e| invalid(format!("bad URL {:?}: {e}", self.urls[0])))?;
