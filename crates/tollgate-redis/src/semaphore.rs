@@ -81,9 +81,8 @@ impl Script {
     fn get(self) -> &'static redis::Script {
         static SCRIPTS: [OnceLock<redis::Script>; 4] = [const { OnceLock::new() }; 4];
         let name = ["acquire", "release", "extend", "status"][self as usize];
-        SCRIPTS[self as usize].get_or_init(|| {
-            redis::Script::new(semaphore_script_source(name).unwrap_or_default())
-        })
+        SCRIPTS[self as usize]
+            .get_or_init(|| redis::Script::new(semaphore_script_source(name).unwrap_or_default()))
     }
 }
 
@@ -398,6 +397,8 @@ impl SemaphoreBackend for RedisSemaphoreBackend {
         name: &'a str,
         now: Micros,
     ) -> BoxFuture<'a, Result<SemaphoreStatus, StoreError>> {
-        Box::pin(async move { status_outcome(self.call_async(self.status_call(name, now)?).await?) })
+        Box::pin(
+            async move { status_outcome(self.call_async(self.status_call(name, now)?).await?) },
+        )
     }
 }
