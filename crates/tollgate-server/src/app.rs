@@ -15,18 +15,19 @@
 //! ```
 
 use crate::config::{Config, FailurePolicy, StoreUrl};
-use hmac::{Hmac, Mac};
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::RwLock;
-use sha2::Sha256;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tollgate::keys::KeyBuilder;
+use tollgate::semaphore::{MemorySemaphoreBackend, SemaphoreBackend};
 use tollgate::store::memory::{MemoryBackend, MemoryStore};
 use tollgate::store::{Backend, Store};
 use tollgate::{Algorithm, Decision, Error, Limiter, Policy};
+use tollgate_redis::{RedisSemaphoreBackend, RedisStore};
 
 /// A failed request, with the class that decides the HTTP status / RESP error prefix.
 ///
@@ -99,7 +100,6 @@ impl PolicyMetrics {
 /// ```
 pub struct PolicyEntry {
     name: String,
-    scope: String,
     policy: Policy,
     limiter: Limiter<Arc<dyn Backend>>,
     local: Option<Limiter<MemoryBackend>>,
@@ -215,36 +215,24 @@ pub fn rate_limit_field(name: &str, rates: usize, decision: &Decision) -> String
     format!("\"{item}\";r={};t={t}", decision.remaining)
 }
 
-/// Where keys go in the store: a namespace and policy scope for shared stores, and optional
-/// HMAC-SHA256 hashing so raw identities (IPs, e-mails) never reach the store.
+/// How user keys are turned into store keys. The Redis store applies the namespace, the
+/// policy scope and the optional HMAC itself (`tollgate::keys`); for the in-memory store the
+/// key is used as given, or HMAC-hashed with the same `tollgate::keys` rule when a secret is
+/// configured.
 #[derive(Clone)]
 struct KeyMapper {
-    shared: bool,
-    namespace: String,
-    secret: Option<Hmac<Sha256>>,
+    hasher: Option<KeyBuilder>,
 }
 
 impl KeyMapper {
     #[inline]
-    fn map<'a>(&self, scope: &str, key: &'a str) -> Cow<'a, str> {
-        let key: Cow<'a, str> = match &self.secret {
-            Some(mac) => {
-                let mut mac = mac.clone();
-                mac.update(key.as_bytes());
-                let digest = mac.finalize().into_bytes();
-                let mut hex = String::with_capacity(64);
-                for b in digest {
-                    hex.push(char::from(b"0123456789abcdef"[(b >> 4) as usize]));
-                    hex.push(char::from(b"0123456789abcdef"[(b & 15) as usize]));
-                }
-                Cow::Owned(hex)
-            }
-            None => Cow::Borrowed(key),
-        };
-        if self.shared {
-            Cow::Owned(format!("{}:{scope}:{key}", self.namespace))
-        } else {
-            key
+    fn map<'a>(&self, key: &'a str) -> Result<Cow<'a, str>, AppError> {
+        match &self.hasher {
+            None => Ok(Cow::Borrowed(key)),
+            Some(keys) => keys
+                .build(key)
+                .map(Cow::Owned)
+                .map_err(|e| AppError::BadRequest(e.to_string())),
         }
     }
 }
@@ -252,12 +240,19 @@ impl KeyMapper {
 /// Binds policies to the configured store.
 enum StoreFactory {
     Memory(MemoryStore),
+    Redis(RedisStore),
 }
 
 impl StoreFactory {
-    fn bind(&self, policy: &Policy) -> Result<Arc<dyn Backend>, Error> {
+    /// Binds `policy`; `scope` names its keys in a shared store (`None`: the store derives a
+    /// scope from the policy, so different policies never share state).
+    fn bind(&self, scope: Option<&str>, policy: &Policy) -> Result<Arc<dyn Backend>, Error> {
         match self {
             StoreFactory::Memory(store) => Ok(Arc::new(store.bind(policy)?)),
+            StoreFactory::Redis(store) => Ok(Arc::new(match scope {
+                Some(s) => store.scope(s).bind(policy)?,
+                None => store.bind(policy)?,
+            })),
         }
     }
 }
@@ -269,6 +264,8 @@ type CellParams = (u64, u64, u64);
 pub struct App {
     store_url: StoreUrl,
     store: StoreFactory,
+    semaphores: Arc<dyn SemaphoreBackend>,
+    semaphore_specs: BTreeMap<String, SemaphoreSpec>,
     is_memory: bool,
     keys: KeyMapper,
     failure: FailurePolicy,
@@ -301,30 +298,48 @@ impl App {
     /// assert!(app.policy_names().is_empty());
     /// ```
     pub fn new(config: &Config, metrics: Option<PrometheusHandle>) -> Result<App, Error> {
-        let store = match &config.store {
-            StoreUrl::Memory => StoreFactory::Memory(MemoryStore::new().max_keys(config.max_keys)),
-            other => {
-                return Err(tollgate::StoreError::new(
-                    "redis",
-                    format!(
-                        "{} is not supported by this build yet (the Redis store is not available)",
-                        other.describe()
-                    ),
-                )
-                .into())
+        let invalid = |m: String| Error::Store(tollgate::StoreError::new("config", m));
+        let redis = |builder: tollgate_redis::RedisStoreBuilder| {
+            let mut builder = builder
+                .namespace(config.namespace.clone())
+                .timeout(config.store_timeout)
+                .max_key_len(config.max_key_len + 256);
+            if let Some(secret) = &config.key_secret {
+                builder = builder.hmac_secret(secret);
+            }
+            builder.build()
+        };
+        let (store, semaphores): (StoreFactory, Arc<dyn SemaphoreBackend>) = match &config.store {
+            StoreUrl::Memory => (
+                StoreFactory::Memory(MemoryStore::new().max_keys(config.max_keys)),
+                Arc::new(MemorySemaphoreBackend::new()),
+            ),
+            StoreUrl::Redis(url) => {
+                let store = redis(RedisStore::builder().url(url.clone()))?;
+                let sem = RedisSemaphoreBackend::new(&store)?;
+                (StoreFactory::Redis(store), Arc::new(sem))
+            }
+            StoreUrl::RedisCluster(nodes) => {
+                let store = redis(RedisStore::builder().cluster(nodes.clone()))?;
+                let sem = RedisSemaphoreBackend::new(&store)?;
+                (StoreFactory::Redis(store), Arc::new(sem))
             }
         };
         let is_memory = matches!(config.store, StoreUrl::Memory);
-        let keys = KeyMapper {
-            shared: !is_memory,
-            namespace: config.namespace.clone(),
-            secret: config.key_secret.as_ref().map(|s| {
-                Hmac::<Sha256>::new_from_slice(s).expect("HMAC accepts keys of any length")
-            }),
+        let hasher = match (&config.key_secret, is_memory) {
+            (Some(secret), true) => Some(
+                KeyBuilder::new(config.namespace.clone())
+                    .and_then(|k| k.hmac_secret(secret))
+                    .map_err(|e| invalid(e.to_string()))?,
+            ),
+            _ => None,
         };
+        let keys = KeyMapper { hasher };
         let mut app = App {
             store_url: config.store.clone(),
             store,
+            semaphores,
+            semaphore_specs: config.semaphores.clone(),
             is_memory,
             keys,
             failure: config.failure,
@@ -339,14 +354,14 @@ impl App {
             metrics,
         };
         for (name, policy) in &config.policies {
-            let entry = app.entry(name, &format!("p:{name}"), policy.clone())?;
+            let entry = app.entry(name, Some(name), policy.clone())?;
             app.named.insert(name.clone(), Arc::new(entry));
         }
         Ok(app)
     }
 
-    fn entry(&self, name: &str, scope: &str, policy: Policy) -> Result<PolicyEntry, Error> {
-        let backend = self.store.bind(&policy)?;
+    fn entry(&self, name: &str, scope: Option<&str>, policy: Policy) -> Result<PolicyEntry, Error> {
+        let backend = self.store.bind(scope, &policy)?;
         let local = (self.failure == FailurePolicy::Local && !self.is_memory).then(|| {
             Limiter::builder(policy.clone())
                 .max_key_len(usize::MAX)
@@ -355,7 +370,6 @@ impl App {
         });
         Ok(PolicyEntry {
             name: name.to_string(),
-            scope: scope.to_string(),
             rate_limit_policy: rate_limit_policy_field(name, &policy),
             limiter: Limiter::builder(policy.clone())
                 .max_key_len(usize::MAX)
@@ -445,9 +459,8 @@ impl App {
         if map.len() >= self.max_dynamic {
             return Err(AppError::TooManyPolicies(self.max_dynamic));
         }
-        let scope = format!("i:{policy}");
         let entry = Arc::new(
-            self.entry("inline", &scope, policy)
+            self.entry("inline", None, policy)
                 .map_err(|e| AppError::StoreUnavailable(e.to_string()))?,
         );
         map.insert(cache_key, Arc::clone(&entry));
@@ -483,9 +496,9 @@ impl App {
         if map.len() >= self.max_dynamic {
             return Err(AppError::TooManyPolicies(self.max_dynamic));
         }
-        let scope = format!("cell:{max_burst}:{count}:{period}");
+        let scope = format!("cell-{max_burst}-{count}-{period}");
         let entry = Arc::new(
-            self.entry("cl.throttle", &scope, policy)
+            self.entry("cl.throttle", Some(&scope), policy)
                 .map_err(|e| AppError::StoreUnavailable(e.to_string()))?,
         );
         map.insert(params, Arc::clone(&entry));
@@ -556,7 +569,7 @@ impl App {
             return Err(AppError::BadRequest("the cost must be at least 1".into()));
         }
         let started = Instant::now();
-        let store_key = self.keys.map(&entry.scope, key);
+        let store_key = self.keys.map(key)?;
         let result = if self.is_memory {
             // The memory store never blocks: no timeout needed.
             if charge {
@@ -650,7 +663,7 @@ impl App {
     /// ```
     pub async fn reset(&self, entry: &PolicyEntry, key: &str) -> Result<(), AppError> {
         self.validate_key(key)?;
-        let store_key = self.keys.map(&entry.scope, key);
+        let store_key = self.keys.map(key)?;
         let r = tokio::time::timeout(self.store_timeout, entry.limiter.reset_async(&store_key))
             .await
             .unwrap_or_else(|_| {
@@ -683,7 +696,7 @@ impl App {
         if amount == 0 {
             return Err(AppError::BadRequest("the amount must be at least 1".into()));
         }
-        let store_key = self.keys.map(&entry.scope, key);
+        let store_key = self.keys.map(key)?;
         let r = tokio::time::timeout(
             self.store_timeout,
             entry.limiter.refund_async(&store_key, amount),
@@ -702,5 +715,257 @@ impl App {
             }
             Err(e) => Err(AppError::BadRequest(e.to_string())),
         }
+    }
+}
+
+/// A configured semaphore: how many permits, and the default lease.
+///
+/// ```
+/// let s = tollgate_server::app::SemaphoreSpec { capacity: 10, lease: std::time::Duration::from_secs(30) };
+/// assert_eq!(s.capacity, 10);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SemaphoreSpec {
+    /// Permits held at once, across every holder (and every server instance on a shared store).
+    pub capacity: u64,
+    /// Lease when the request names none: a holder that dies loses its permits after this.
+    pub lease: Duration,
+}
+
+/// The result of a semaphore acquire.
+///
+/// ```
+/// let a = tollgate_server::app::SemAcquire::Busy { in_use: 3, retry_after_us: None };
+/// assert!(!matches!(a, tollgate_server::app::SemAcquire::Granted { .. }));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum SemAcquire {
+    /// Granted: release with `lease_id`; the permits expire after `expires_in_us` unless
+    /// extended.
+    Granted {
+        /// The lease id (32 hex digits).
+        lease_id: String,
+        /// Until the lease ends.
+        expires_in_us: u64,
+    },
+    /// Not granted within the wait.
+    Busy {
+        /// Permits held now.
+        in_use: u64,
+        /// When the earliest lease ends, if known.
+        retry_after_us: Option<u64>,
+    },
+}
+
+/// The most an acquire may wait on the server.
+pub const MAX_SEMAPHORE_WAIT: Duration = Duration::from_secs(60);
+
+fn now_us() -> u64 {
+    use tollgate::time::Clock;
+    tollgate::time::SystemClock.now()
+}
+
+impl App {
+    fn semaphore(&self, name: &str) -> Result<SemaphoreSpec, AppError> {
+        self.semaphore_specs
+            .get(name)
+            .copied()
+            .ok_or_else(|| AppError::UnknownPolicy(format!("semaphore {name}")))
+    }
+
+    /// The configured semaphores.
+    ///
+    /// ```
+    /// let app = tollgate_server::app::App::new(&tollgate_server::config::Config::default(), None).unwrap();
+    /// assert_eq!(app.semaphores().count(), 0);
+    /// ```
+    pub fn semaphores(&self) -> impl Iterator<Item = (&String, &SemaphoreSpec)> {
+        self.semaphore_specs.iter()
+    }
+
+    fn sem_error(&self, e: tollgate::StoreError) -> AppError {
+        self.store_errors.increment(1);
+        AppError::StoreUnavailable(e.to_string())
+    }
+
+    /// Acquires `permits` of semaphore `name` for `lease` (default: the configured lease),
+    /// waiting up to `wait` (at most [`MAX_SEMAPHORE_WAIT`]) in FIFO order.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// use std::time::Duration;
+    /// use tollgate_server::app::{App, SemAcquire, SemaphoreSpec};
+    /// let mut config = tollgate_server::config::Config::default();
+    /// config.semaphores.insert("db".into(), SemaphoreSpec { capacity: 1, lease: Duration::from_secs(30) });
+    /// let app = App::new(&config, None).unwrap();
+    /// let SemAcquire::Granted { lease_id, .. } = app.sem_acquire("db", 1, None, Duration::ZERO).await.unwrap() else { panic!() };
+    /// assert!(matches!(app.sem_acquire("db", 1, None, Duration::ZERO).await.unwrap(), SemAcquire::Busy { in_use: 1, .. }));
+    /// assert!(app.sem_release("db", &lease_id).await.unwrap());
+    /// # });
+    /// ```
+    pub async fn sem_acquire(
+        &self,
+        name: &str,
+        permits: u64,
+        lease: Option<Duration>,
+        wait: Duration,
+    ) -> Result<SemAcquire, AppError> {
+        let spec = self.semaphore(name)?;
+        if permits == 0 || permits > spec.capacity {
+            return Err(AppError::BadRequest(format!(
+                "permits must be between 1 and the capacity {} (got {permits})",
+                spec.capacity
+            )));
+        }
+        let lease = lease.unwrap_or(spec.lease);
+        if lease.is_zero() || lease > Duration::from_secs(86_400) {
+            return Err(AppError::BadRequest(
+                "the lease must be between 1 ms and 24 h".into(),
+            ));
+        }
+        let wait = wait.min(MAX_SEMAPHORE_WAIT);
+        let holder = tollgate::semaphore::HolderId::random();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut attempt = 0u32;
+        loop {
+            let now = now_us();
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let req = tollgate::semaphore::AcquireRequest {
+                name,
+                holder,
+                permits,
+                capacity: spec.capacity,
+                lease: lease.as_micros() as u64,
+                queue_ttl: (!remaining.is_zero()).then_some(2_000_000),
+                now,
+            };
+            let outcome =
+                tokio::time::timeout(self.store_timeout, self.semaphores.try_acquire_async(&req))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(tollgate::StoreError::timeout("store", self.store_timeout))
+                    })
+                    .map_err(|e| self.sem_error(e))?;
+            match outcome {
+                tollgate::semaphore::AcquireOutcome::Granted { expires_at } => {
+                    return Ok(SemAcquire::Granted {
+                        lease_id: holder.to_string(),
+                        expires_in_us: expires_at.saturating_sub(now),
+                    })
+                }
+                tollgate::semaphore::AcquireOutcome::Busy {
+                    in_use,
+                    next_expiry_in,
+                    epoch,
+                } => {
+                    if remaining.is_zero() {
+                        return Ok(SemAcquire::Busy {
+                            in_use,
+                            retry_after_us: next_expiry_in,
+                        });
+                    }
+                    self.semaphores.wait(name, epoch, attempt, remaining).await;
+                    attempt = attempt.saturating_add(1);
+                }
+                _ => {
+                    return Err(AppError::StoreUnavailable(
+                        "unexpected semaphore reply".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    fn lease_id(id: &str) -> Result<tollgate::semaphore::HolderId, AppError> {
+        tollgate::semaphore::HolderId::parse(id).ok_or_else(|| {
+            AppError::BadRequest(format!("{id:?} is not a lease id (32 hex digits)"))
+        })
+    }
+
+    /// Releases a lease; `false` when it was not held (already released or expired).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// let mut config = tollgate_server::config::Config::default();
+    /// config.semaphores.insert("db".into(), tollgate_server::app::SemaphoreSpec { capacity: 1, lease: std::time::Duration::from_secs(1) });
+    /// let app = tollgate_server::app::App::new(&config, None).unwrap();
+    /// assert!(!app.sem_release("db", &"0".repeat(31).chars().chain(['1']).collect::<String>()).await.unwrap());
+    /// # });
+    /// ```
+    pub async fn sem_release(&self, name: &str, lease_id: &str) -> Result<bool, AppError> {
+        self.semaphore(name)?;
+        let holder = Self::lease_id(lease_id)?;
+        let r = tokio::time::timeout(
+            self.store_timeout,
+            self.semaphores.release_async(name, holder, now_us()),
+        )
+        .await
+        .unwrap_or_else(|_| Err(tollgate::StoreError::timeout("store", self.store_timeout)))
+        .map_err(|e| self.sem_error(e))?;
+        Ok(r == tollgate::semaphore::ReleaseOutcome::Released)
+    }
+
+    /// Extends a lease to `lease` from now; the new time left, or `None` when not held.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// use std::time::Duration;
+    /// use tollgate_server::app::{App, SemAcquire, SemaphoreSpec};
+    /// let mut config = tollgate_server::config::Config::default();
+    /// config.semaphores.insert("db".into(), SemaphoreSpec { capacity: 1, lease: Duration::from_secs(1) });
+    /// let app = App::new(&config, None).unwrap();
+    /// let SemAcquire::Granted { lease_id, .. } = app.sem_acquire("db", 1, None, Duration::ZERO).await.unwrap() else { panic!() };
+    /// assert!(app.sem_extend("db", &lease_id, None).await.unwrap().is_some());
+    /// # });
+    /// ```
+    pub async fn sem_extend(
+        &self,
+        name: &str,
+        lease_id: &str,
+        lease: Option<Duration>,
+    ) -> Result<Option<u64>, AppError> {
+        let spec = self.semaphore(name)?;
+        let holder = Self::lease_id(lease_id)?;
+        let lease = lease.unwrap_or(spec.lease);
+        let now = now_us();
+        let r = tokio::time::timeout(
+            self.store_timeout,
+            self.semaphores
+                .extend_async(name, holder, lease.as_micros() as u64, now),
+        )
+        .await
+        .unwrap_or_else(|_| Err(tollgate::StoreError::timeout("store", self.store_timeout)))
+        .map_err(|e| self.sem_error(e))?;
+        Ok(match r {
+            tollgate::semaphore::ExtendOutcome::Extended { expires_at } => {
+                Some(expires_at.saturating_sub(now))
+            }
+            tollgate::semaphore::ExtendOutcome::NotHeld => None,
+        })
+    }
+
+    /// Permits in use, holders and waiters of a semaphore.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// let mut config = tollgate_server::config::Config::default();
+    /// config.semaphores.insert("db".into(), tollgate_server::app::SemaphoreSpec { capacity: 2, lease: std::time::Duration::from_secs(1) });
+    /// let app = tollgate_server::app::App::new(&config, None).unwrap();
+    /// assert_eq!(app.sem_status("db").await.unwrap().in_use, 0);
+    /// # });
+    /// ```
+    pub async fn sem_status(
+        &self,
+        name: &str,
+    ) -> Result<tollgate::semaphore::SemaphoreStatus, AppError> {
+        self.semaphore(name)?;
+        tokio::time::timeout(
+            self.store_timeout,
+            self.semaphores.status_async(name, now_us()),
+        )
+        .await
+        .unwrap_or_else(|_| Err(tollgate::StoreError::timeout("store", self.store_timeout)))
+        .map_err(|e| self.sem_error(e))
     }
 }

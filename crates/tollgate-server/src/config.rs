@@ -77,6 +77,24 @@ pub struct FileConfig {
     /// `[policies.<name>]`: named policies.
     #[serde(default)]
     pub policies: BTreeMap<String, PolicySection>,
+    /// `[semaphores.<name>]`: named semaphores.
+    #[serde(default)]
+    pub semaphores: BTreeMap<String, SemaphoreSection>,
+}
+
+/// `[semaphores.<name>]`.
+///
+/// ```
+/// let s: tollgate_server::config::SemaphoreSection = toml::from_str("capacity = 10").unwrap();
+/// assert_eq!(s.capacity, 10);
+/// ```
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SemaphoreSection {
+    /// Permits held at once.
+    pub capacity: u64,
+    /// Default lease (`"30s"`).
+    pub lease: Option<String>,
 }
 
 /// `[server]`.
@@ -327,6 +345,8 @@ pub struct Config {
     pub key_secret: Option<Vec<u8>>,
     /// Named policies.
     pub policies: BTreeMap<String, Policy>,
+    /// Named semaphores (concurrency limits with leases).
+    pub semaphores: BTreeMap<String, crate::app::SemaphoreSpec>,
 }
 
 impl Default for Config {
@@ -348,6 +368,7 @@ impl Default for Config {
             namespace: "tollgate".into(),
             key_secret: None,
             policies: BTreeMap::new(),
+            semaphores: BTreeMap::new(),
         }
     }
 }
@@ -533,6 +554,18 @@ impl Config {
                     ConfigError::new("keys.hmac_secret_env", format!("{var}: {m}"))
                 })?);
         }
+        for (name, s) in &file.semaphores {
+            let lease = match &s.lease {
+                Some(l) => Some(
+                    parse_duration(l)
+                        .map_err(|m| ConfigError::new(format!("semaphores.{name}.lease"), m))?,
+                ),
+                None => None,
+            };
+            c.add_semaphore(name, s.capacity, lease, |f| {
+                format!("semaphores.{name}.{f}")
+            })?;
+        }
         for (name, p) in &file.policies {
             c.add_policy(
                 name,
@@ -543,6 +576,44 @@ impl Config {
             )?;
         }
         Ok(c)
+    }
+
+    /// Adds (or replaces) a named semaphore (default lease 30 s).
+    ///
+    /// ```
+    /// let mut c = tollgate_server::config::Config::default();
+    /// c.add_semaphore("db", 10, None, |f| f.to_string()).unwrap();
+    /// assert_eq!(c.semaphores["db"].capacity, 10);
+    /// assert!(c.add_semaphore("db", 0, None, |f| f.to_string()).is_err());
+    /// ```
+    pub fn add_semaphore(
+        &mut self,
+        name: &str,
+        capacity: u64,
+        lease: Option<Duration>,
+        field: impl Fn(&str) -> String,
+    ) -> Result<(), ConfigError> {
+        if !valid_policy_name(name) {
+            return Err(ConfigError::new(
+                field("name"),
+                format!("{name:?}: a semaphore name is 1-64 characters of A-Z a-z 0-9 _ . -"),
+            ));
+        }
+        if capacity == 0 {
+            return Err(ConfigError::new(field("capacity"), "must be at least 1"));
+        }
+        let lease = lease.unwrap_or(Duration::from_secs(30));
+        if lease.is_zero() || lease > Duration::from_secs(86_400) {
+            return Err(ConfigError::new(
+                field("lease"),
+                "must be between 1 ms and 24 h",
+            ));
+        }
+        self.semaphores.insert(
+            name.to_string(),
+            crate::app::SemaphoreSpec { capacity, lease },
+        );
+        Ok(())
     }
 
     /// Adds (or replaces) a named policy; `field` names the config field for errors.
@@ -590,9 +661,14 @@ impl Config {
 /// assert!(tollgate_server::config::validate_namespace("").is_err());
 /// ```
 pub fn validate_namespace(ns: &str) -> Result<String, String> {
-    if ns.is_empty() || ns.len() > 64 || !ns.bytes().all(|b| b.is_ascii_graphic()) {
+    if ns.is_empty()
+        || ns.len() > 64
+        || !ns
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
+    {
         return Err(format!(
-            "{ns:?}: a namespace is 1-64 printable ASCII characters without spaces"
+            "{ns:?}: a namespace is 1-64 printable ASCII characters without spaces or braces"
         ));
     }
     Ok(ns.to_string())

@@ -7,6 +7,10 @@
 //! | POST | `/v1/reset` | `{"policy"` or `"rates", "key"}` | `{"reset": true}` |
 //! | POST | `/v1/refund` | `{"policy"` or `"rates", "key", "amount"}` | `{"refunded": n}` |
 //! | GET | `/v1/policies` | | the named policies |
+//! | POST | `/v1/semaphore/acquire` | `{"name", "permits"?, "lease_ms"?, "wait_ms"?}` | `{"acquired", "lease_id", "expires_in_ms"}` |
+//! | POST | `/v1/semaphore/release` | `{"name", "lease_id"}` | `{"released"}` |
+//! | POST | `/v1/semaphore/extend` | `{"name", "lease_id", "lease_ms"?}` | `{"extended", "expires_in_ms"}` |
+//! | GET | `/v1/semaphores` | | configured semaphores and their use |
 //! | GET | `/health` | | `{"status": "ok", …}` |
 //! | GET | `/metrics` | | Prometheus text |
 
@@ -140,6 +144,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/reset", post(reset))
         .route("/v1/refund", post(refund))
         .route("/v1/policies", get(policies))
+        .route("/v1/semaphore/acquire", post(sem_acquire))
+        .route("/v1/semaphore/release", post(sem_release))
+        .route("/v1/semaphore/extend", post(sem_extend))
+        .route("/v1/semaphores", get(semaphores))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -153,7 +161,10 @@ async fn not_found() -> ApiError {
     )
 }
 
-async fn read_request(state: &HttpState, body: Body) -> Result<DecideRequest, ApiError> {
+async fn read_request<T: serde::de::DeserializeOwned>(
+    state: &HttpState,
+    body: Body,
+) -> Result<T, ApiError> {
     let bytes =
         match tokio::time::timeout(state.request_timeout, to_bytes(body, state.max_body)).await {
             Err(_) => {
@@ -218,7 +229,7 @@ fn decision_response(entry: &PolicyEntry, outcome: Outcome) -> Response {
 }
 
 async fn decide(state: HttpState, body: Body, charge: bool) -> Result<Response, ApiError> {
-    let req = read_request(&state, body).await?;
+    let req: DecideRequest = read_request(&state, body).await?;
     if req.amount.is_some() {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
@@ -244,14 +255,14 @@ async fn peek(State(state): State<HttpState>, body: Body) -> Result<Response, Ap
 }
 
 async fn reset(State(state): State<HttpState>, body: Body) -> Result<Response, ApiError> {
-    let req = read_request(&state, body).await?;
+    let req: DecideRequest = read_request(&state, body).await?;
     let entry = resolve(&state, &req)?;
     state.app.reset(&entry, &req.key).await?;
     Ok(Json(json!({ "reset": true })).into_response())
 }
 
 async fn refund(State(state): State<HttpState>, body: Body) -> Result<Response, ApiError> {
-    let req = read_request(&state, body).await?;
+    let req: DecideRequest = read_request(&state, body).await?;
     let entry = resolve(&state, &req)?;
     let amount = req.amount.ok_or_else(|| {
         ApiError(
@@ -303,4 +314,123 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         )
         .into_response(),
     }
+}
+
+/// The body of `/v1/semaphore/acquire`, `/release` and `/extend`.
+///
+/// ```
+/// let r: tollgate_server::http::SemaphoreRequest = serde_json::from_str(r#"{"name":"db"}"#).unwrap();
+/// assert_eq!(r.permits, None);
+/// ```
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SemaphoreRequest {
+    /// A configured semaphore.
+    pub name: String,
+    /// Acquire: permits (default 1).
+    pub permits: Option<u64>,
+    /// Acquire / extend: the lease in ms (default: the semaphore's).
+    pub lease_ms: Option<u64>,
+    /// Acquire: how long to wait for permits, in ms (default 0, at most 60000).
+    pub wait_ms: Option<u64>,
+    /// Release / extend: the lease id from acquire.
+    pub lease_id: Option<String>,
+}
+
+fn lease_id(req: &SemaphoreRequest) -> Result<&str, ApiError> {
+    req.lease_id.as_deref().ok_or_else(|| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "missing \"lease_id\" (from /v1/semaphore/acquire)".into(),
+        )
+    })
+}
+
+fn ms(us: u64) -> u64 {
+    us.div_ceil(1000)
+}
+
+async fn sem_acquire(State(state): State<HttpState>, body: Body) -> Result<Response, ApiError> {
+    let req: SemaphoreRequest = read_request(&state, body).await?;
+    let outcome = state
+        .app
+        .sem_acquire(
+            &req.name,
+            req.permits.unwrap_or(1),
+            req.lease_ms.map(Duration::from_millis),
+            Duration::from_millis(req.wait_ms.unwrap_or(0)),
+        )
+        .await?;
+    Ok(match outcome {
+        crate::app::SemAcquire::Granted {
+            lease_id,
+            expires_in_us,
+        } => Json(json!({
+            "acquired": true,
+            "lease_id": lease_id,
+            "expires_in_ms": ms(expires_in_us),
+        }))
+        .into_response(),
+        crate::app::SemAcquire::Busy {
+            in_use,
+            retry_after_us,
+        } => {
+            let mut headers = HeaderMap::new();
+            if let Some(r) = retry_after_us {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(r.div_ceil(1_000_000)),
+                );
+            }
+            (
+                headers,
+                Json(json!({
+                    "acquired": false,
+                    "in_use": in_use,
+                    "retry_after_ms": retry_after_us.map(ms),
+                })),
+            )
+                .into_response()
+        }
+    })
+}
+
+async fn sem_release(State(state): State<HttpState>, body: Body) -> Result<Response, ApiError> {
+    let req: SemaphoreRequest = read_request(&state, body).await?;
+    let released = state.app.sem_release(&req.name, lease_id(&req)?).await?;
+    Ok(Json(json!({ "released": released })).into_response())
+}
+
+async fn sem_extend(State(state): State<HttpState>, body: Body) -> Result<Response, ApiError> {
+    let req: SemaphoreRequest = read_request(&state, body).await?;
+    let r = state
+        .app
+        .sem_extend(
+            &req.name,
+            lease_id(&req)?,
+            req.lease_ms.map(Duration::from_millis),
+        )
+        .await?;
+    Ok(Json(json!({ "extended": r.is_some(), "expires_in_ms": r.map(ms) })).into_response())
+}
+
+async fn semaphores(State(state): State<HttpState>) -> Result<Response, ApiError> {
+    let mut list = Vec::new();
+    let specs: Vec<(String, crate::app::SemaphoreSpec)> = state
+        .app
+        .semaphores()
+        .map(|(n, s)| (n.clone(), *s))
+        .collect();
+    for (name, spec) in specs {
+        let status = state.app.sem_status(&name).await?;
+        list.push(json!({
+            "name": name,
+            "capacity": spec.capacity,
+            "lease_ms": spec.lease.as_millis() as u64,
+            "in_use": status.in_use,
+            "holders": status.holders,
+            "waiting": status.waiting,
+        }));
+    }
+    Ok(Json(json!({ "semaphores": list })).into_response())
 }

@@ -54,6 +54,9 @@ struct Cli {
     /// "login=fixed_window:5/min". Repeatable.
     #[arg(long = "policy", value_name = "NAME=RATES")]
     policies: Vec<String>,
+    /// A named semaphore: NAME=CAPACITY (lease 30 s; set leases in --config). Repeatable.
+    #[arg(long = "semaphore", value_name = "NAME=CAPACITY")]
+    semaphores: Vec<String>,
     /// Longest key in bytes [default: 512].
     #[arg(long, env = "TOLLGATE_MAX_KEY_LEN", value_name = "BYTES")]
     max_key_len: Option<usize>,
@@ -144,6 +147,20 @@ fn build_config(cli: &Cli) -> Result<Config, ConfigError> {
         };
         c.add_policy(name, algorithm, rates, None, |f| {
             format!("--policy {name} ({f})")
+        })?;
+    }
+    for spec in &cli.semaphores {
+        let parsed = spec
+            .split_once('=')
+            .and_then(|(n, cap)| cap.trim().parse::<u64>().ok().map(|cap| (n.trim(), cap)));
+        let Some((name, capacity)) = parsed else {
+            return Err(ConfigError::new(
+                "--semaphore",
+                format!("{spec:?}: expected NAME=CAPACITY, e.g. db=10"),
+            ));
+        };
+        c.add_semaphore(name, capacity, None, |f| {
+            format!("--semaphore {name} ({f})")
         })?;
     }
     if c.http_addr.is_none() && c.resp_addr.is_none() {

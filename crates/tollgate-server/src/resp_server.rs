@@ -1,7 +1,7 @@
 //! The Redis-protocol (RESP2) endpoint.
 //!
 //! Commands: `CL.THROTTLE` (redis-cell compatible, see [`crate::cell`]), `TG.CHECK`,
-//! `TG.PEEK`, `TG.RESET`, `TG.POLICIES`, and what common clients send on connect: `PING`,
+//! `TG.PEEK`, `TG.RESET`, `TG.POLICIES`, `TG.ACQUIRE`, `TG.RELEASE` (semaphores), and what common clients send on connect: `PING`,
 //! `ECHO`, `QUIT`, `HELLO` (protocol 2 only; `HELLO 3` answers `NOPROTO`, and clients fall
 //! back to RESP2), `COMMAND` (`COUNT`, `DOCS`, `INFO`: empty), `CLIENT` (`SETNAME`, `SETINFO`,
 //! `GETNAME`, `ID`), `SELECT 0`, `INFO`, `CONFIG GET` (empty, for `redis-benchmark`).
@@ -272,6 +272,69 @@ async fn execute(app: &App, frame: &[u8], args: &[Range<usize>], out: &mut Bytes
                 Ok(()) => Reply::simple(out, "OK"),
                 Err(e) => app_error(out, &e),
             },
+            Err(e) => app_error(out, &e),
+        }
+        return Flow::Continue;
+    }
+    if upper_eq(name, "TG.ACQUIRE") {
+        // TG.ACQUIRE <semaphore> [permits] [lease_ms]
+        if !(2..=4).contains(&argc) {
+            wrong_args(out, "TG.ACQUIRE");
+            return Flow::Continue;
+        }
+        let mut nums = [1i64, 0];
+        for (i, slot) in nums.iter_mut().enumerate() {
+            if argc > i + 2 {
+                match cell::parse_i64(arg(i + 2)) {
+                    Ok(n) if n >= 1 => *slot = n,
+                    Ok(_) => {
+                        Reply::error(out, "ERR permits and lease_ms must be at least 1");
+                        return Flow::Continue;
+                    }
+                    Err(e) => {
+                        Reply::error(out, &e);
+                        return Flow::Continue;
+                    }
+                }
+            }
+        }
+        let sem = String::from_utf8_lossy(arg(1));
+        let lease = (nums[1] > 0).then(|| Duration::from_millis(nums[1] as u64));
+        match app
+            .sem_acquire(&sem, nums[0] as u64, lease, Duration::ZERO)
+            .await
+        {
+            Ok(crate::app::SemAcquire::Granted {
+                lease_id,
+                expires_in_us,
+            }) => {
+                Reply::array(out, 3);
+                Reply::integer(out, 1);
+                Reply::bulk(out, lease_id.as_bytes());
+                Reply::integer(out, expires_in_us.div_ceil(1000) as i64);
+            }
+            Ok(crate::app::SemAcquire::Busy {
+                in_use,
+                retry_after_us,
+            }) => {
+                Reply::array(out, 3);
+                Reply::integer(out, 0);
+                Reply::integer(out, in_use as i64);
+                Reply::integer(out, retry_after_us.map_or(-1, |u| u.div_ceil(1000) as i64));
+            }
+            Err(e) => app_error(out, &e),
+        }
+        return Flow::Continue;
+    }
+    if upper_eq(name, "TG.RELEASE") {
+        if argc != 3 {
+            wrong_args(out, "TG.RELEASE");
+            return Flow::Continue;
+        }
+        let sem = String::from_utf8_lossy(arg(1));
+        let id = String::from_utf8_lossy(arg(2));
+        match app.sem_release(&sem, &id).await {
+            Ok(released) => Reply::integer(out, i64::from(released)),
             Err(e) => app_error(out, &e),
         }
         return Flow::Continue;

@@ -297,3 +297,101 @@ async fn metrics_count_decisions_by_policy_and_outcome() {
         .contains("tollgate_server_decision_duration_seconds_bucket{policy=\"api\",le=\"0.001\"}"));
     assert_eq!(line("tollgate_server_store_errors_total"), 0.0);
 }
+
+#[tokio::test]
+async fn semaphore_acquire_release_extend_with_lease_ids() {
+    let server = ServerProcess::start(&["--semaphore", "db=2"]);
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| http.post(server.url(path)).json(&body).send();
+    let a: Value = post("/v1/semaphore/acquire", json!({"name": "db"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(a["acquired"], true);
+    assert_eq!(a["lease_id"].as_str().unwrap().len(), 32);
+    assert!(a["expires_in_ms"].as_u64().unwrap() > 29_000);
+    let b: Value = post(
+        "/v1/semaphore/acquire",
+        json!({"name": "db", "lease_ms": 500}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(b["acquired"], true);
+    let r = post("/v1/semaphore/acquire", json!({"name": "db"}))
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "retry-after").as_deref(), Some("1"));
+    let busy: Value = r.json().await.unwrap();
+    assert_eq!(
+        (busy["acquired"].as_bool(), busy["in_use"].as_u64()),
+        (Some(false), Some(2))
+    );
+    // waiting: b's 500 ms lease expires and the waiter gets its permit
+    let waited: Value = post(
+        "/v1/semaphore/acquire",
+        json!({"name": "db", "wait_ms": 3000}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(waited["acquired"], true, "{waited}");
+    let ext: Value = post(
+        "/v1/semaphore/extend",
+        json!({"name": "db", "lease_id": a["lease_id"], "lease_ms": 60000}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(ext["extended"], true);
+    assert!(ext["expires_in_ms"].as_u64().unwrap() > 59_000);
+    let rel: Value = post(
+        "/v1/semaphore/release",
+        json!({"name": "db", "lease_id": a["lease_id"]}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(rel["released"], true);
+    let again: Value = post(
+        "/v1/semaphore/release",
+        json!({"name": "db", "lease_id": a["lease_id"]}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(again["released"], false);
+    let list: Value = http
+        .get(server.url("/v1/semaphores"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["semaphores"][0]["capacity"], 2);
+    assert_eq!(list["semaphores"][0]["in_use"], 1);
+    let r = post("/v1/semaphore/acquire", json!({"name": "nope"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = post(
+        "/v1/semaphore/release",
+        json!({"name": "db", "lease_id": "xyz"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+}

@@ -296,3 +296,24 @@ fn sigterm_shuts_down_gracefully() {
     // the idle connection was closed, not left hanging
     assert!(c.closed());
 }
+
+#[test]
+fn tg_acquire_and_release_semaphore_leases() {
+    let server = ServerProcess::start(&["--semaphore", "jobs=1"]);
+    let mut c = Raw::connect(server.resp);
+    c.send(&cmd(&["TG.ACQUIRE", "jobs"]));
+    let Resp::Array(Some(granted)) = c.reply() else {
+        panic!()
+    };
+    assert_eq!(granted[0], Resp::Integer(1));
+    let lease = granted[1].as_text().unwrap();
+    c.send(&cmd(&["TG.ACQUIRE", "jobs", "1", "1000"]));
+    let Resp::Array(Some(busy)) = c.reply() else {
+        panic!()
+    };
+    assert_eq!(busy[..2], [Resp::Integer(0), Resp::Integer(1)]);
+    c.send(&cmd(&["TG.RELEASE", "jobs", &lease]));
+    assert_eq!(c.reply(), Resp::Integer(1));
+    c.send(&cmd(&["TG.RELEASE", "jobs", &lease]));
+    assert_eq!(c.reply(), Resp::Integer(0));
+}
