@@ -395,3 +395,34 @@ async fn semaphore_acquire_release_extend_with_lease_ids() {
     .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_request_finish() {
+    let mut server = ServerProcess::start(&["--semaphore", "db=1"]);
+    let http = reqwest::Client::new();
+    let first: Value = http
+        .post(server.url("/v1/semaphore/acquire"))
+        .json(&json!({"name": "db", "lease_ms": 800}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["acquired"], true);
+    // This request waits for the first lease to expire (~800 ms): it is in flight when the
+    // server is told to stop.
+    let waiting = tokio::spawn(
+        http.post(server.url("/v1/semaphore/acquire"))
+            .json(&json!({"name": "db", "wait_ms": 5000}))
+            .send(),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    server.terminate();
+    let r = waiting.await.unwrap().unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["acquired"], true, "{body}");
+    let status = server.wait_exit(std::time::Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+}
