@@ -231,7 +231,15 @@ impl SqliteStore {
     /// # let _ = store;
     /// ```
     pub fn busy_timeout(self, timeout: Duration) -> SqliteStore {
-        self.configure(|s| s.busy_timeout = timeout)
+        let store = self.configure(|s| s.busy_timeout = timeout);
+        // Connections already open take the new timeout too.
+        for conn in store.shared.idle.lock().iter() {
+            let _ = conn.busy_timeout(timeout);
+        }
+        if let Some(memory) = &store.shared.memory {
+            let _ = memory.lock().busy_timeout(timeout);
+        }
+        store
     }
 
     /// Every `n` writes (default 1000) a write also deletes expired rows (at least 1).
