@@ -340,3 +340,42 @@ fn permission_errors_are_store_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn failure_policies_apply_when_the_database_is_down() {
+    use tollgate::store::failure::FailSafeStore;
+    let Some(table) = Table::new("failsafe") else {
+        return;
+    };
+    let policy = Policy::gcra(Rate::per_second(2).unwrap()).unwrap();
+    let down = || {
+        PgStore::builder("postgres://postgres@127.0.0.1:1/postgres")
+            .connect_timeout(std::time::Duration::from_millis(500))
+            .connect_lazy()
+            .unwrap()
+    };
+    // Fail closed: the store error comes back, never a denial.
+    let closed = Limiter::builder(policy.clone())
+        .build_with(&FailSafeStore::fail_closed(down()))
+        .unwrap();
+    assert!(matches!(closed.check("k"), Err(tollgate::Error::Store(_))));
+    // Fail open: admitted.
+    let open = Limiter::builder(policy.clone())
+        .build_with(&FailSafeStore::fail_open(down()))
+        .unwrap();
+    assert!(open.check("k").unwrap().allowed);
+    // Fall back to memory: the rate is still enforced, locally.
+    let fallback = Limiter::builder(policy.clone())
+        .build_with(&FailSafeStore::fallback_to_memory(down()))
+        .unwrap();
+    assert!(fallback.check("k").unwrap().allowed);
+    assert!(fallback.check("k").unwrap().allowed);
+    assert!(!fallback.check("k").unwrap().allowed);
+    // A healthy store behind the same wrapper decides as usual.
+    let healthy = Limiter::builder(policy)
+        .build_with(&FailSafeStore::fail_open(table.store(false)))
+        .unwrap();
+    assert!(healthy.check("k").unwrap().allowed);
+    assert!(healthy.check("k").unwrap().allowed);
+    assert!(!healthy.check("k").unwrap().allowed);
+}

@@ -431,6 +431,28 @@ impl PgStoreBuilder {
         Ok(store)
     }
 
+    /// Builds the store without opening a connection: nothing can fail here but a bad URL.
+    /// Connections open on the first call, and a database that is down shows as
+    /// `Error::Store` on each call, which a failure policy handles (see
+    /// `tollgate::store::failure`): use this when a limiter must start while the database
+    /// is unreachable.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// use tollgate::store::failure::FailSafeStore;
+    /// // Nothing listens on port 1: the store is down from the start.
+    /// let store = tollgate_sql::PgStore::builder("postgres://u@127.0.0.1:1/db")
+    ///     .connect_lazy()
+    ///     .unwrap();
+    /// let limiter = Limiter::builder(Policy::gcra(Rate::per_second(5).unwrap()).unwrap())
+    ///     .build_with(&FailSafeStore::fail_open(store))
+    ///     .unwrap();
+    /// assert!(limiter.check("k").unwrap().allowed); // failed open
+    /// ```
+    pub fn connect_lazy(self) -> Result<PgStore, Error> {
+        self.build()
+    }
+
     /// [`connect`](Self::connect) without blocking the executor.
     ///
     /// ```
