@@ -132,6 +132,30 @@ async fn with_timeout<T>(
 }
 
 impl Conn {
+    /// Sends an `EVALSHA` of `script`; on `NOSCRIPT` (after `SCRIPT FLUSH`, a restart or a
+    /// failover) loads the script and sends it again.
+    pub(crate) async fn evalsha(
+        &mut self,
+        script: &redis::Script,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<redis::Value> {
+        match self.query(cmd).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                tracing::debug!(
+                    "NOSCRIPT: loading the tollgate script {}",
+                    script.get_hash()
+                );
+                match self {
+                    Conn::Standalone(c) => script.load_async(c).await?,
+                    Conn::Cluster(c) => script.load_async(c).await?,
+                };
+                self.query(cmd).await
+            }
+            other => other,
+        }
+    }
+
+    /// Runs a script invocation (`EVALSHA`, reloading on `NOSCRIPT`); used by the semaphore.
     pub(crate) async fn invoke(
         &mut self,
         invocation: &redis::ScriptInvocation<'_>,
@@ -141,4 +165,25 @@ impl Conn {
             Conn::Cluster(c) => invocation.invoke_async(c).await,
         }
     }
+
+    async fn query(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        match self {
+            Conn::Standalone(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+}
+
+/// An `EVALSHA` command of `script` with `keys` and `args`.
+pub(crate) fn evalsha_cmd<'a>(
+    script: &redis::Script,
+    keys: &[String],
+    args: impl IntoIterator<Item = &'a str>,
+) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
+    for a in args {
+        cmd.arg(a);
+    }
+    cmd
 }

@@ -1,6 +1,6 @@
 //! Several keys, each with its own policy, decided all-or-nothing in one script call.
 
-use crate::conn::store_error;
+use crate::conn::{evalsha_cmd, store_error};
 use crate::scripts;
 use crate::store::{decision_from, integers, same_slot, RedisBackend, RedisStore};
 use std::sync::Arc;
@@ -254,15 +254,14 @@ async fn run_many(
     prepared: Prepared,
 ) -> Result<MultiDecision, Error> {
     let mut conn = shared.conn().await?;
-    let mut invocation = scripts::multi_script().prepare_invoke();
-    for k in &prepared.keys {
-        invocation.key(k.as_str());
-    }
-    for a in &prepared.args {
-        invocation.arg(a.as_str());
-    }
+    let script = scripts::multi_script();
+    let cmd = evalsha_cmd(
+        script,
+        &prepared.keys,
+        prepared.args.iter().map(String::as_str),
+    );
     let reply = conn
-        .invoke(&invocation)
+        .evalsha(script, &cmd)
         .await
         .map_err(|e| store_error(format!("script call failed: {e}")))?;
     let fields = integers(&reply)?;

@@ -1,7 +1,7 @@
 //! [`RedisStore`], its builder, and the bound [`RedisBackend`].
 
 use crate::cache::DenialCache;
-use crate::conn::{store_error, Shared, Target};
+use crate::conn::{evalsha_cmd, store_error, Shared, Target};
 use crate::scripts;
 use futures_util::future::BoxFuture;
 use redis::Value;
@@ -515,10 +515,10 @@ impl fmt::Debug for RedisBackend {
     }
 }
 
-/// A prepared call: everything the script needs, owned, so it can run on the store's runtime.
+/// A prepared call: the command, owned, so it can run on the store's runtime.
 struct Call {
     key: String,
-    args: Vec<String>,
+    cmd: redis::Cmd,
     algorithm: Algorithm,
     wants_decision: bool,
 }
@@ -604,15 +604,24 @@ impl RedisBackend {
                 _ => cache.remove(&redis_key),
             }
         }
-        let mut args = Vec::with_capacity(4 + inner.params.len());
-        args.push(code.to_string());
-        args.push(inner.store.now_arg(now));
-        args.push(amount.to_string());
-        args.push(inner.store.margin_arg().to_string());
-        args.extend(inner.params.iter().cloned());
+        let now_arg = inner.store.now_arg(now);
+        let amount = amount.to_string();
+        let head = [
+            code,
+            now_arg.as_str(),
+            amount.as_str(),
+            inner.store.margin_arg(),
+        ];
+        let keys = std::slice::from_ref(&redis_key);
+        let cmd = evalsha_cmd(
+            scripts::single_script(inner.algorithm),
+            keys,
+            head.into_iter()
+                .chain(inner.params.iter().map(String::as_str)),
+        );
         Ok(Ok(Call {
             key: redis_key,
-            args,
+            cmd,
             algorithm: inner.algorithm,
             wants_decision: matches!(op, Op::Check(_) | Op::Peek(_)),
         }))
@@ -649,14 +658,8 @@ impl RedisBackend {
 
 async fn run(shared: Arc<Shared>, call: Call) -> Result<(String, Value), Error> {
     let mut conn = shared.conn().await?;
-    let script = scripts::single_script(call.algorithm);
-    let mut invocation = script.prepare_invoke();
-    invocation.key(&call.key);
-    for a in &call.args {
-        invocation.arg(a.as_str());
-    }
     let reply = conn
-        .invoke(&invocation)
+        .evalsha(scripts::single_script(call.algorithm), &call.cmd)
         .await
         .map_err(|e| store_error(format!("script call failed: {e}")))?;
     Ok((call.key, reply))
