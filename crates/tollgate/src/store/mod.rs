@@ -88,6 +88,7 @@ pub trait Store {
 }
 
 /// Checks a cost or amount: `0` is invalid.
+#[inline(always)]
 pub(crate) fn validate_op(op: Op) -> Result<(), Error> {
     match op.cost() {
         Some(0) => Err(Error::InvalidCost),
