@@ -19,9 +19,9 @@ pub(crate) enum Engine {
 }
 
 impl Engine {
-    pub(crate) fn new(policy: &Policy) -> Engine {
+    pub(crate) fn new(policy: &Policy) -> Result<Engine, Error> {
         let rates = policy.rates();
-        match policy.algorithm() {
+        Ok(match policy.algorithm() {
             Algorithm::TokenBucket => Engine::TokenBucket(
                 rates
                     .iter()
@@ -41,9 +41,14 @@ impl Engine {
                 Engine::SlidingWindow(rates.iter().map(sliding_window::Params::new).collect())
             }
             Algorithm::SlidingLog => Engine::SlidingLog(sliding_log::Params::new(rates)),
-            // GCRA and any algorithm added later that this crate does not know yet.
-            _ => Engine::Gcra(rates.iter().map(gcra::Params::new).collect()),
-        }
+            Algorithm::Gcra => Engine::Gcra(rates.iter().map(gcra::Params::new).collect()),
+            other => {
+                return Err(Error::Store(tollgate::StoreError::new(
+                    "sql",
+                    format!("the SQL stores do not support the {other} algorithm yet"),
+                )))
+            }
+        })
     }
 
     /// Each rate's capacity, in policy order.

@@ -447,7 +447,7 @@ impl Store for SqliteStore {
         }
         Ok(SqliteBackend {
             shared: self.shared.clone(),
-            engine: Arc::new(Engine::new(policy)),
+            engine: Arc::new(Engine::new(policy)?),
             prefix: format!("{}{}:", self.shared.namespace, policy.algorithm()),
         })
     }

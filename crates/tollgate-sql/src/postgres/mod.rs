@@ -778,7 +778,7 @@ impl Store for PgStore {
     /// Binds `policy` (no round trip; a missing schema shows on the first call, with a hint
     /// to run [`PgStore::migrate`]).
     fn bind(&self, policy: &Policy) -> Result<PgBackend, Error> {
-        let engine = Engine::new(policy);
+        let engine = Engine::new(policy)?;
         let rates = policy.rates();
         let i = |v: u64| to_i64(v);
         let (name, a, b, c, d): (&str, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) = match &engine {
