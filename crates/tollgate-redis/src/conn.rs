@@ -106,18 +106,36 @@ impl Shared {
             .unwrap_or_else(|_| Err(store_error("the store's runtime has shut down")))
     }
 
-    /// Runs `fut` on the store's runtime with the call timeout; the returned future can be
-    /// awaited on any executor.
+    /// Runs `fut` with the call timeout on the caller's executor, polled *inside the store's
+    /// runtime context*: timers and any task the connection spawns (e.g. a reconnect) belong to
+    /// the store's runtime, so the returned future can be awaited on any executor, and no
+    /// thread hop is added to the round trip.
     pub(crate) fn spawn<T: Send + 'static>(
         &self,
         fut: impl Future<Output = Result<T, Error>> + Send + 'static,
     ) -> impl Future<Output = Result<T, Error>> + Send + 'static {
-        let timeout = self.timeout;
-        let task = self.handle.spawn(with_timeout(timeout, fut));
-        async move {
-            task.await
-                .unwrap_or_else(|e| Err(store_error(format!("store task failed: {e}"))))
+        InStoreRuntime {
+            handle: self.handle.clone(),
+            fut: Box::pin(with_timeout(self.timeout, fut)),
         }
+    }
+}
+
+/// A future polled with the store's runtime entered (see [`Shared::spawn`]).
+struct InStoreRuntime<T> {
+    handle: tokio::runtime::Handle,
+    fut: std::pin::Pin<Box<dyn Future<Output = Result<T, Error>> + Send>>,
+}
+
+impl<T> Future for InStoreRuntime<T> {
+    type Output = Result<T, Error>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = &mut *self;
+        let _runtime = this.handle.enter();
+        this.fut.as_mut().poll(cx)
     }
 }
 
