@@ -15,7 +15,63 @@ pub mod token_bucket;
 
 use crate::decision::Decision;
 use crate::error::Error;
+use crate::policy::{Algorithm, Policy};
 use crate::time::Micros;
+
+/// A policy compiled into its algorithm's per-rate parameters: what every store that runs the
+/// pure functions (memory, SQLite) starts from.
+///
+/// ```
+/// use tollgate::{Policy, Rate, algorithm::CompiledPolicy};
+/// let p = Policy::gcra(Rate::per_second(4).unwrap()).unwrap();
+/// match CompiledPolicy::new(&p) {
+///     CompiledPolicy::Gcra(rates) => assert_eq!(rates[0].emission_interval, 250_000),
+///     _ => unreachable!(),
+/// }
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum CompiledPolicy {
+    /// GCRA, one entry per rate.
+    Gcra(Box<[gcra::Params]>),
+    /// Token bucket, one entry per rate.
+    TokenBucket(Box<[token_bucket::Params]>),
+    /// Fixed window, one entry per rate.
+    FixedWindow(Box<[fixed_window::Params]>),
+    /// Sliding-window counter, one entry per rate.
+    SlidingWindow(Box<[sliding_window::Params]>),
+    /// Sliding log: every rate over one shared log.
+    SlidingLog(sliding_log::Params),
+}
+
+impl CompiledPolicy {
+    /// Compiles `policy`.
+    pub fn new(policy: &Policy) -> CompiledPolicy {
+        let rates = policy.rates();
+        match policy.algorithm() {
+            Algorithm::Gcra => CompiledPolicy::Gcra(rates.iter().map(gcra::Params::new).collect()),
+            Algorithm::TokenBucket => CompiledPolicy::TokenBucket(
+                rates
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| token_bucket::Params {
+                        capacity: r.burst(),
+                        refill_amount: r.limit(),
+                        refill_interval: r.period_us(),
+                        initial_tokens: policy.initial_tokens(i),
+                    })
+                    .collect(),
+            ),
+            Algorithm::FixedWindow => {
+                CompiledPolicy::FixedWindow(rates.iter().map(fixed_window::Params::new).collect())
+            }
+            Algorithm::SlidingWindow => CompiledPolicy::SlidingWindow(
+                rates.iter().map(sliding_window::Params::new).collect(),
+            ),
+            Algorithm::SlidingLog => CompiledPolicy::SlidingLog(sliding_log::Params::new(rates)),
+        }
+    }
+}
 
 /// One rate's verdict, in microseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -44,11 +44,12 @@
 
 use super::{validate_op, Backend, Op, Store};
 use crate::algorithm::{
-    self, fixed_window, gcra, sliding_log, sliding_window, token_bucket, RateAlgorithm,
+    self, fixed_window, gcra, sliding_log, sliding_window, token_bucket, CompiledPolicy,
+    RateAlgorithm,
 };
 use crate::decision::Decision;
 use crate::error::Error;
-use crate::policy::{Algorithm, Policy};
+use crate::policy::Policy;
 use crate::time::{micros, Micros};
 use crossbeam_utils::CachePadded;
 use futures_util::future::BoxFuture;
@@ -516,45 +517,6 @@ macro_rules! dispatch {
     };
 }
 
-/// Compiled parameters of a policy, per algorithm.
-pub(crate) enum Compiled {
-    GcraOne(gcra::Params),
-    Gcra(Box<[gcra::Params]>),
-    TokenBucket(Box<[token_bucket::Params]>),
-    FixedWindow(Box<[fixed_window::Params]>),
-    SlidingWindow(Box<[sliding_window::Params]>),
-    SlidingLog(sliding_log::Params),
-}
-
-impl Compiled {
-    pub(crate) fn new(policy: &Policy) -> Compiled {
-        let rates = policy.rates();
-        match policy.algorithm() {
-            Algorithm::Gcra if rates.len() == 1 => Compiled::GcraOne(gcra::Params::new(&rates[0])),
-            Algorithm::Gcra => Compiled::Gcra(rates.iter().map(gcra::Params::new).collect()),
-            Algorithm::TokenBucket => Compiled::TokenBucket(
-                rates
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| token_bucket::Params {
-                        capacity: r.burst(),
-                        refill_amount: r.limit(),
-                        refill_interval: r.period_us(),
-                        initial_tokens: policy.initial_tokens(i),
-                    })
-                    .collect(),
-            ),
-            Algorithm::FixedWindow => {
-                Compiled::FixedWindow(rates.iter().map(fixed_window::Params::new).collect())
-            }
-            Algorithm::SlidingWindow => {
-                Compiled::SlidingWindow(rates.iter().map(sliding_window::Params::new).collect())
-            }
-            Algorithm::SlidingLog => Compiled::SlidingLog(sliding_log::Params::new(rates)),
-        }
-    }
-}
-
 /// The in-memory backend of one policy (made by [`MemoryStore`]'s [`Store::bind`]).
 ///
 /// ```
@@ -583,13 +545,13 @@ impl MemoryBackend {
                 map: ShardedMap::new(store),
             }
         }
-        let engine = match Compiled::new(policy) {
-            Compiled::GcraOne(p) => Engine::GcraOne(keyed(p, store)),
-            Compiled::Gcra(p) => Engine::Gcra(keyed(p, store)),
-            Compiled::TokenBucket(p) => Engine::TokenBucket(keyed(p, store)),
-            Compiled::FixedWindow(p) => Engine::FixedWindow(keyed(p, store)),
-            Compiled::SlidingWindow(p) => Engine::SlidingWindow(keyed(p, store)),
-            Compiled::SlidingLog(p) => Engine::SlidingLog(keyed(p, store)),
+        let engine = match CompiledPolicy::new(policy) {
+            CompiledPolicy::Gcra(p) if p.len() == 1 => Engine::GcraOne(keyed(p[0], store)),
+            CompiledPolicy::Gcra(p) => Engine::Gcra(keyed(p, store)),
+            CompiledPolicy::TokenBucket(p) => Engine::TokenBucket(keyed(p, store)),
+            CompiledPolicy::FixedWindow(p) => Engine::FixedWindow(keyed(p, store)),
+            CompiledPolicy::SlidingWindow(p) => Engine::SlidingWindow(keyed(p, store)),
+            CompiledPolicy::SlidingLog(p) => Engine::SlidingLog(keyed(p, store)),
         };
         Self { engine }
     }
@@ -657,28 +619,29 @@ impl DirectSlot {
             let slot = K::fresh(&p);
             (p, slot)
         }
-        Self(match Compiled::new(policy) {
-            Compiled::GcraOne(p) => {
+        Self(match CompiledPolicy::new(policy) {
+            CompiledPolicy::Gcra(p) if p.len() == 1 => {
+                let p = p[0];
                 let (p, s) = pair::<GcraOne>(p);
                 DirectEngine::GcraOne(p, s)
             }
-            Compiled::Gcra(p) => {
+            CompiledPolicy::Gcra(p) => {
                 let (p, s) = pair::<Rates<gcra::Gcra>>(p);
                 DirectEngine::Gcra(p, s)
             }
-            Compiled::TokenBucket(p) => {
+            CompiledPolicy::TokenBucket(p) => {
                 let (p, s) = pair::<Rates<token_bucket::TokenBucket>>(p);
                 DirectEngine::TokenBucket(p, s)
             }
-            Compiled::FixedWindow(p) => {
+            CompiledPolicy::FixedWindow(p) => {
                 let (p, s) = pair::<Rates<fixed_window::FixedWindow>>(p);
                 DirectEngine::FixedWindow(p, s)
             }
-            Compiled::SlidingWindow(p) => {
+            CompiledPolicy::SlidingWindow(p) => {
                 let (p, s) = pair::<Rates<sliding_window::SlidingWindow>>(p);
                 DirectEngine::SlidingWindow(p, s)
             }
-            Compiled::SlidingLog(p) => {
+            CompiledPolicy::SlidingLog(p) => {
                 let (p, s) = pair::<LogKind>(p);
                 DirectEngine::SlidingLog(p, s)
             }
