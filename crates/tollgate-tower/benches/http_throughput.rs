@@ -1,19 +1,40 @@
 //! Requests per second through the rate-limit layer (memory store) next to the bare handler,
-//! in the same run: two axum servers on loopback, one in-process load generator (reqwest,
-//! `CONNS` concurrent connections), alternating rounds, best round of each reported.
+//! in the same run.
 //!
 //! ```text
 //! cargo bench -p tollgate-tower --bench http_throughput
-//! BENCH_SECS=5 BENCH_ROUNDS=3 BENCH_CONNS=32 cargo bench -p tollgate-tower --bench http_throughput
+//! BENCH_SECS=5 BENCH_ROUNDS=7 BENCH_CONNS=32 cargo bench -p tollgate-tower --bench http_throughput
 //! ```
 //!
-//! Every request is admitted (the policy is far above the offered load), so the figure is
-//! the layer's overhead: key extraction, one memory-store decision, the IETF fields on the
-//! response. Requests spread over 64 keys (an `x-client` header).
+//! The bench binary starts two axum servers on loopback in one tokio runtime with
+//! `BENCH_SERVER_THREADS` worker threads (default 1): the bare handler, and the same handler
+//! behind `RateLimitLayer` with one memory-store GCRA policy (1,000,000/s, far above the
+//! offered load, so every request is admitted and the figure is the layer's overhead: key
+//! extraction, one decision, the IETF fields on every response). Requests spread over 64 keys
+//! (an `x-client` header set by a wrk Lua script that cycles through 64 prebuilt requests; the
+//! bare server gets the same requests).
+//!
+//! The load comes from `wrk` (an external process, `-t1` by default, `BENCH_CONNS`
+//! connections), so the load generator does not run inside the measured process. On a
+//! machine with at least 2 CPUs and `taskset` available the server process is pinned to CPU 0
+//! and wrk to CPU 1 (`BENCH_PIN=0` turns that off). Rounds alternate between the two servers
+//! (and alternate which goes first); each round reports req/s and the server's CPU time per
+//! request (from `/proc/self/stat`). The summary gives the best and the median of each, their
+//! ratios, and the median of the per-round ratios.
+//!
+//! Without `wrk` on the `PATH` (or with `BENCH_LOADGEN=inprocess`) the bench falls back to an
+//! in-process reqwest load generator sharing the runtime with the servers, and says so: those
+//! figures understate the ratio (the client also parses the extra response fields and competes
+//! with the servers for CPU).
+//!
+//! Profiling: `BENCH_ONLY=layer` (or `bare`) loads only one server, e.g.
+//! `BENCH_ONLY=layer perf record -g <bench binary>`.
 
 use axum::routing::get;
 use axum::Router;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +47,23 @@ fn env(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+fn env_str(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The handler both servers run; the second one behind the layer.
+fn apps() -> (Router, Router) {
+    let handler = || Router::new().route("/", get(|| async { "ok" }));
+    let limiter = Limiter::memory(Policy::gcra(Rate::per_second(1_000_000).unwrap()).unwrap());
+    let layer = RateLimitLayer::new(HttpPolicy::new(
+        "bench",
+        limiter,
+        Header::named("x-client").unwrap(),
+    ))
+    .expect("layer");
+    (handler(), handler().layer(layer))
 }
 
 async fn serve(app: Router) -> SocketAddr {
@@ -44,8 +82,133 @@ async fn serve(app: Router) -> SocketAddr {
     addr
 }
 
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// CPU time (user + system) this process has used so far, in seconds.
+fn process_cpu_secs(ticks_per_sec: f64) -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after ')'.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / ticks_per_sec)
+}
+
+fn ticks_per_sec() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// One measured round against one server.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    req_per_sec: f64,
+    /// Server CPU time per request, in microseconds (`NaN` when unknown).
+    cpu_us_per_req: f64,
+    /// Server CPU utilisation during the round (1.0 = one CPU busy).
+    cpu_busy: f64,
+}
+
+/// The Lua script: 64 prebuilt requests with `x-client: client-0..63`, sent in turn.
+const WRK_SCRIPT: &str = r#"
+local reqs = {}
+local n = 0
+init = function(args)
+  for i = 0, 63 do
+    reqs[i + 1] = wrk.format("GET", "/", { ["x-client"] = "client-" .. i })
+  end
+end
+request = function()
+  n = n % 64 + 1
+  return reqs[n]
+end
+"#;
+
+struct Wrk {
+    program: PathBuf,
+    script: PathBuf,
+    threads: u64,
+    conns: u64,
+    pin: bool,
+    ticks: f64,
+}
+
+impl Wrk {
+    fn run(&self, addr: SocketAddr, secs: u64) -> Sample {
+        let mut cmd = if self.pin {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "1"]).arg(&self.program);
+            c
+        } else {
+            Command::new(&self.program)
+        };
+        cmd.arg(format!("-t{}", self.threads))
+            .arg(format!("-c{}", self.conns))
+            .arg(format!("-d{secs}s"))
+            .arg("--timeout")
+            .arg("5s")
+            .arg("-s")
+            .arg(&self.script)
+            .arg(format!("http://{addr}/"));
+        let cpu_before = process_cpu_secs(self.ticks);
+        let started = Instant::now();
+        let output = cmd.output().expect("run wrk");
+        let wall = started.elapsed().as_secs_f64();
+        let cpu_after = process_cpu_secs(self.ticks);
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "wrk failed: {}\n{text}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            !text.contains("Non-2xx or 3xx responses"),
+            "some requests were not answered 200:\n{text}"
+        );
+        if text.contains("Socket errors") {
+            eprintln!("note: wrk reported socket errors:\n{text}");
+        }
+        let req_per_sec: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no Requests/sec in wrk output:\n{text}"));
+        let requests: f64 = text
+            .lines()
+            .find_map(|l| {
+                let l = l.trim();
+                let (n, rest) = l.split_once(' ')?;
+                rest.starts_with("requests in").then(|| n.parse().ok())?
+            })
+            .unwrap_or(req_per_sec * secs as f64);
+        let (cpu_us_per_req, cpu_busy) = match (cpu_before, cpu_after) {
+            (Some(a), Some(b)) if requests > 0.0 => {
+                ((b - a) * 1e6 / requests, (b - a) / wall.max(1e-9))
+            }
+            _ => (f64::NAN, f64::NAN),
+        };
+        Sample {
+            req_per_sec,
+            cpu_us_per_req,
+            cpu_busy,
+        }
+    }
+}
+
 /// Runs `conns` concurrent request loops against `addr` for `secs`; returns requests/s.
-async fn load(addr: SocketAddr, conns: u64, secs: u64) -> f64 {
+async fn load_in_process(addr: SocketAddr, conns: u64, secs: u64) -> f64 {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(conns as usize)
         .build()
@@ -88,44 +251,205 @@ async fn load(addr: SocketAddr, conns: u64, secs: u64) -> f64 {
     done.load(Ordering::Relaxed) as f64 / elapsed
 }
 
+fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+fn best(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::NAN, f64::max)
+}
+
+fn pct(ratio: f64) -> String {
+    format!("{:+.1}%", (ratio - 1.0) * 100.0)
+}
+
 fn main() {
-    let secs = env("BENCH_SECS", 3);
-    let rounds = env("BENCH_ROUNDS", 3);
+    let secs = env("BENCH_SECS", 5);
+    let rounds = env("BENCH_ROUNDS", 7).max(1);
     let conns = env("BENCH_CONNS", 32);
+    let server_threads = env("BENCH_SERVER_THREADS", 1).max(1) as usize;
+    let only = env_str("BENCH_ONLY");
+    let forced_in_process = env_str("BENCH_LOADGEN").as_deref() == Some("inprocess");
+    let wrk_program = if forced_in_process {
+        None
+    } else {
+        find_on_path("wrk")
+    };
+
+    let Some(wrk_program) = wrk_program else {
+        if forced_in_process {
+            println!("BENCH_LOADGEN=inprocess: using the in-process reqwest load generator.");
+        } else {
+            println!(
+                "wrk NOT FOUND on PATH (install it: apt-get install -y wrk): falling back to the \
+                 in-process reqwest load generator. These figures are NOT the benchmark's \
+                 method: the client shares the runtime and CPUs with the servers and parses the \
+                 extra response fields, which understates the ratio."
+            );
+        }
+        run_in_process(secs, rounds, conns);
+        return;
+    };
+
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin = env("BENCH_PIN", 1) == 1 && cpus >= 2 && find_on_path("taskset").is_some();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(server_threads)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (bare, limited) = runtime.block_on(async {
+        let (bare_app, limited_app) = apps();
+        (serve(bare_app).await, serve(limited_app).await)
+    });
+    if pin {
+        // Every thread of this process (the runtime's workers included) on CPU 0.
+        let pinned = Command::new("taskset")
+            .args(["-a", "-p", "-c", "0"])
+            .arg(std::process::id().to_string())
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(pinned, "taskset could not pin the server process");
+    }
+    let script =
+        std::env::temp_dir().join(format!("tollgate-http-bench-{}.lua", std::process::id()));
+    std::fs::write(&script, WRK_SCRIPT).expect("write the wrk script");
+    let wrk = Wrk {
+        program: wrk_program,
+        script: script.clone(),
+        threads: env("BENCH_WRK_THREADS", 1).max(1),
+        conns,
+        pin,
+        ticks: ticks_per_sec(),
+    };
+    println!(
+        "setup: wrk -t{} -c{conns} -d{secs}s (external process{}), server: 1 process, tokio \
+         runtime with {server_threads} worker thread(s){}; {cpus} CPUs; 64 keys via x-client; \
+         {rounds} alternating rounds",
+        wrk.threads,
+        if pin { ", pinned to CPU 1" } else { "" },
+        if pin { ", pinned to CPU 0" } else { "" },
+    );
+
+    // Warm-up (connections, allocator, the limiter's keys).
+    wrk.run(bare, 1);
+    wrk.run(limited, 1);
+
+    let mut bare_samples = Vec::new();
+    let mut layer_samples = Vec::new();
+    for round in 1..=rounds {
+        let (b, l) = match only.as_deref() {
+            Some("layer") => (None, Some(wrk.run(limited, secs))),
+            Some("bare") => (Some(wrk.run(bare, secs)), None),
+            _ if round % 2 == 1 => {
+                let b = wrk.run(bare, secs);
+                (Some(b), Some(wrk.run(limited, secs)))
+            }
+            _ => {
+                let l = wrk.run(limited, secs);
+                (Some(wrk.run(bare, secs)), Some(l))
+            }
+        };
+        let show = |s: Option<Sample>| {
+            s.map_or_else(
+                || format!("{:>31}", "-"),
+                |s| {
+                    format!(
+                        "{:>8.0} req/s {:>5.1} us/req {:>3.0}%",
+                        s.req_per_sec,
+                        s.cpu_us_per_req,
+                        s.cpu_busy * 100.0
+                    )
+                },
+            )
+        };
+        let ratio = match (b, l) {
+            (Some(b), Some(l)) => format!("ratio {:.3}", l.req_per_sec / b.req_per_sec),
+            _ => String::new(),
+        };
+        println!(
+            "round {round}: bare {}   layer {}   {ratio}",
+            show(b),
+            show(l)
+        );
+        bare_samples.extend(b);
+        layer_samples.extend(l);
+    }
+    let _ = std::fs::remove_file(&script);
+
+    if bare_samples.is_empty() || layer_samples.is_empty() {
+        return;
+    }
+    let rps = |s: &[Sample]| s.iter().map(|x| x.req_per_sec).collect::<Vec<_>>();
+    let cpu = |s: &[Sample]| s.iter().map(|x| x.cpu_us_per_req).collect::<Vec<_>>();
+    let (b_rps, l_rps) = (rps(&bare_samples), rps(&layer_samples));
+    let paired: Vec<f64> = l_rps.iter().zip(&b_rps).map(|(l, b)| l / b).collect();
+    let (best_b, best_l) = (best(&b_rps), best(&l_rps));
+    let (med_b, med_l) = (median(&b_rps), median(&l_rps));
+    let (cpu_b, cpu_l) = (median(&cpu(&bare_samples)), median(&cpu(&layer_samples)));
+    println!(
+        "best of {rounds}:   bare handler {best_b:.0} req/s, through RateLimitLayer (memory \
+         store) {best_l:.0} req/s, ratio {:.3} ({})",
+        best_l / best_b,
+        pct(best_l / best_b)
+    );
+    println!(
+        "median of {rounds}: bare handler {med_b:.0} req/s, through RateLimitLayer (memory \
+         store) {med_l:.0} req/s, ratio {:.3} ({})",
+        med_l / med_b,
+        pct(med_l / med_b)
+    );
+    println!(
+        "median of the per-round ratios: {:.3} ({}); server CPU per request (median): bare \
+         {cpu_b:.1} us, layer {cpu_l:.1} us (+{:.1} us)",
+        median(&paired),
+        pct(median(&paired)),
+        cpu_l - cpu_b
+    );
+}
+
+fn run_in_process(secs: u64, rounds: u64, conns: u64) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let handler = || Router::new().route("/", get(|| async { "ok" }));
-        let limiter = Limiter::memory(Policy::gcra(Rate::per_second(1_000_000).unwrap()).unwrap());
-        let layer = RateLimitLayer::new(HttpPolicy::new(
-            "bench",
-            limiter,
-            Header::named("x-client").unwrap(),
-        ))
-        .expect("layer");
-        let bare = serve(handler()).await;
-        let limited = serve(handler().layer(layer)).await;
-        // Warm-up (connections, allocator).
-        load(bare, conns, 1).await;
-        load(limited, conns, 1).await;
-        let (mut best_bare, mut best_limited) = (0f64, 0f64);
+        let (bare_app, limited_app) = apps();
+        let bare = serve(bare_app).await;
+        let limited = serve(limited_app).await;
+        load_in_process(bare, conns, 1).await;
+        load_in_process(limited, conns, 1).await;
+        let (mut bare_all, mut layer_all) = (Vec::new(), Vec::new());
         for round in 1..=rounds {
-            let b = load(bare, conns, secs).await;
-            let l = load(limited, conns, secs).await;
+            let b = load_in_process(bare, conns, secs).await;
+            let l = load_in_process(limited, conns, secs).await;
             println!(
                 "round {round}: bare {b:>9.0} req/s   layer {l:>9.0} req/s   ratio {:.3}",
                 l / b
             );
-            best_bare = best_bare.max(b);
-            best_limited = best_limited.max(l);
+            bare_all.push(b);
+            layer_all.push(l);
         }
+        let (best_b, best_l) = (best(&bare_all), best(&layer_all));
+        let (med_b, med_l) = (median(&bare_all), median(&layer_all));
         println!(
-            "best of {rounds} x {secs}s, {conns} connections: bare handler {best_bare:.0} req/s, \
-             through RateLimitLayer (memory store) {best_limited:.0} req/s, ratio {:.3} ({:+.1}%)",
-            best_limited / best_bare,
-            (best_limited / best_bare - 1.0) * 100.0
+            "in-process load generator, {conns} connections, {rounds} x {secs}s: best bare \
+             {best_b:.0} req/s, layer {best_l:.0} req/s, ratio {:.3} ({}); median bare \
+             {med_b:.0} req/s, layer {med_l:.0} req/s, ratio {:.3} ({})",
+            best_l / best_b,
+            pct(best_l / best_b),
+            med_l / med_b,
+            pct(med_l / med_b)
         );
     });
 }
