@@ -204,6 +204,129 @@ impl Engine {
         }
     }
 
+    /// Decides `cost` on the decoded `state` at `now` without writing anything: the step of a
+    /// multi-key check that precedes the all-or-nothing write (`decide_rates` split in two).
+    pub(crate) fn evaluate(
+        &self,
+        state: Option<&[u64]>,
+        now: Micros,
+        cost: u64,
+    ) -> Result<Evaluation, Error> {
+        fn rates<A: RateAlgorithm>(
+            params: &[A::Params],
+            state: Option<&[u64]>,
+            now: Micros,
+            cost: u64,
+            decode: impl Fn(&[u64]) -> A::State,
+            encode: impl Fn(&A::State, &mut Vec<u64>),
+            width: usize,
+        ) -> Result<Evaluation, Error> {
+            let states: Vec<A::State> = match state {
+                Some(s) if s.len() == width * params.len() => {
+                    s.chunks_exact(width).map(&decode).collect()
+                }
+                _ => vec![A::State::default(); params.len()],
+            };
+            let mut verdicts = Vec::with_capacity(params.len());
+            let mut charged = Vec::with_capacity(params.len());
+            for (p, s) in params.iter().zip(&states) {
+                let (verdict, next) = A::evaluate(p, s, now, cost)?;
+                verdicts.push(verdict);
+                charged.push(next);
+            }
+            let settled: Vec<A::State> = params
+                .iter()
+                .zip(&states)
+                .map(|(p, s)| A::settle(p, s, now))
+                .collect();
+            let decision = algorithm::combine(&verdicts);
+            let reset_uncharged = if decision.allowed {
+                verdicts
+                    .iter()
+                    .map(|v| v.reset_after_uncharged)
+                    .max()
+                    .unwrap_or(0)
+            } else {
+                micros(decision.reset_after)
+            };
+            let changed = |next: &[A::State]| {
+                (next != states.as_slice()).then(|| {
+                    let mut out = Vec::with_capacity(width * params.len());
+                    for s in next {
+                        encode(s, &mut out);
+                    }
+                    out
+                })
+            };
+            Ok(Evaluation {
+                decision,
+                reset_uncharged,
+                charged: changed(&charged),
+                settled: changed(&settled),
+            })
+        }
+        match self {
+            Engine::Gcra(p) => {
+                rates::<gcra::Gcra>(p, state, now, cost, |s| s[0], |s, out| out.push(*s), 1)
+            }
+            Engine::TokenBucket(p) => rates::<token_bucket::TokenBucket>(
+                p,
+                state,
+                now,
+                cost,
+                decode_token_bucket,
+                |s, out| out.extend([u64::from(s.present), s.tokens, s.last]),
+                3,
+            ),
+            Engine::FixedWindow(p) => rates::<fixed_window::FixedWindow>(
+                p,
+                state,
+                now,
+                cost,
+                decode_fixed_window,
+                |s, out| out.extend([s.window_start, s.count]),
+                2,
+            ),
+            Engine::SlidingWindow(p) => rates::<sliding_window::SlidingWindow>(
+                p,
+                state,
+                now,
+                cost,
+                decode_sliding_window,
+                |s, out| out.extend([s.window_start, s.prev, s.curr]),
+                3,
+            ),
+            Engine::SlidingLog(p) => {
+                let mut log = sliding_log::Log::default();
+                if let Some(s) = state.filter(|s| s.len() % 2 == 0) {
+                    log.entries = s.chunks_exact(2).map(|e| (e[0], e[1])).collect();
+                }
+                let before = log.clone();
+                // The sliding log decides every rate together (one shared log): charge a
+                // copy, which is the state to write if the whole call is admitted.
+                let decision = sliding_log::decide(p, &mut log, now, cost, true)?;
+                // Without this call's charge the log is fresh from its newest entry plus the
+                // longest window, seen from `now` clamped to that entry (the uncharged
+                // reset of the longest rate, which is the largest of every rate's).
+                let newest = before.entries.back().map(|e| e.0);
+                let clamped = newest.map_or(now, |n| n.max(now));
+                let reset_uncharged = if decision.allowed {
+                    newest.map_or(0, |n| (n + p.max_window).saturating_sub(clamped))
+                } else {
+                    micros(decision.reset_after)
+                };
+                Ok(Evaluation {
+                    decision,
+                    reset_uncharged,
+                    charged: (log != before)
+                        .then(|| log.entries.iter().flat_map(|&(t, w)| [t, w]).collect()),
+                    // an uncharged check leaves the log as it is
+                    settled: None,
+                })
+            }
+        }
+    }
+
     /// The time from which the encoded `state` is equivalent to fresh.
     pub(crate) fn horizon(&self, state: &[u64]) -> Micros {
         match self {
@@ -257,6 +380,45 @@ impl Engine {
                 newest.map_or(0, |n| n + p.max_window)
             }
         }
+    }
+}
+
+/// One key decided without writing ([`Engine::evaluate`]).
+pub(crate) struct Evaluation {
+    /// What this key alone would decide.
+    pub(crate) decision: Decision,
+    /// The key's `reset_after` (µs) without this call's charge.
+    pub(crate) reset_uncharged: Micros,
+    /// The state to write when the whole call is admitted (`None`: unchanged).
+    pub(crate) charged: Option<Vec<u64>>,
+    /// The state to write when the call is not charged (`None`: unchanged).
+    pub(crate) settled: Option<Vec<u64>>,
+}
+
+fn micros(d: std::time::Duration) -> Micros {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn decode_token_bucket(s: &[u64]) -> token_bucket::State {
+    token_bucket::State {
+        present: s[0] != 0,
+        tokens: s[1],
+        last: s[2],
+    }
+}
+
+fn decode_fixed_window(s: &[u64]) -> fixed_window::State {
+    fixed_window::State {
+        window_start: s[0],
+        count: s[1],
+    }
+}
+
+fn decode_sliding_window(s: &[u64]) -> sliding_window::State {
+    sliding_window::State {
+        window_start: s[0],
+        prev: s[1],
+        curr: s[2],
     }
 }
 

@@ -28,12 +28,14 @@
 #![forbid(unsafe_code)]
 
 mod engine;
+pub mod multi;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 mod table;
 
+pub use multi::{KeyCheck, MultiDecision};
 #[cfg(feature = "postgres")]
 pub use postgres::{PgBackend, PgStore, PgStoreBuilder};
 #[cfg(feature = "sqlite")]

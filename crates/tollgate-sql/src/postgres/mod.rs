@@ -55,6 +55,8 @@ use tollgate::store::{Backend, Op, Store};
 use tollgate::time::Micros;
 use tollgate::{Algorithm, Decision, Error, Policy, StoreError};
 
+mod multi;
+
 const STORE: &str = "postgres";
 
 fn pg_error(context: &str, message: impl std::fmt::Display) -> Error {
@@ -516,15 +518,57 @@ const ALGORITHMS: [(&str, &str); 5] = [
     ("sliding_log", include_str!("sql/sliding_log.sql")),
 ];
 
-/// The `CREATE OR REPLACE FUNCTION` statement of one algorithm for `table`.
+/// The `CREATE OR REPLACE FUNCTION` statement of one algorithm for `table`: lock the key's
+/// row, the algorithm's section (every rate's verdict, charged and settled states), the
+/// all-or-nothing combination across rates, then the write.
 fn function_sql(table: &TableName, algorithm: &str, body: &str) -> String {
     let (eval, horizon) = body.split_once("-- @horizon\n").unwrap_or((body, ""));
     let head = include_str!("sql/head.sql");
+    let combine = include_str!("sql/combine.sql");
     let tail = include_str!("sql/tail.sql");
-    format!("{head}{eval}{tail}")
+    format!("{head}{eval}{combine}{tail}")
+        .replace("{{DECLARE}}", include_str!("sql/declare.sql"))
+        .replace("{{SWEEP}}", include_str!("sql/sweep.sql"))
         .replace("{{HORIZON}}", horizon)
         .replace("{{ALGORITHM}}", algorithm)
         .replace("{{FUNCTION}}", &table.quoted(&format!("_{algorithm}")))
+        .replace("{{TABLE}}", &table.quoted(""))
+}
+
+/// The name suffix of the multi-key function (`<table>_check_all`).
+const CHECK_ALL: &str = "_check_all";
+
+/// The argument types of the multi-key function (for `DROP FUNCTION`).
+const CHECK_ALL_ARGS: &str =
+    "bigint, integer, text[], text[], bigint[], integer[], bigint[], bigint[], bigint[], bigint[], integer";
+
+/// The `CREATE OR REPLACE FUNCTION` statement of the multi-key function: every algorithm's
+/// section, chosen per key, between the same declarations and combination as the
+/// single-key functions.
+fn check_all_sql(table: &TableName) -> String {
+    let mut evaluate = String::new();
+    for (n, (algorithm, body)) in ALGORITHMS.iter().enumerate() {
+        let (eval, horizon) = body.split_once("-- @horizon\n").unwrap_or((body, ""));
+        let keyword = if n == 0 { "IF" } else { "ELSIF" };
+        evaluate.push_str(&format!(
+            "        {keyword} m_algorithms[k] = '{algorithm}' THEN\n{eval}\
+             \x20       IF p_op = 0 THEN\n\
+             \x20           v_next := v_cand; v_horizon := 0;\n{horizon}\
+             \x20           r_h_cand[k] := v_horizon;\n\
+             \x20           v_next := v_settle; v_horizon := 0;\n{horizon}\
+             \x20           r_h_settle[k] := v_horizon;\n\
+             \x20       END IF;\n"
+        ));
+    }
+    evaluate.push_str(
+        "        ELSE\n            RAISE EXCEPTION 'tollgate: unknown algorithm %', m_algorithms[k];\n        END IF;",
+    );
+    include_str!("sql/check_all.sql")
+        .replace("{{DECLARE}}", include_str!("sql/declare.sql"))
+        .replace("{{EVALUATE}}", &evaluate)
+        .replace("{{COMBINE}}", include_str!("sql/combine.sql"))
+        .replace("{{SWEEP}}", include_str!("sql/sweep.sql"))
+        .replace("{{FUNCTION}}", &table.quoted(CHECK_ALL))
         .replace("{{TABLE}}", &table.quoted(""))
 }
 
@@ -598,6 +642,8 @@ impl PgStore {
             sql.push_str(&function_sql(table, name, body));
             sql.push('\n');
         }
+        sql.push_str(&check_all_sql(table));
+        sql.push('\n');
         sql
     }
 
@@ -670,6 +716,10 @@ impl PgStore {
                     shared.table.quoted(&format!("_{name}"))
                 ));
             }
+            sql.push_str(&format!(
+                "DROP FUNCTION IF EXISTS {}({CHECK_ALL_ARGS});\n",
+                shared.table.quoted(CHECK_ALL)
+            ));
             sql.push_str("COMMIT;");
             if let Err(e) = conn.client.batch_execute(&sql).await {
                 let _ = conn.client.batch_execute("ROLLBACK").await;
@@ -738,6 +788,8 @@ impl PgStore {
 
 struct Call {
     engine: Engine,
+    /// The algorithm's function suffix (`gcra`, `token_bucket`, …).
+    algorithm: &'static str,
     decide_sql: String,
     reset_sql: String,
     prefix: String,
@@ -781,33 +833,34 @@ impl Store for PgStore {
         let engine = Engine::new(policy)?;
         let rates = policy.rates();
         let i = |v: u64| to_i64(v);
-        let (name, a, b, c, d): (&str, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) = match &engine {
-            Engine::Gcra(p) => (
-                "gcra",
-                p.iter().map(|p| i(p.emission_interval)).collect(),
-                p.iter().map(|p| i(p.tolerance)).collect(),
-                p.iter().map(|p| i(p.burst)).collect(),
-                vec![],
-            ),
-            Engine::TokenBucket(p) => (
-                "token_bucket",
-                p.iter().map(|p| i(p.capacity)).collect(),
-                p.iter().map(|p| i(p.refill_amount)).collect(),
-                p.iter().map(|p| i(p.refill_interval)).collect(),
-                p.iter().map(|p| i(p.initial_tokens)).collect(),
-            ),
-            Engine::FixedWindow(_) | Engine::SlidingWindow(_) | Engine::SlidingLog(_) => (
-                match policy.algorithm() {
-                    Algorithm::FixedWindow => "fixed_window",
-                    Algorithm::SlidingWindow => "sliding_window",
-                    _ => "sliding_log",
-                },
-                rates.iter().map(|r| i(r.limit())).collect(),
-                rates.iter().map(|r| i(r.period_us())).collect(),
-                vec![],
-                vec![],
-            ),
-        };
+        let (name, a, b, c, d): (&'static str, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) =
+            match &engine {
+                Engine::Gcra(p) => (
+                    "gcra",
+                    p.iter().map(|p| i(p.emission_interval)).collect(),
+                    p.iter().map(|p| i(p.tolerance)).collect(),
+                    p.iter().map(|p| i(p.burst)).collect(),
+                    vec![],
+                ),
+                Engine::TokenBucket(p) => (
+                    "token_bucket",
+                    p.iter().map(|p| i(p.capacity)).collect(),
+                    p.iter().map(|p| i(p.refill_amount)).collect(),
+                    p.iter().map(|p| i(p.refill_interval)).collect(),
+                    p.iter().map(|p| i(p.initial_tokens)).collect(),
+                ),
+                Engine::FixedWindow(_) | Engine::SlidingWindow(_) | Engine::SlidingLog(_) => (
+                    match policy.algorithm() {
+                        Algorithm::FixedWindow => "fixed_window",
+                        Algorithm::SlidingWindow => "sliding_window",
+                        _ => "sliding_log",
+                    },
+                    rates.iter().map(|r| i(r.limit())).collect(),
+                    rates.iter().map(|r| i(r.period_us())).collect(),
+                    vec![],
+                    vec![],
+                ),
+            };
         let t = &self.shared.table;
         Ok(PgBackend {
             shared: self.shared.clone(),
@@ -818,6 +871,7 @@ impl Store for PgStore {
                 ),
                 reset_sql: format!("DELETE FROM {} WHERE key = $1", t.quoted("")),
                 prefix: format!("{}{}:", self.shared.namespace, policy.algorithm()),
+                algorithm: name,
                 engine,
                 a,
                 b,
