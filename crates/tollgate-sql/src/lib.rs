@@ -41,3 +41,8 @@ pub use postgres::{PgBackend, PgStore, PgStoreBuilder};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteBackend, SqliteStore};
 pub use table::{TableName, DEFAULT_TABLE_NAME, MAX_TABLE_NAME_LEN};
+
+/// The examples of `docs/sql.md`, compiled and run as doctests so the document stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/sql.md")]
+pub struct SqlMdExamples;
