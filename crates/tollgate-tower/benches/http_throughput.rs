@@ -89,16 +89,32 @@ fn find_on_path(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// CPU time (user + system) this process has used so far, in seconds.
-fn process_cpu_secs(ticks_per_sec: f64) -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after ')'.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / ticks_per_sec)
+/// CPU time this process's threads have been running so far, in seconds: the sum of
+/// `/proc/self/task/*/schedstat` (nanoseconds on a CPU; exact, unlike tick-sampled
+/// utime/stime), else `/proc/self/stat` utime + stime.
+fn process_cpu_secs() -> Option<f64> {
+    let from_schedstat = || -> Option<f64> {
+        let mut total_ns = 0u64;
+        for task in std::fs::read_dir("/proc/self/task").ok()? {
+            let path = task.ok()?.path().join("schedstat");
+            // A thread that ended between read_dir and here counts nothing.
+            let Ok(stat) = std::fs::read_to_string(path) else {
+                continue;
+            };
+            total_ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+        Some(total_ns as f64 / 1e9)
+    };
+    from_schedstat().or_else(|| {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name (which may contain spaces) start after the last ')'.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after ')'.
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        Some((utime + stime) / ticks_per_sec())
+    })
 }
 
 fn ticks_per_sec() -> f64 {
@@ -142,7 +158,6 @@ struct Wrk {
     threads: u64,
     conns: u64,
     pin: bool,
-    ticks: f64,
 }
 
 impl Wrk {
@@ -162,11 +177,11 @@ impl Wrk {
             .arg("-s")
             .arg(&self.script)
             .arg(format!("http://{addr}/"));
-        let cpu_before = process_cpu_secs(self.ticks);
+        let cpu_before = process_cpu_secs();
         let started = Instant::now();
         let output = cmd.output().expect("run wrk");
         let wall = started.elapsed().as_secs_f64();
-        let cpu_after = process_cpu_secs(self.ticks);
+        let cpu_after = process_cpu_secs();
         let text = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success(),
@@ -330,7 +345,6 @@ fn main() {
         threads: env("BENCH_WRK_THREADS", 1).max(1),
         conns,
         pin,
-        ticks: ticks_per_sec(),
     };
     println!(
         "setup: wrk -t{} -c{conns} -d{secs}s (external process{}), server: 1 process, tokio \

@@ -26,7 +26,6 @@
 //! ```
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
-use std::fmt::Write as _;
 use tollgate::{Decision, Rate};
 
 /// The `RateLimit` field name.
@@ -189,13 +188,7 @@ pub fn window_secs(rate: &Rate) -> u64 {
 /// assert_eq!(ratelimit_policy_field(&[a, b]).unwrap(), "\"a\";q=5;w=1, \"b\";q=5;w=3600");
 /// ```
 pub fn ratelimit_policy_field(reports: &[PolicyReport<'_>]) -> Option<String> {
-    join(reports, |out, r| {
-        let _ = write!(
-            out,
-            "\"{}\";q={};w={}",
-            r.name, r.decision.limit, r.window_secs
-        );
-    })
+    policy_field_bytes(reports).map(|b| b.into_string())
 }
 
 /// Formats `RateLimit` for the given reports; `None` when there are none.
@@ -207,32 +200,122 @@ pub fn ratelimit_policy_field(reports: &[PolicyReport<'_>]) -> Option<String> {
 /// assert_eq!(ratelimit_field(&[a]).unwrap(), "\"a\";r=0;t=2");
 /// ```
 pub fn ratelimit_field(reports: &[PolicyReport<'_>]) -> Option<String> {
+    ratelimit_field_bytes(reports).map(|b| b.into_string())
+}
+
+fn policy_field_bytes(reports: &[PolicyReport<'_>]) -> Option<ValueBuf> {
     join(reports, |out, r| {
-        let _ = write!(
-            out,
-            "\"{}\";r={};t={}",
-            r.name,
-            r.decision.remaining,
-            r.decision.reset_after_secs()
-        );
+        out.push_policy_item(r.name, r.decision.limit, r.window_secs);
+    })
+}
+
+fn ratelimit_field_bytes(reports: &[PolicyReport<'_>]) -> Option<ValueBuf> {
+    join(reports, |out, r| {
+        out.push_str("\"");
+        out.push_str(r.name);
+        out.push_str("\";r=");
+        out.push_ratelimit_numbers(&r.decision);
     })
 }
 
 fn join(
     reports: &[PolicyReport<'_>],
-    mut item: impl FnMut(&mut String, &PolicyReport<'_>),
-) -> Option<String> {
+    mut item: impl FnMut(&mut ValueBuf, &PolicyReport<'_>),
+) -> Option<ValueBuf> {
     if reports.is_empty() {
         return None;
     }
-    let mut out = String::with_capacity(32 * reports.len());
+    let mut out = ValueBuf::new();
     for (i, r) in reports.iter().enumerate() {
         if i > 0 {
-            out.push_str(", ");
+            out.push_str(LIST_SEPARATOR);
         }
         item(&mut out, r);
     }
     Some(out)
+}
+
+/// Between the items of a Structured Field list.
+pub(crate) const LIST_SEPARATOR: &str = ", ";
+
+/// How many bytes of a field value [`ValueBuf`] keeps on the stack.
+const INLINE_VALUE_LEN: usize = 192;
+
+/// The bytes of one field value, built without allocating up to [`INLINE_VALUE_LEN`] bytes
+/// (one policy's item always fits: names are at most 64 characters, numbers at most 20
+/// digits); longer values move to the heap. Numbers are written with `itoa`.
+pub(crate) struct ValueBuf {
+    inline: [u8; INLINE_VALUE_LEN],
+    len: usize,
+    spilled: Vec<u8>,
+}
+
+impl ValueBuf {
+    pub(crate) fn new() -> Self {
+        Self {
+            inline: [0; INLINE_VALUE_LEN],
+            len: 0,
+            spilled: Vec::new(),
+        }
+    }
+
+    pub(crate) fn push_bytes(&mut self, bytes: &[u8]) {
+        if self.spilled.is_empty() && self.len + bytes.len() <= INLINE_VALUE_LEN {
+            self.inline[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+            self.len += bytes.len();
+            return;
+        }
+        if self.spilled.is_empty() {
+            self.spilled.reserve(2 * (self.len + bytes.len()));
+            self.spilled.extend_from_slice(&self.inline[..self.len]);
+        }
+        self.spilled.extend_from_slice(bytes);
+    }
+
+    pub(crate) fn push_str(&mut self, s: &str) {
+        self.push_bytes(s.as_bytes());
+    }
+
+    pub(crate) fn push_u64(&mut self, n: u64) {
+        let mut digits = itoa::Buffer::new();
+        self.push_str(digits.format(n));
+    }
+
+    /// `"name";q=<capacity>;w=<seconds>`: one `RateLimit-Policy` item.
+    pub(crate) fn push_policy_item(&mut self, name: &str, capacity: u64, window_secs: u64) {
+        self.push_str("\"");
+        self.push_str(name);
+        self.push_str("\";q=");
+        self.push_u64(capacity);
+        self.push_str(";w=");
+        self.push_u64(window_secs);
+    }
+
+    /// `<remaining>;t=<seconds>`: the part of a `RateLimit` item after `"name";r=`.
+    pub(crate) fn push_ratelimit_numbers(&mut self, d: &Decision) {
+        self.push_u64(d.remaining);
+        self.push_str(";t=");
+        self.push_u64(d.reset_after_secs());
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        if self.spilled.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.spilled
+        }
+    }
+
+    /// The value as a header value (one allocation); `None` if it holds bytes a field value
+    /// cannot (e.g. a policy name with control characters).
+    pub(crate) fn to_value(&self) -> Option<HeaderValue> {
+        HeaderValue::from_bytes(self.as_bytes()).ok()
+    }
+
+    fn into_string(self) -> String {
+        // Only `&str` pieces and ASCII digits are ever pushed.
+        String::from_utf8_lossy(self.as_bytes()).into_owned()
+    }
 }
 
 /// The report the legacy single-valued fields describe: the denying one if any, else the one
@@ -268,10 +351,10 @@ pub fn write_fields(
         headers.insert(RETRY_AFTER, HeaderValue::from(d.retry_after_secs().max(1)));
     }
     if options.ietf {
-        if let Some(v) = ratelimit_policy_field(reports).and_then(to_value) {
+        if let Some(v) = policy_field_bytes(reports).and_then(|b| b.to_value()) {
             headers.insert(RATELIMIT_POLICY, v);
         }
-        if let Some(v) = ratelimit_field(reports).and_then(to_value) {
+        if let Some(v) = ratelimit_field_bytes(reports).and_then(|b| b.to_value()) {
             headers.insert(RATELIMIT, v);
         }
     }
@@ -288,10 +371,6 @@ pub fn write_fields(
             );
         }
     }
-}
-
-fn to_value(s: String) -> Option<HeaderValue> {
-    HeaderValue::from_str(&s).ok()
 }
 
 /// Whether `name` can be used as a policy name: 1 to 64 characters from `A-Z a-z 0-9 - _ . : /`

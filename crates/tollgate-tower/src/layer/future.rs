@@ -1,10 +1,10 @@
 //! [`ResponseFuture`]: decide, then call the inner service (or answer directly).
 
-use super::Verdict;
+use super::{AllowedFields, Verdict};
 use crate::body::ResponseBody;
 use crate::concurrency::InFlightPermit;
 use futures_util::future::BoxFuture;
-use http::{HeaderMap, Response};
+use http::Response;
 use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
@@ -43,7 +43,7 @@ pin_project! {
         Calling {
             #[pin]
             future: S::Future,
-            headers: Option<HeaderMap>,
+            headers: Option<AllowedFields>,
             permit: Option<InFlightPermit>,
         },
         Answered {
@@ -66,11 +66,21 @@ where
     }
 
     pub(crate) fn calling(future: S::Future) -> Self {
+        Self::calling_with(future, None, None)
+    }
+
+    /// The inner service was already called (the decision was made in `call`): add
+    /// `headers` to its response and hold `permit` until its body ends.
+    pub(crate) fn calling_with(
+        future: S::Future,
+        headers: Option<AllowedFields>,
+        permit: Option<InFlightPermit>,
+    ) -> Self {
         Self {
             state: State::Calling {
                 future,
-                headers: None,
-                permit: None,
+                headers,
+                permit,
             },
         }
     }
@@ -127,11 +137,7 @@ where
                     let response = ready!(future.poll(cx))?;
                     let (mut parts, body) = response.into_parts();
                     if let Some(fields) = headers.take() {
-                        for (name, value) in fields {
-                            if let Some(name) = name {
-                                parts.headers.insert(name, value);
-                            }
-                        }
+                        fields.insert_into(&mut parts.headers);
                     }
                     let body = ResponseBody::with_permit(body, permit.take());
                     return Poll::Ready(Ok(Response::from_parts(parts, body)));

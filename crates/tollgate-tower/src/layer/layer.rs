@@ -1,6 +1,6 @@
 //! [`RateLimitLayer`] and its builder.
 
-use super::{Gate, HttpPolicy, RateLimit};
+use super::{metric_keys, Gate, HttpPolicy, RateLimit};
 use crate::headers::{is_valid_policy_name, HeaderOptions};
 use http::StatusCode;
 use std::fmt;
@@ -264,8 +264,14 @@ impl RateLimitLayerBuilder {
                 });
             }
         }
+        let metric_keys = self
+            .policies
+            .iter()
+            .map(|p| metric_keys(p, self.shadow))
+            .collect();
         Ok(RateLimitLayer {
             gate: Arc::new(Gate {
+                metric_keys,
                 policies: self.policies,
                 shadow: self.shadow,
                 headers: self.headers,

@@ -52,26 +52,58 @@ pub use future::ResponseFuture;
 pub use layer::{LayerError, RateLimitLayer, RateLimitLayerBuilder};
 pub use service::RateLimit;
 
-use crate::headers::{self, HeaderOptions, PolicyReport, Problem};
+use crate::headers::{self, HeaderOptions, PolicyReport, Problem, ValueBuf};
 use crate::key::{KeyError, KeyExtractor};
 use futures_util::future::BoxFuture;
+use http::header::HeaderValue;
 use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
+use std::any::TypeId;
 use std::sync::Arc;
+use tollgate::store::memory::MemoryBackend;
 use tollgate::store::Backend;
 use tollgate::{Decision, Error, Limiter, Policy};
 
 /// A limiter of any store, behind one object type (so one layer can mix stores).
+///
+/// The `*_now` methods decide on the calling thread; the layer uses them only when
+/// [`decides_in_process`](ErasedLimiter::decides_in_process) says the backend does no I/O (the
+/// memory store), so a request is decided inside `Service::call` without a boxed future.
 pub(crate) trait ErasedLimiter: Send + Sync + 'static {
     fn policy(&self) -> &Policy;
+    fn decides_in_process(&self) -> bool;
+    fn check_now(&self, key: &str, cost: u64) -> Result<Decision, Error>;
+    fn peek_now(&self, key: &str, cost: u64) -> Result<Decision, Error>;
+    fn refund_now(&self, key: &str, amount: u64) -> Result<(), Error>;
     fn check<'a>(&'a self, key: &'a str, cost: u64) -> BoxFuture<'a, Result<Decision, Error>>;
     fn peek<'a>(&'a self, key: &'a str, cost: u64) -> BoxFuture<'a, Result<Decision, Error>>;
     fn refund<'a>(&'a self, key: &'a str, amount: u64) -> BoxFuture<'a, Result<(), Error>>;
 }
 
+/// Whether `B` is the memory store's backend, whose operations never wait on I/O (a short
+/// critical section on a sharded map), so they can run inside `Service::call`.
+fn is_in_process_backend<B: Backend>() -> bool {
+    let id = TypeId::of::<B>();
+    id == TypeId::of::<MemoryBackend>()
+        || id == TypeId::of::<Arc<MemoryBackend>>()
+        || id == TypeId::of::<Box<MemoryBackend>>()
+}
+
 impl<B: Backend> ErasedLimiter for Limiter<B> {
     fn policy(&self) -> &Policy {
         Limiter::policy(self)
+    }
+    fn decides_in_process(&self) -> bool {
+        is_in_process_backend::<B>()
+    }
+    fn check_now(&self, key: &str, cost: u64) -> Result<Decision, Error> {
+        self.check_n(key, cost)
+    }
+    fn peek_now(&self, key: &str, cost: u64) -> Result<Decision, Error> {
+        Limiter::peek(self, key, cost)
+    }
+    fn refund_now(&self, key: &str, amount: u64) -> Result<(), Error> {
+        Limiter::refund(self, key, amount)
     }
     fn check<'a>(&'a self, key: &'a str, cost: u64) -> BoxFuture<'a, Result<Decision, Error>> {
         Box::pin(self.check_n_async(key, cost))
@@ -157,8 +189,23 @@ pub struct HttpPolicy {
     cost: u64,
     missing_key: MissingKey,
     key_builder: Option<tollgate::keys::KeyBuilder>,
-    /// (capacity, w seconds) for each rate of the limiter's policy.
-    windows: Arc<[(u64, u64)]>,
+    /// The capacity, `w` and preformatted `RateLimit-Policy` item of each rate of the
+    /// limiter's policy.
+    windows: Arc<[Window]>,
+    /// `"name";r=`: the constant start of the policy's `RateLimit` item.
+    ratelimit_prefix: Arc<str>,
+    /// The limiter decides without I/O (see [`ErasedLimiter::decides_in_process`]).
+    in_process: bool,
+}
+
+/// One rate of a policy as the `RateLimit-Policy` field reports it.
+#[derive(Clone, Debug)]
+struct Window {
+    capacity: u64,
+    secs: u64,
+    /// `"name";q=<capacity>;w=<secs>`, formatted once (`None` if the name cannot be a field
+    /// value; such a name is refused by `build()` anyway).
+    policy_item: Option<HeaderValue>,
 }
 
 impl std::fmt::Debug for HttpPolicy {
@@ -189,7 +236,8 @@ impl HttpPolicy {
         limiter: Limiter<B>,
         extractor: impl KeyExtractor,
     ) -> Self {
-        let windows: Vec<(u64, u64)> = limiter
+        let name: Arc<str> = name.into().into();
+        let windows: Vec<Window> = limiter
             .policy()
             .rates()
             .iter()
@@ -198,11 +246,21 @@ impl HttpPolicy {
                     tollgate::Algorithm::Gcra | tollgate::Algorithm::TokenBucket => r.burst(),
                     _ => r.limit(),
                 };
-                (capacity, headers::window_secs(r))
+                let secs = headers::window_secs(r);
+                let mut item = ValueBuf::new();
+                item.push_policy_item(&name, capacity, secs);
+                Window {
+                    capacity,
+                    secs,
+                    policy_item: item.to_value(),
+                }
             })
             .collect();
+        let in_process = limiter.decides_in_process();
         Self {
-            name: name.into().into(),
+            ratelimit_prefix: format!("\"{name}\";r=").into(),
+            name,
+            in_process,
             limiter: Arc::new(limiter),
             extractor: Arc::new(extractor),
             matcher: RouteMatcher::default(),
@@ -313,22 +371,139 @@ impl HttpPolicy {
         self
     }
 
-    fn window_for(&self, d: &Decision) -> u64 {
+    /// The rate a decision describes: the one whose capacity is the decision's limit, else
+    /// the first.
+    fn window_of(&self, d: &Decision) -> Option<&Window> {
         self.windows
             .iter()
-            .find(|(cap, _)| *cap == d.limit)
+            .find(|w| w.capacity == d.limit)
             .or_else(|| self.windows.first())
-            .map_or(1, |(_, w)| *w)
     }
 
-    fn label(&self) -> metrics::SharedString {
-        metrics::SharedString::from(Arc::clone(&self.name))
+    fn window_for(&self, d: &Decision) -> u64 {
+        self.window_of(d).map_or(1, |w| w.secs)
+    }
+
+    /// Appends this policy's `RateLimit-Policy` item for `d`.
+    fn push_policy_item(&self, out: &mut ValueBuf, d: &Decision) {
+        match self.window_of(d) {
+            Some(Window {
+                capacity,
+                policy_item: Some(item),
+                ..
+            }) if *capacity == d.limit => out.push_bytes(item.as_bytes()),
+            _ => out.push_policy_item(&self.name, d.limit, self.window_for(d)),
+        }
+    }
+
+    /// This policy's `RateLimit-Policy` value for `d` alone: the preformatted item when `d`
+    /// describes one of the policy's rates (a reference-count increment), else formatted.
+    fn policy_value(&self, d: &Decision) -> Option<HeaderValue> {
+        match self.window_of(d) {
+            Some(Window {
+                capacity,
+                policy_item: Some(item),
+                ..
+            }) if *capacity == d.limit => Some(item.clone()),
+            _ => {
+                let mut out = ValueBuf::new();
+                self.push_policy_item(&mut out, d);
+                out.to_value()
+            }
+        }
+    }
+
+    /// Appends this policy's `RateLimit` item for `d`.
+    fn push_ratelimit_item(&self, out: &mut ValueBuf, d: &Decision) {
+        out.push_str(&self.ratelimit_prefix);
+        out.push_ratelimit_numbers(d);
+    }
+}
+
+/// The outcomes counted in `tollgate_http_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Allowed = 0,
+    Denied = 1,
+    Error = 2,
+    NoKey = 3,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 4] = [
+        Outcome::Allowed,
+        Outcome::Denied,
+        Outcome::Error,
+        Outcome::NoKey,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Denied => "denied",
+            Outcome::Error => "error",
+            Outcome::NoKey => "no_key",
+        }
+    }
+}
+
+/// The name of the layer's counter.
+const REQUESTS_TOTAL: &str = "tollgate_http_requests_total";
+
+/// What `metrics::counter!` would pass from this module (target = module path, level INFO).
+static COUNTER_METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+/// The counter keys of one policy (`policy`, `outcome`, `mode` labels), built once so that
+/// counting a request allocates and hashes nothing.
+pub(crate) fn metric_keys(policy: &HttpPolicy, shadow: bool) -> [metrics::Key; 4] {
+    Outcome::ALL.map(|outcome| {
+        metrics::Key::from_parts(
+            REQUESTS_TOTAL,
+            vec![
+                metrics::Label::new(
+                    "policy",
+                    metrics::SharedString::from(Arc::clone(&policy.name)),
+                ),
+                metrics::Label::new("outcome", outcome.label()),
+                metrics::Label::new("mode", mode(shadow)),
+            ],
+        )
+    })
+}
+
+/// The rate-limit fields of an allowed response, added to the inner service's response.
+#[derive(Debug, Default)]
+pub(crate) struct AllowedFields {
+    ratelimit_policy: Option<HeaderValue>,
+    ratelimit: Option<HeaderValue>,
+    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset`.
+    legacy: Option<[HeaderValue; 3]>,
+}
+
+impl AllowedFields {
+    /// Inserts the fields (replacing any the inner service wrote), in the order the layer
+    /// always wrote them.
+    pub(crate) fn insert_into(self, headers: &mut HeaderMap) {
+        if let Some(v) = self.ratelimit_policy {
+            headers.insert(headers::RATELIMIT_POLICY, v);
+        }
+        if let Some(v) = self.ratelimit {
+            headers.insert(headers::RATELIMIT, v);
+        }
+        if let Some([limit, remaining, reset]) = self.legacy {
+            headers.insert(headers::X_RATELIMIT_LIMIT, limit);
+            headers.insert(headers::X_RATELIMIT_REMAINING, remaining);
+            headers.insert(headers::X_RATELIMIT_RESET, reset);
+        }
     }
 }
 
 /// The layer's shared state: every clone of the layer and of its services points here.
 pub(crate) struct Gate {
     pub(crate) policies: Vec<HttpPolicy>,
+    /// Per policy, the counter key of each [`Outcome`].
+    pub(crate) metric_keys: Vec<[metrics::Key; 4]>,
     pub(crate) shadow: bool,
     pub(crate) headers: HeaderOptions,
     pub(crate) problem_type: String,
@@ -340,7 +515,7 @@ pub(crate) enum Plan {
     /// No policy applies.
     Pass,
     /// Decide these (policy index, key) pairs.
-    Decide(Vec<(usize, String)>),
+    Decide(Work),
     /// Answer at once (a key could not be extracted).
     Reject(http::Response<bytes::Bytes>),
 }
@@ -348,10 +523,39 @@ pub(crate) enum Plan {
 /// What the layer decided: call the inner service (adding fields), or answer itself.
 pub(crate) enum Verdict {
     Allow {
-        headers: Option<HeaderMap>,
+        headers: Option<AllowedFields>,
         permit: Option<crate::concurrency::InFlightPermit>,
     },
     Reject(http::Response<bytes::Bytes>),
+}
+
+/// The (policy index, key) pairs a request is decided on: one pair without a heap allocation
+/// (the common case), several in a `Vec`.
+pub(crate) enum Work {
+    Empty,
+    One([(usize, String); 1]),
+    Many(Vec<(usize, String)>),
+}
+
+impl Work {
+    fn push(&mut self, pair: (usize, String)) {
+        *self = match std::mem::replace(self, Work::Empty) {
+            Work::Empty => Work::One([pair]),
+            Work::One([first]) => Work::Many(vec![first, pair]),
+            Work::Many(mut all) => {
+                all.push(pair);
+                Work::Many(all)
+            }
+        };
+    }
+
+    pub(crate) fn as_slice(&self) -> &[(usize, String)] {
+        match self {
+            Work::Empty => &[],
+            Work::One(one) => one,
+            Work::Many(all) => all,
+        }
+    }
 }
 
 fn mode(shadow: bool) -> &'static str {
@@ -364,7 +568,7 @@ fn mode(shadow: bool) -> &'static str {
 
 impl Gate {
     pub(crate) fn plan(&self, parts: &Parts) -> Plan {
-        let mut work = Vec::new();
+        let mut work = Work::Empty;
         for (i, p) in self.policies.iter().enumerate() {
             if !p.matcher.matches(parts) {
                 continue;
@@ -384,7 +588,7 @@ impl Gate {
                     MissingKey::Skip => {}
                     MissingKey::Fallback(key) => work.push((i, key.clone())),
                     MissingKey::Reject(status) => {
-                        self.count(p, "no_key");
+                        self.count(i, Outcome::NoKey);
                         tracing::debug!(policy = %p.name, error = %err, "no rate-limit key");
                         if self.shadow {
                             continue;
@@ -394,11 +598,17 @@ impl Gate {
                 },
             }
         }
-        if work.is_empty() {
-            Plan::Pass
-        } else {
-            Plan::Decide(work)
+        match work {
+            Work::Empty => Plan::Pass,
+            work => Plan::Decide(work),
         }
+    }
+
+    /// Whether every limiter of `work` decides without I/O, so [`Gate::decide_now`] applies.
+    pub(crate) fn decides_now(&self, work: &Work) -> bool {
+        work.as_slice()
+            .iter()
+            .all(|(i, _)| self.policies[*i].in_process)
     }
 
     fn missing_key_response(
@@ -419,37 +629,40 @@ impl Gate {
         .into_response()
     }
 
-    fn count(&self, p: &HttpPolicy, outcome: &'static str) {
-        metrics::counter!(
-            "tollgate_http_requests_total",
-            "policy" => p.label(),
-            "outcome" => outcome,
-            "mode" => mode(self.shadow),
-        )
-        .increment(1);
+    /// Counts one request in `tollgate_http_requests_total{policy, outcome, mode}` under the
+    /// current recorder, with the key built at `build()`.
+    fn count(&self, policy: usize, outcome: Outcome) {
+        if let Some(keys) = self.metric_keys.get(policy) {
+            let key = &keys[outcome as usize];
+            metrics::with_recorder(|recorder| {
+                recorder
+                    .register_counter(key, &COUNTER_METADATA)
+                    .increment(1);
+            });
+        }
     }
 
     /// Decides every (policy, key) pair all-or-nothing; see the module docs.
-    pub(crate) async fn decide(self: Arc<Self>, work: Vec<(usize, String)>) -> Verdict {
-        let mut decisions: Vec<Decision> = Vec::with_capacity(work.len());
-        if let [(i, key)] = work.as_slice() {
+    pub(crate) async fn decide(self: Arc<Self>, work: Work) -> Verdict {
+        let work = work.as_slice();
+        if let [(i, key)] = work {
             let p = &self.policies[*i];
-            match p.limiter.check(key, p.cost).await {
-                Ok(d) => decisions.push(d),
-                Err(e) => return self.on_error(p, e),
-            }
-            return self.finish(&work, &decisions);
+            return match p.limiter.check(key, p.cost).await {
+                Ok(d) => self.finish(work, &[d]),
+                Err(e) => self.on_error(*i, e),
+            };
         }
-        for (i, key) in &work {
+        let mut decisions: Vec<Decision> = Vec::with_capacity(work.len());
+        for (i, key) in work {
             let p = &self.policies[*i];
             match p.limiter.peek(key, p.cost).await {
                 Ok(d) => {
                     decisions.push(d);
                     if !d.allowed {
-                        return self.finish(&work, &decisions);
+                        return self.finish(work, &decisions);
                     }
                 }
-                Err(e) => return self.on_error(p, e),
+                Err(e) => return self.on_error(*i, e),
             }
         }
         decisions.clear();
@@ -458,19 +671,64 @@ impl Gate {
             let outcome = p.limiter.check(key, p.cost).await;
             let denied_or_failed = !matches!(outcome, Ok(d) if d.allowed);
             if denied_or_failed {
-                self.refund_first(&work, j).await;
+                self.refund_first(work, j).await;
             }
             match outcome {
                 Ok(d) => {
                     decisions.push(d);
                     if !d.allowed {
-                        return self.finish(&work, &decisions);
+                        return self.finish(work, &decisions);
                     }
                 }
-                Err(e) => return self.on_error(p, e),
+                Err(e) => return self.on_error(*i, e),
             }
         }
-        self.finish(&work, &decisions)
+        self.finish(work, &decisions)
+    }
+
+    /// [`Gate::decide`] on the calling thread, for limiters that decide without I/O
+    /// ([`Gate::decides_now`]): the same steps, in the same order, with the same outcomes.
+    pub(crate) fn decide_now(&self, work: &Work) -> Verdict {
+        let work = work.as_slice();
+        if let [(i, key)] = work {
+            let p = &self.policies[*i];
+            return match p.limiter.check_now(key, p.cost) {
+                Ok(d) => self.finish(work, &[d]),
+                Err(e) => self.on_error(*i, e),
+            };
+        }
+        let mut decisions: Vec<Decision> = Vec::with_capacity(work.len());
+        for (i, key) in work {
+            let p = &self.policies[*i];
+            match p.limiter.peek_now(key, p.cost) {
+                Ok(d) => {
+                    decisions.push(d);
+                    if !d.allowed {
+                        return self.finish(work, &decisions);
+                    }
+                }
+                Err(e) => return self.on_error(*i, e),
+            }
+        }
+        decisions.clear();
+        for (j, (i, key)) in work.iter().enumerate() {
+            let p = &self.policies[*i];
+            let outcome = p.limiter.check_now(key, p.cost);
+            let denied_or_failed = !matches!(outcome, Ok(d) if d.allowed);
+            if denied_or_failed {
+                self.refund_first_now(work, j);
+            }
+            match outcome {
+                Ok(d) => {
+                    decisions.push(d);
+                    if !d.allowed {
+                        return self.finish(work, &decisions);
+                    }
+                }
+                Err(e) => return self.on_error(*i, e),
+            }
+        }
+        self.finish(work, &decisions)
     }
 
     /// Refunds the charges of the first `n` pairs (a later check denied or failed).
@@ -483,8 +741,19 @@ impl Gate {
         }
     }
 
-    fn on_error(&self, p: &HttpPolicy, e: Error) -> Verdict {
-        self.count(p, "error");
+    /// [`Gate::refund_first`] on the calling thread.
+    fn refund_first_now(&self, work: &[(usize, String)], n: usize) {
+        for (i, key) in &work[..n] {
+            let p = &self.policies[*i];
+            if let Err(e) = p.limiter.refund_now(key, p.cost) {
+                tracing::warn!(policy = %p.name, error = %e, "refund after a later denial failed");
+            }
+        }
+    }
+
+    fn on_error(&self, policy: usize, e: Error) -> Verdict {
+        let p = &self.policies[policy];
+        self.count(policy, Outcome::Error);
         tracing::warn!(policy = %p.name, error = %e, shadow = self.shadow, "rate-limit store error");
         if self.shadow {
             return Verdict::Allow {
@@ -517,35 +786,24 @@ impl Gate {
     }
 
     fn finish(&self, work: &[(usize, String)], decisions: &[Decision]) -> Verdict {
-        let reports: Vec<PolicyReport<'_>> = decisions
-            .iter()
-            .zip(work)
-            .map(|(d, (i, _))| {
-                let p = &self.policies[*i];
-                PolicyReport {
-                    name: &p.name,
-                    decision: *d,
-                    window_secs: p.window_for(d),
-                }
-            })
-            .collect();
         let denied = decisions
             .iter()
             .zip(work)
             .find(|(d, _)| !d.allowed)
-            .map(|(d, (i, key))| (d, &self.policies[*i], key));
+            .map(|(d, (i, key))| (d, *i, key));
         match denied {
             None => {
-                for (i, _) in work {
-                    self.count(&self.policies[*i], "allowed");
+                for (i, _) in &work[..decisions.len()] {
+                    self.count(*i, Outcome::Allowed);
                 }
                 Verdict::Allow {
-                    headers: self.allowed_headers(&reports),
+                    headers: self.allowed_fields(work, decisions),
                     permit: None,
                 }
             }
-            Some((d, p, key)) => {
-                self.count(p, "denied");
+            Some((d, i, key)) => {
+                let p = &self.policies[i];
+                self.count(i, Outcome::Denied);
                 tracing::debug!(
                     policy = %p.name,
                     key = %key,
@@ -555,10 +813,22 @@ impl Gate {
                 );
                 if self.shadow {
                     return Verdict::Allow {
-                        headers: self.allowed_headers(&reports),
+                        headers: self.allowed_fields(work, decisions),
                         permit: None,
                     };
                 }
+                let reports: Vec<PolicyReport<'_>> = decisions
+                    .iter()
+                    .zip(work)
+                    .map(|(d, (i, _))| {
+                        let p = &self.policies[*i];
+                        PolicyReport {
+                            name: &p.name,
+                            decision: *d,
+                            window_secs: p.window_for(d),
+                        }
+                    })
+                    .collect();
                 let retry = d.retry_after_secs().max(1);
                 let mut response = Problem::new(
                     self.denied_status,
@@ -574,13 +844,66 @@ impl Gate {
         }
     }
 
-    fn allowed_headers(&self, reports: &[PolicyReport<'_>]) -> Option<HeaderMap> {
+    /// The fields of a response the layer lets through: what
+    /// [`headers::write_fields`] writes without a denial, built from the preformatted
+    /// per-policy parts.
+    fn allowed_fields(
+        &self,
+        work: &[(usize, String)],
+        decisions: &[Decision],
+    ) -> Option<AllowedFields> {
         let h = self.headers;
-        if !h.on_allowed_enabled() || !(h.ietf_enabled() || h.legacy_enabled()) {
+        if !h.on_allowed_enabled()
+            || !(h.ietf_enabled() || h.legacy_enabled())
+            || decisions.is_empty()
+        {
             return None;
         }
-        let mut map = HeaderMap::new();
-        headers::write_fields(&mut map, reports, None, h);
-        Some(map)
+        let applied = || {
+            decisions
+                .iter()
+                .zip(work)
+                .map(|(d, (i, _))| (&self.policies[*i], d))
+        };
+        let mut fields = AllowedFields::default();
+        if h.ietf_enabled() {
+            fields.ratelimit_policy = match decisions {
+                [d] => self.policies[work[0].0].policy_value(d),
+                _ => {
+                    let mut out = ValueBuf::new();
+                    for (n, (p, d)) in applied().enumerate() {
+                        if n > 0 {
+                            out.push_str(headers::LIST_SEPARATOR);
+                        }
+                        p.push_policy_item(&mut out, d);
+                    }
+                    out.to_value()
+                }
+            };
+            let mut out = ValueBuf::new();
+            for (n, (p, d)) in applied().enumerate() {
+                if n > 0 {
+                    out.push_str(headers::LIST_SEPARATOR);
+                }
+                p.push_ratelimit_item(&mut out, d);
+            }
+            fields.ratelimit = out.to_value();
+        }
+        if h.legacy_enabled() {
+            // The denying decision if any (shadow mode), else the one with the fewest
+            // remaining units (the first of equals).
+            let tightest = decisions
+                .iter()
+                .find(|d| !d.allowed)
+                .or_else(|| decisions.iter().min_by_key(|d| d.remaining));
+            fields.legacy = tightest.map(|d| {
+                [
+                    HeaderValue::from(d.limit),
+                    HeaderValue::from(d.remaining),
+                    HeaderValue::from(d.reset_after_secs()),
+                ]
+            });
+        }
+        Some(fields)
     }
 }

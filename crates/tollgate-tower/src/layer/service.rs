@@ -1,6 +1,6 @@
 //! [`RateLimit`]: the service made by [`RateLimitLayer`](super::RateLimitLayer).
 
-use super::{Gate, Plan, ResponseFuture};
+use super::{Gate, Plan, ResponseFuture, Verdict};
 use crate::body::ResponseBody;
 use http::{Request, Response};
 use std::fmt;
@@ -92,6 +92,28 @@ where
                 ResponseFuture::calling(self.inner.call(Request::from_parts(parts, body)))
             }
             Plan::Reject(response) => ResponseFuture::answered(response),
+            Plan::Decide(work) if self.gate.decides_now(&work) => {
+                // Every limiter decides without I/O (the memory store): decide here, call the
+                // inner service (driven ready by `poll_ready`) at once, no boxed future.
+                let span = tracing::debug_span!(
+                    "tollgate.http.ratelimit",
+                    method = %parts.method,
+                    path = %parts.uri.path(),
+                );
+                let verdict = if span.is_disabled() {
+                    self.gate.decide_now(&work)
+                } else {
+                    span.in_scope(|| self.gate.decide_now(&work))
+                };
+                match verdict {
+                    Verdict::Allow { headers, permit } => ResponseFuture::calling_with(
+                        self.inner.call(Request::from_parts(parts, body)),
+                        headers,
+                        permit,
+                    ),
+                    Verdict::Reject(response) => ResponseFuture::answered(response),
+                }
+            }
             Plan::Decide(work) => {
                 let span = tracing::debug_span!(
                     "tollgate.http.ratelimit",
