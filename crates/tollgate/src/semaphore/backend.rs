@@ -108,6 +108,15 @@ pub enum AcquireOutcome {
         /// End of the lease on the store's clock.
         expires_at: Micros,
     },
+    /// Granted by a failure policy while the store failed (see
+    /// [`FailSafeSemaphore`](super::FailSafeSemaphore)): the permits are *not* held in the
+    /// store, so other processes do not see them. `backing` says what holds them instead.
+    GrantedWithoutStore {
+        /// End of the lease on the caller's clock.
+        expires_at: Micros,
+        /// [`PermitBacking::Fallback`] or [`PermitBacking::Unbacked`].
+        backing: PermitBacking,
+    },
     /// Not granted now.
     Busy {
         /// Permits currently held by live holders.
@@ -122,14 +131,80 @@ pub enum AcquireOutcome {
 }
 
 impl AcquireOutcome {
-    /// True for [`AcquireOutcome::Granted`].
+    /// True for [`AcquireOutcome::Granted`] and [`AcquireOutcome::GrantedWithoutStore`].
     ///
     /// ```
-    /// use tollgate::semaphore::AcquireOutcome;
+    /// use tollgate::semaphore::{AcquireOutcome, PermitBacking};
     /// assert!(!AcquireOutcome::Busy { in_use: 1, next_expiry_in: None, epoch: 0 }.is_granted());
+    /// let unbacked = AcquireOutcome::GrantedWithoutStore { expires_at: 5, backing: PermitBacking::Unbacked };
+    /// assert!(unbacked.is_granted());
     /// ```
     pub fn is_granted(&self) -> bool {
-        matches!(self, AcquireOutcome::Granted { .. })
+        self.granted().is_some()
+    }
+
+    /// For a grant: the lease end and what backs the permits; `None` when busy.
+    ///
+    /// ```
+    /// use tollgate::semaphore::{AcquireOutcome, PermitBacking};
+    /// let o = AcquireOutcome::Granted { expires_at: 10 };
+    /// assert_eq!(o.granted(), Some((10, PermitBacking::Store)));
+    /// ```
+    pub fn granted(&self) -> Option<(Micros, PermitBacking)> {
+        match *self {
+            AcquireOutcome::Granted { expires_at } => Some((expires_at, PermitBacking::Store)),
+            AcquireOutcome::GrantedWithoutStore {
+                expires_at,
+                backing,
+            } => Some((expires_at, backing)),
+            AcquireOutcome::Busy { .. } => None,
+        }
+    }
+}
+
+/// What holds a granted permit: the semaphore's store (the normal case), or — while the
+/// store fails, under a [`FailSafeSemaphore`](super::FailSafeSemaphore) policy — a
+/// process-local fallback semaphore, or nothing at all (fail open).
+///
+/// ```
+/// use tollgate::semaphore::PermitBacking;
+/// assert_eq!(PermitBacking::Unbacked.as_str(), "unbacked");
+/// assert!(PermitBacking::Store.is_store());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PermitBacking {
+    /// Held in the semaphore's store: counted against the capacity everywhere that store is
+    /// shared.
+    Store,
+    /// Held in the process-local fallback semaphore (same capacity, this process only):
+    /// the store failed when it was acquired.
+    Fallback,
+    /// Held nowhere that limits anyone: granted by fail-open while the store failed.
+    Unbacked,
+}
+
+impl PermitBacking {
+    /// A short label (`store`, `fallback`, `unbacked`).
+    ///
+    /// ```
+    /// assert_eq!(tollgate::semaphore::PermitBacking::Fallback.as_str(), "fallback");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PermitBacking::Store => "store",
+            PermitBacking::Fallback => "fallback",
+            PermitBacking::Unbacked => "unbacked",
+        }
+    }
+
+    /// True for [`PermitBacking::Store`].
+    ///
+    /// ```
+    /// assert!(!tollgate::semaphore::PermitBacking::Unbacked.is_store());
+    /// ```
+    pub fn is_store(self) -> bool {
+        self == PermitBacking::Store
     }
 }
 

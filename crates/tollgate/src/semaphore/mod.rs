@@ -45,13 +45,15 @@
 //!   the Redis backend uses the server's `TIME`.
 
 mod backend;
+mod failure;
 mod memory;
 mod permit;
 
 pub use backend::{
-    poll_backoff, AcquireOutcome, AcquireRequest, ExtendOutcome, HolderId, ReleaseOutcome,
-    SemaphoreBackend, SemaphoreStatus,
+    poll_backoff, AcquireOutcome, AcquireRequest, ExtendOutcome, HolderId, PermitBacking,
+    ReleaseOutcome, SemaphoreBackend, SemaphoreStatus,
 };
+pub use failure::FailSafeSemaphore;
 pub use memory::MemorySemaphoreBackend;
 pub use permit::Permit;
 
@@ -391,7 +393,7 @@ impl Semaphore<MemorySemaphoreBackend> {
 
 /// Outcome of the shared wait loop.
 enum Attempted {
-    Granted(Micros),
+    Granted(Micros, PermitBacking),
     TimedOut(u64),
 }
 
@@ -576,8 +578,12 @@ impl<B: SemaphoreBackend + ?Sized> Semaphore<B> {
             };
             match outcome {
                 AcquireOutcome::Granted { expires_at } => {
-                    return Ok(Attempted::Granted(expires_at))
+                    return Ok(Attempted::Granted(expires_at, PermitBacking::Store))
                 }
+                AcquireOutcome::GrantedWithoutStore {
+                    expires_at,
+                    backing,
+                } => return Ok(Attempted::Granted(expires_at, backing)),
                 AcquireOutcome::Busy {
                     in_use,
                     next_expiry_in,
@@ -606,9 +612,13 @@ impl<B: SemaphoreBackend + ?Sized> Semaphore<B> {
     ) -> Result<Result<Permit<B>, u64>, SemaphoreError> {
         let holder = HolderId::random();
         Ok(match self.wait_loop(holder, permits, max_wait)? {
-            Attempted::Granted(expires_at) => {
-                Ok(Permit::new(self.clone(), holder, permits, expires_at))
-            }
+            Attempted::Granted(expires_at, backing) => Ok(Permit::new(
+                self.clone(),
+                holder,
+                permits,
+                expires_at,
+                backing,
+            )),
             Attempted::TimedOut(in_use) => Err(in_use),
         })
     }
@@ -780,10 +790,15 @@ impl<B: SemaphoreBackend + ?Sized> Semaphore<B> {
         let queue = max_wait != Some(Duration::ZERO);
         let mut attempt = 0u32;
         loop {
-            match self.attempt_async(holder, permits, queue).await? {
+            let outcome = self.attempt_async(holder, permits, queue).await?;
+            match outcome {
                 AcquireOutcome::Granted { expires_at } => {
-                    return Ok(Attempted::Granted(expires_at))
+                    return Ok(Attempted::Granted(expires_at, PermitBacking::Store))
                 }
+                AcquireOutcome::GrantedWithoutStore {
+                    expires_at,
+                    backing,
+                } => return Ok(Attempted::Granted(expires_at, backing)),
                 AcquireOutcome::Busy {
                     in_use,
                     next_expiry_in,
@@ -814,9 +829,15 @@ impl<B: SemaphoreBackend + ?Sized> Semaphore<B> {
         let mut guard = permit::ReleaseGuard::new(self.clone(), holder);
         Ok(
             match self.wait_loop_async(holder, permits, max_wait).await? {
-                Attempted::Granted(expires_at) => {
+                Attempted::Granted(expires_at, backing) => {
                     guard.disarm();
-                    Ok(Permit::new(self.clone(), holder, permits, expires_at))
+                    Ok(Permit::new(
+                        self.clone(),
+                        holder,
+                        permits,
+                        expires_at,
+                        backing,
+                    ))
                 }
                 Attempted::TimedOut(in_use) => Err(in_use),
             },

@@ -1,6 +1,6 @@
 //! [`Permit`]: held permits, released on drop; and the background renewal of leases.
 
-use super::backend::{ExtendOutcome, HolderId, ReleaseOutcome, SemaphoreBackend};
+use super::backend::{ExtendOutcome, HolderId, PermitBacking, ReleaseOutcome, SemaphoreBackend};
 use super::{MemorySemaphoreBackend, Semaphore, SemaphoreError};
 use crate::time::{micros, Micros};
 use parking_lot::{Condvar, Mutex};
@@ -27,6 +27,7 @@ pub struct Permit<B: SemaphoreBackend + ?Sized = MemorySemaphoreBackend> {
     sem: Semaphore<B>,
     holder: HolderId,
     permits: u64,
+    backing: PermitBacking,
     lease: Arc<LeaseState>,
     released: bool,
 }
@@ -57,6 +58,7 @@ impl<B: SemaphoreBackend + ?Sized> std::fmt::Debug for Permit<B> {
             .field("semaphore", &self.sem.name())
             .field("holder", &self.holder)
             .field("permits", &self.permits)
+            .field("backing", &self.backing)
             .field("expires_at", &self.expires_at())
             .finish()
     }
@@ -68,8 +70,13 @@ impl<B: SemaphoreBackend + ?Sized> Permit<B> {
         holder: HolderId,
         permits: u64,
         expires_at: Micros,
+        backing: PermitBacking,
     ) -> Self {
         metrics::counter!("tollgate_semaphore_acquired_total").increment(1);
+        if !backing.is_store() {
+            metrics::counter!("tollgate_semaphore_acquired_without_store_total", "backing" => backing.as_str())
+                .increment(1);
+        }
         let lease = Arc::new(LeaseState {
             expires_at: AtomicU64::new(expires_at),
             lost: AtomicBool::new(false),
@@ -84,9 +91,38 @@ impl<B: SemaphoreBackend + ?Sized> Permit<B> {
             sem,
             holder,
             permits,
+            backing,
             lease,
             released: false,
         }
+    }
+
+    /// What holds these permits: [`PermitBacking::Store`] normally; under a
+    /// [`FailSafeSemaphore`](super::FailSafeSemaphore) whose store failed at acquire time,
+    /// [`PermitBacking::Fallback`] (the process-local fallback semaphore) or
+    /// [`PermitBacking::Unbacked`] (fail open: nothing limits this holder).
+    ///
+    /// ```
+    /// use tollgate::semaphore::{PermitBacking, Semaphore};
+    /// let s = Semaphore::memory("permit-backing", 1).unwrap();
+    /// assert_eq!(s.acquire().unwrap().backing(), PermitBacking::Store);
+    /// ```
+    pub fn backing(&self) -> PermitBacking {
+        self.backing
+    }
+
+    /// True when the permit was granted by fail-open while the store failed: it is not
+    /// counted anywhere, so holding it does not keep anyone else out.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend, Semaphore};
+    /// let backend = FailSafeSemaphore::fail_open(MemorySemaphoreBackend::new());
+    /// let s = Semaphore::builder("permit-unbacked", 1).build_on(Arc::new(backend)).unwrap();
+    /// assert!(!s.acquire().unwrap().is_unbacked()); // the store answered
+    /// ```
+    pub fn is_unbacked(&self) -> bool {
+        self.backing == PermitBacking::Unbacked
     }
 
     /// This holder's id in the store.

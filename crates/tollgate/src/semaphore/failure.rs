@@ -1,0 +1,537 @@
+//! [`FailSafeSemaphore`]: what a semaphore does when its store fails — fail closed, fail
+//! open, or fall back to an in-memory semaphore of the same capacity. The same choices, metric
+//! and hook as the rate limiter's [`store::failure`](crate::store::failure).
+//!
+//! | operation | fail closed | fail open | fallback |
+//! |---|---|---|---|
+//! | acquire | the `StoreError` (→ [`SemaphoreError::Store`](super::SemaphoreError::Store)) | granted at once, [`PermitBacking::Unbacked`] | the local semaphore decides (granted: [`PermitBacking::Fallback`]; busy: wait as usual) |
+//! | release / extend of a permit granted without the store | — | local, no store call | local, no store call |
+//! | release / extend of a store permit | the `StoreError` | the `StoreError` | the `StoreError` |
+//! | status | the `StoreError` | the `StoreError` | the local semaphore's status |
+//!
+//! A store error is never turned into "busy". Release and extend of a permit the store holds
+//! cannot be answered by anyone else, so their errors are returned under every policy (a
+//! dropped permit logs it; the store frees the permits when the lease ends) and are not
+//! counted below.
+//!
+//! **Recovery**: every acquire asks the store first, so the semaphore is back on the store
+//! with the first call after the store answers again; permits granted without it stay local
+//! until released (for one lease at most they add to what the store counts).
+//!
+//! **Capacity while the store is down**: fail open admits everyone; fallback admits up to the
+//! capacity *per process* (each process has its own fallback), so a fleet of `n` processes
+//! may hold up to `n ×` capacity. Share one `FailSafeSemaphore` (in an `Arc`) per process:
+//! two wrappers have two fallbacks.
+//!
+//! **A grant whose reply was lost**: when the store fails, the wrapper first gives the holder
+//! id back to the store (best effort, result ignored), because the store may have granted
+//! before the answer was lost; otherwise that grant would count until its lease ended.
+//!
+//! **Observability**: each acquire (and, for fallback, status) the store could not answer
+//! increments the `metrics` counter `tollgate_store_failures_total{policy, outcome}` — the
+//! same name and labels as for limiters: `policy` = `fail_open` / `fail_closed` /
+//! `fallback`, `outcome` = `admitted` / `rejected` / `fell_back` / `fallback_failed` — logs a
+//! warning, and calls the optional hook. The hook observes only: it returns nothing, and a
+//! panic inside it is caught. Permits granted without the store also count in
+//! `tollgate_semaphore_acquired_without_store_total{backing}`.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend, Semaphore};
+//!
+//! let store = MemorySemaphoreBackend::new(); // e.g. a tollgate_redis::RedisSemaphoreBackend
+//! let failures = Arc::new(AtomicUsize::new(0));
+//! let seen = Arc::clone(&failures);
+//! let backend = FailSafeSemaphore::fallback_to_memory(store)
+//!     .on_failure(move |_err, _outcome| { seen.fetch_add(1, Ordering::Relaxed); });
+//! let sem = Semaphore::builder("partner-api", 5).build_on(Arc::new(backend)).unwrap();
+//! let permit = sem.acquire().unwrap();
+//! assert!(permit.backing().is_store()); // the store answered
+//! assert_eq!(failures.load(Ordering::Relaxed), 0);
+//! ```
+
+use super::backend::{
+    AcquireOutcome, AcquireRequest, ExtendOutcome, HolderId, PermitBacking, ReleaseOutcome,
+    SemaphoreBackend, SemaphoreStatus,
+};
+use super::memory::MemorySemaphoreBackend;
+use crate::error::StoreError;
+use crate::store::failure::{FailureOutcome, FailurePolicy};
+use crate::time::Micros;
+use futures_util::future::BoxFuture;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+type Hook = Arc<dyn Fn(&StoreError, FailureOutcome) + Send + Sync>;
+
+enum Mode<F> {
+    /// Unbacked holders are kept (with their leases) in a private memory backend asked with
+    /// an unlimited capacity, so release / extend / expiry work as for any permit.
+    Open(MemorySemaphoreBackend),
+    Closed,
+    Fallback(F),
+}
+
+/// A [`SemaphoreBackend`] that applies a [`FailurePolicy`] to the failures of another (see
+/// the [module docs](self) for exactly what each policy does).
+///
+/// ```
+/// use std::sync::Arc;
+/// use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend, Semaphore};
+/// use tollgate::store::failure::FailurePolicy;
+/// let primary = MemorySemaphoreBackend::new(); // e.g. a Redis backend
+/// let backend = FailSafeSemaphore::with_policy(primary, FailurePolicy::FailOpen);
+/// assert_eq!(backend.policy(), FailurePolicy::FailOpen);
+/// let sem = Semaphore::builder("reports", 2).build_on(Arc::new(backend)).unwrap();
+/// assert!(sem.try_acquire().unwrap().is_some());
+/// ```
+pub struct FailSafeSemaphore<B, F = MemorySemaphoreBackend> {
+    primary: B,
+    mode: Mode<F>,
+    hook: Option<Hook>,
+    /// Set once anything was granted or queued locally: from then on release / extend look
+    /// there first (one in-memory lookup), and store answers clear local queue places.
+    local_used: AtomicBool,
+}
+
+impl<B, F> fmt::Debug for FailSafeSemaphore<B, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailSafeSemaphore")
+            .field("policy", &self.policy())
+            .field("hook", &self.hook.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B, F> FailSafeSemaphore<B, F> {
+    /// The failure policy applied.
+    ///
+    /// ```
+    /// use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend};
+    /// use tollgate::store::failure::FailurePolicy;
+    /// let b = FailSafeSemaphore::fail_closed(MemorySemaphoreBackend::new());
+    /// assert_eq!(b.policy(), FailurePolicy::FailClosed);
+    /// ```
+    pub fn policy(&self) -> FailurePolicy {
+        match self.mode {
+            Mode::Open(_) => FailurePolicy::FailOpen,
+            Mode::Closed => FailurePolicy::FailClosed,
+            Mode::Fallback(_) => FailurePolicy::Fallback,
+        }
+    }
+
+    /// The primary backend (the store).
+    ///
+    /// ```
+    /// use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend};
+    /// let b = FailSafeSemaphore::fail_closed(MemorySemaphoreBackend::new());
+    /// assert_eq!(b.primary().names(), 0);
+    /// ```
+    pub fn primary(&self) -> &B {
+        &self.primary
+    }
+
+    /// Calls `hook` on every acquire (and fallback status) the store could not answer, with
+    /// the outcome. The hook cannot change the outcome: it returns nothing and a panic inside
+    /// it is caught.
+    ///
+    /// ```
+    /// use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend};
+    /// let b = FailSafeSemaphore::fail_open(MemorySemaphoreBackend::new())
+    ///     .on_failure(|err, outcome| eprintln!("semaphore store failed ({outcome:?}): {err}"));
+    /// # let _ = b;
+    /// ```
+    pub fn on_failure(
+        mut self,
+        hook: impl Fn(&StoreError, FailureOutcome) + Send + Sync + 'static,
+    ) -> Self {
+        self.hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Wraps it in an `Arc`, as
+    /// [`SemaphoreBuilder::build_on`](super::SemaphoreBuilder::build_on) takes.
+    ///
+    /// ```
+    /// use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend, Semaphore};
+    /// let b = FailSafeSemaphore::fail_closed(MemorySemaphoreBackend::new()).into_arc();
+    /// let sem = Semaphore::builder("arc", 1).build_on(b).unwrap();
+    /// # drop(sem);
+    /// ```
+    pub fn into_arc(self) -> Arc<Self> {
+        Arc::new(self)
+    }
+
+    fn new(primary: B, mode: Mode<F>) -> Self {
+        Self {
+            primary,
+            mode,
+            hook: None,
+            local_used: AtomicBool::new(false),
+        }
+    }
+
+    fn observe(&self, err: &StoreError, outcome: FailureOutcome) {
+        let policy = self.policy().as_str();
+        metrics::counter!(
+            "tollgate_store_failures_total",
+            "policy" => policy,
+            "outcome" => outcome.as_str()
+        )
+        .increment(1);
+        tracing::warn!(
+            store = err.store,
+            timeout = err.timeout,
+            policy,
+            outcome = outcome.as_str(),
+            "semaphore store failed: {}",
+            err.message
+        );
+        if let Some(hook) = &self.hook {
+            // A panicking hook must not change the outcome (or abort the caller).
+            let _ = catch_unwind(AssertUnwindSafe(|| hook(err, outcome)));
+        }
+    }
+}
+
+impl<B: SemaphoreBackend> FailSafeSemaphore<B, MemorySemaphoreBackend> {
+    /// Returns the store's error (counted and reported to the hook): today's behaviour of a
+    /// bare backend, plus the metric and hook.
+    ///
+    /// ```
+    /// use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend};
+    /// let b = FailSafeSemaphore::fail_closed(MemorySemaphoreBackend::new());
+    /// # let _ = b;
+    /// ```
+    pub fn fail_closed(primary: B) -> Self {
+        Self::new(primary, Mode::Closed)
+    }
+
+    /// Grants every acquire the store cannot answer, at once, with a permit marked
+    /// [`Permit::is_unbacked`](super::Permit::is_unbacked): nothing limits concurrency while
+    /// the store is down.
+    ///
+    /// ```
+    /// use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend};
+    /// use tollgate::store::failure::FailurePolicy;
+    /// let b = FailSafeSemaphore::fail_open(MemorySemaphoreBackend::new());
+    /// assert_eq!(b.policy(), FailurePolicy::FailOpen);
+    /// ```
+    pub fn fail_open(primary: B) -> Self {
+        Self::new(primary, Mode::Open(MemorySemaphoreBackend::new()))
+    }
+
+    /// Falls back to a fresh in-memory semaphore backend (same names, same capacity, this
+    /// process only) for every acquire the store cannot answer.
+    ///
+    /// ```
+    /// use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend};
+    /// use tollgate::store::failure::FailurePolicy;
+    /// let b = FailSafeSemaphore::fallback_to_memory(MemorySemaphoreBackend::new());
+    /// assert_eq!(b.policy(), FailurePolicy::Fallback);
+    /// ```
+    pub fn fallback_to_memory(primary: B) -> Self {
+        Self::new(primary, Mode::Fallback(MemorySemaphoreBackend::new()))
+    }
+
+    /// Any policy ([`FailurePolicy::Fallback`] means a fresh in-memory fallback).
+    ///
+    /// ```
+    /// use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend};
+    /// use tollgate::store::failure::FailurePolicy;
+    /// let b = FailSafeSemaphore::with_policy(MemorySemaphoreBackend::new(), FailurePolicy::Fallback);
+    /// assert_eq!(b.policy(), FailurePolicy::Fallback);
+    /// ```
+    pub fn with_policy(primary: B, policy: FailurePolicy) -> Self {
+        match policy {
+            FailurePolicy::FailOpen => Self::fail_open(primary),
+            FailurePolicy::Fallback => Self::fallback_to_memory(primary),
+            _ => Self::fail_closed(primary),
+        }
+    }
+}
+
+impl<B: SemaphoreBackend, F: SemaphoreBackend> FailSafeSemaphore<B, F> {
+    /// Falls back to `fallback` (any backend; it should be local, as release and extend ask it
+    /// first once it was used) when the primary fails.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend};
+    /// let shared_fallback = Arc::new(MemorySemaphoreBackend::new());
+    /// let b = FailSafeSemaphore::fallback(MemorySemaphoreBackend::new(), shared_fallback);
+    /// # let _ = b;
+    /// ```
+    pub fn fallback(primary: B, fallback: F) -> Self {
+        Self::new(primary, Mode::Fallback(fallback))
+    }
+
+    /// The local backend (fail open or fallback), once anything went there.
+    fn used_local(&self) -> Option<&dyn SemaphoreBackend> {
+        if !self.local_used.load(Ordering::Acquire) {
+            return None;
+        }
+        self.local()
+    }
+
+    /// The fallback, when it was used and this request may have queued there before (fail
+    /// open never queues locally).
+    fn used_fallback_queue(&self, req: &AcquireRequest<'_>) -> Option<&dyn SemaphoreBackend> {
+        match &self.mode {
+            Mode::Fallback(fallback)
+                if req.queue_ttl.is_some() && self.local_used.load(Ordering::Acquire) =>
+            {
+                Some(fallback)
+            }
+            _ => None,
+        }
+    }
+
+    fn local(&self) -> Option<&dyn SemaphoreBackend> {
+        match &self.mode {
+            Mode::Open(memory) => Some(memory),
+            Mode::Closed => None,
+            Mode::Fallback(fallback) => Some(fallback),
+        }
+    }
+
+    /// The request as the local backend gets it: unlimited and never queued for fail open.
+    fn local_request<'r>(&self, req: &AcquireRequest<'r>) -> AcquireRequest<'r> {
+        match self.mode {
+            Mode::Open(_) => AcquireRequest {
+                capacity: u64::MAX,
+                queue_ttl: None,
+                ..*req
+            },
+            _ => *req,
+        }
+    }
+
+    /// Maps the local answer to what the caller gets, and reports the failure.
+    fn local_answer(
+        &self,
+        err: StoreError,
+        local: Result<AcquireOutcome, StoreError>,
+    ) -> Result<AcquireOutcome, StoreError> {
+        let backing = match self.mode {
+            Mode::Open(_) => PermitBacking::Unbacked,
+            _ => PermitBacking::Fallback,
+        };
+        match local {
+            Ok(outcome) => {
+                self.observe(
+                    &err,
+                    match self.mode {
+                        Mode::Open(_) => FailureOutcome::Admitted,
+                        _ => FailureOutcome::FellBack,
+                    },
+                );
+                Ok(match outcome {
+                    AcquireOutcome::Granted { expires_at } => AcquireOutcome::GrantedWithoutStore {
+                        expires_at,
+                        backing,
+                    },
+                    other => other,
+                })
+            }
+            Err(local_err) => {
+                if let Mode::Open(_) = self.mode {
+                    // The private memory backend does not fail; if it ever did, the caller
+                    // gets the store's error.
+                    self.observe(&err, FailureOutcome::Rejected);
+                    Err(err)
+                } else {
+                    self.observe(&err, FailureOutcome::FallbackFailed);
+                    Err(local_err)
+                }
+            }
+        }
+    }
+
+    fn rejected(&self, err: StoreError) -> Result<AcquireOutcome, StoreError> {
+        self.observe(&err, FailureOutcome::Rejected);
+        Err(err)
+    }
+}
+
+impl<B: SemaphoreBackend, F: SemaphoreBackend> SemaphoreBackend for FailSafeSemaphore<B, F> {
+    fn is_local(&self) -> bool {
+        self.primary.is_local() && self.local().is_none_or(|l| l.is_local())
+    }
+
+    fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome, StoreError> {
+        match self.primary.try_acquire(req) {
+            Ok(outcome) => {
+                if let Some(fallback) = self.used_fallback_queue(req) {
+                    // A queue place this holder may have taken locally in an earlier attempt.
+                    let _ = fallback.release(req.name, req.holder, req.now);
+                }
+                Ok(outcome)
+            }
+            Err(err) => {
+                let Some(local) = self.local() else {
+                    return self.rejected(err);
+                };
+                // The store may have granted before its answer was lost: give it back.
+                let _ = self.primary.release(req.name, req.holder, req.now);
+                self.local_used.store(true, Ordering::Release);
+                let result = local.try_acquire(&self.local_request(req));
+                self.local_answer(err, result)
+            }
+        }
+    }
+
+    fn try_acquire_async<'a>(
+        &'a self,
+        req: &'a AcquireRequest<'a>,
+    ) -> BoxFuture<'a, Result<AcquireOutcome, StoreError>> {
+        Box::pin(async move {
+            match self.primary.try_acquire_async(req).await {
+                Ok(outcome) => {
+                    if let Some(fallback) = self.used_fallback_queue(req) {
+                        let _ = fallback.release_async(req.name, req.holder, req.now).await;
+                    }
+                    Ok(outcome)
+                }
+                Err(err) => {
+                    let Some(local) = self.local() else {
+                        return self.rejected(err);
+                    };
+                    let _ = self
+                        .primary
+                        .release_async(req.name, req.holder, req.now)
+                        .await;
+                    self.local_used.store(true, Ordering::Release);
+                    let local_req = self.local_request(req);
+                    let result = local.try_acquire_async(&local_req).await;
+                    self.local_answer(err, result)
+                }
+            }
+        })
+    }
+
+    fn release(
+        &self,
+        name: &str,
+        holder: HolderId,
+        now: Micros,
+    ) -> Result<ReleaseOutcome, StoreError> {
+        if let Some(local) = self.used_local() {
+            if let Ok(ReleaseOutcome::Released) = local.release(name, holder, now) {
+                return Ok(ReleaseOutcome::Released);
+            }
+        }
+        self.primary.release(name, holder, now)
+    }
+
+    fn release_async<'a>(
+        &'a self,
+        name: &'a str,
+        holder: HolderId,
+        now: Micros,
+    ) -> BoxFuture<'a, Result<ReleaseOutcome, StoreError>> {
+        Box::pin(async move {
+            if let Some(local) = self.used_local() {
+                if let Ok(ReleaseOutcome::Released) = local.release_async(name, holder, now).await {
+                    return Ok(ReleaseOutcome::Released);
+                }
+            }
+            self.primary.release_async(name, holder, now).await
+        })
+    }
+
+    fn extend(
+        &self,
+        name: &str,
+        holder: HolderId,
+        lease: Micros,
+        now: Micros,
+    ) -> Result<ExtendOutcome, StoreError> {
+        if let Some(local) = self.used_local() {
+            if let Ok(extended @ ExtendOutcome::Extended { .. }) =
+                local.extend(name, holder, lease, now)
+            {
+                return Ok(extended);
+            }
+        }
+        self.primary.extend(name, holder, lease, now)
+    }
+
+    fn extend_async<'a>(
+        &'a self,
+        name: &'a str,
+        holder: HolderId,
+        lease: Micros,
+        now: Micros,
+    ) -> BoxFuture<'a, Result<ExtendOutcome, StoreError>> {
+        Box::pin(async move {
+            if let Some(local) = self.used_local() {
+                if let Ok(extended @ ExtendOutcome::Extended { .. }) =
+                    local.extend_async(name, holder, lease, now).await
+                {
+                    return Ok(extended);
+                }
+            }
+            self.primary.extend_async(name, holder, lease, now).await
+        })
+    }
+
+    fn status(&self, name: &str, now: Micros) -> Result<SemaphoreStatus, StoreError> {
+        match self.primary.status(name, now) {
+            Err(err) => match &self.mode {
+                Mode::Fallback(fallback) => {
+                    let result = fallback.status(name, now);
+                    self.status_answer(&err, &result);
+                    result
+                }
+                _ => {
+                    self.observe(&err, FailureOutcome::Rejected);
+                    Err(err)
+                }
+            },
+            ok => ok,
+        }
+    }
+
+    fn status_async<'a>(
+        &'a self,
+        name: &'a str,
+        now: Micros,
+    ) -> BoxFuture<'a, Result<SemaphoreStatus, StoreError>> {
+        Box::pin(async move {
+            match self.primary.status_async(name, now).await {
+                Err(err) => match &self.mode {
+                    Mode::Fallback(fallback) => {
+                        let result = fallback.status_async(name, now).await;
+                        self.status_answer(&err, &result);
+                        result
+                    }
+                    _ => {
+                        self.observe(&err, FailureOutcome::Rejected);
+                        Err(err)
+                    }
+                },
+                ok => ok,
+            }
+        })
+    }
+
+    // `wait` / `wait_blocking`: the default polling. A busy answer may come from either
+    // backend, so neither one's change counter (`epoch`) can be trusted for waking.
+}
+
+impl<B: SemaphoreBackend, F: SemaphoreBackend> FailSafeSemaphore<B, F> {
+    fn status_answer(&self, err: &StoreError, result: &Result<SemaphoreStatus, StoreError>) {
+        self.observe(
+            err,
+            if result.is_ok() {
+                FailureOutcome::FellBack
+            } else {
+                FailureOutcome::FallbackFailed
+            },
+        );
+    }
+}
