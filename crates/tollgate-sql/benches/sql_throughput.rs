@@ -10,6 +10,9 @@
 //!   -f <the same statement> -c 16 -j 2 -T <same>` on the same server: the ratio is what the
 //!   store keeps of what the server can do with that statement.
 //! - SQLite: one file, one process × 1 thread, then 4 processes × 1 thread.
+//! - Multi-key: one `check_all` over 3 keys (per-user GCRA on 10,000 keys, per-IP token
+//!   bucket on 1,000, per-tenant sliding window on 100) next to the same 3 keys checked one
+//!   by one (3 calls): PostgreSQL with 16 threads (sync API), SQLite with 1 thread.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate::store::{Backend, Op, Store};
 use tollgate::{Policy, Rate};
-use tollgate_sql::{PgStore, SqliteStore};
+use tollgate_sql::{KeyCheck, PgStore, SqliteStore};
 
 const CHILD: &str = "TOLLGATE_SQL_BENCH_CHILD";
 const KEYS: u64 = 10_000;
@@ -240,6 +243,125 @@ fn sqlite() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The 3 policies of the multi-key comparison (high limits: nearly every call admits).
+fn multi_policies() -> [Policy; 3] {
+    [
+        Policy::gcra(Rate::per_second(1000).unwrap()).unwrap(),
+        Policy::token_bucket(1000, 1000, Duration::from_secs(1)).unwrap(),
+        Policy::sliding_window(Rate::per_second(100_000).unwrap()).unwrap(),
+    ]
+}
+
+fn multi_keys(rng: &mut Rng) -> [String; 3] {
+    let n = rng.next_key();
+    let n: u64 = n.trim_start_matches("bench-").parse().unwrap_or(1);
+    [
+        format!("user-{n}"),
+        format!("ip-{}", n % 1000),
+        format!("tenant-{}", n % 100),
+    ]
+}
+
+/// Runs `threads` threads for `secs` s, each repeating `call` (one request); returns
+/// (requests per second, errors).
+fn run_threads(
+    threads: usize,
+    secs: u64,
+    call: impl Fn(&mut Rng) -> Result<(), tollgate::Error> + Sync,
+) -> (f64, u64) {
+    let count = AtomicU64::new(0);
+    let errors = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (count, errors, stop, call) = (&count, &errors, &stop, &call);
+            s.spawn(move || {
+                let mut rng = Rng(0x2545_F491_4F6C_DD1D ^ (t as u64 + 1));
+                while !stop.load(Ordering::Relaxed) {
+                    match call(&mut rng) {
+                        Ok(()) => count.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs(secs));
+        stop.store(true, Ordering::Relaxed);
+    });
+    (
+        count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(),
+        errors.load(Ordering::Relaxed),
+    )
+}
+
+fn postgres_multi(url: &str) {
+    let store = PgStore::builder(url)
+        .table("tg_bench_multi")
+        .unwrap()
+        .max_connections(TASKS)
+        .connect()
+        .expect("connect");
+    store.migrate().expect("migrate");
+    let backends = multi_policies().map(|p| store.bind(&p).unwrap());
+    let secs = seconds();
+    let (multi, multi_errors) = run_threads(TASKS, secs, |rng| {
+        let keys = multi_keys(rng);
+        let checks: Vec<_> = (0..3)
+            .map(|i| KeyCheck::new(&backends[i], keys[i].as_str(), 1))
+            .collect();
+        store.check_all(&checks).map(drop)
+    });
+    let (single, single_errors) = run_threads(TASKS, secs, |rng| {
+        let keys = multi_keys(rng);
+        for (b, k) in backends.iter().zip(&keys) {
+            b.execute(k, Op::Check(1), 0)?;
+        }
+        Ok(())
+    });
+    println!("\nPostgreSQL multi-key, 3 keys per request, {TASKS} threads, database clock, {secs} s each");
+    println!("  check_all (1 round trip)      : {multi:>10.0} requests/s");
+    println!("  3 single-key checks (3 trips) : {single:>10.0} requests/s");
+    println!(
+        "  ratio check_all / 3 singles = {:.2}; errors: {}",
+        multi / single,
+        multi_errors + single_errors
+    );
+    let _ = store.drop_schema();
+}
+
+fn sqlite_multi() {
+    let dir = std::env::temp_dir().join(format!("tollgate-sql-bench-m-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = SqliteStore::open(dir.join("bench.db")).unwrap();
+    store.ensure_schema().unwrap();
+    let backends = multi_policies().map(|p| store.bind(&p).unwrap());
+    let secs = seconds();
+    let (multi, multi_errors) = run_threads(1, secs, |rng| {
+        let keys = multi_keys(rng);
+        let checks: Vec<_> = (0..3)
+            .map(|i| KeyCheck::new(&backends[i], keys[i].as_str(), 1))
+            .collect();
+        store.check_all(&checks).map(drop)
+    });
+    let (single, single_errors) = run_threads(1, secs, |rng| {
+        let keys = multi_keys(rng);
+        for (b, k) in backends.iter().zip(&keys) {
+            b.execute(k, Op::Check(1), now_us())?;
+        }
+        Ok(())
+    });
+    println!("\nSQLite multi-key, 3 keys per request, 1 thread, {secs} s each");
+    println!("  check_all (1 transaction)         : {multi:>10.0} requests/s");
+    println!("  3 single-key checks (3 transactions): {single:>10.0} requests/s");
+    println!(
+        "  ratio check_all / 3 singles = {:.2}; errors: {}",
+        multi / single,
+        multi_errors + single_errors
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
     if let Ok(job) = std::env::var(CHILD) {
         let p: Vec<&str> = job.split('|').collect();
@@ -253,8 +375,12 @@ fn main() {
         return;
     }
     match std::env::var("DATABASE_URL") {
-        Ok(url) => postgres(&url),
+        Ok(url) => {
+            postgres(&url);
+            postgres_multi(&url);
+        }
         Err(_) => println!("DATABASE_URL not set: PostgreSQL skipped"),
     }
     sqlite();
+    sqlite_multi();
 }
