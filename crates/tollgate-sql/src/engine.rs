@@ -2,11 +2,12 @@
 //! that precedes every decision, and (for SQLite) the state codec and the pure algorithms.
 
 use tollgate::algorithm::{
-    self, fixed_window, gcra, sliding_log, sliding_window, token_bucket, RateAlgorithm,
+    self, fixed_window, gcra, sliding_log, sliding_window, token_bucket, CompiledPolicy,
+    RateAlgorithm,
 };
 use tollgate::store::Op;
 use tollgate::time::Micros;
-use tollgate::{Algorithm, Decision, Error, Policy};
+use tollgate::{Decision, Error, Policy};
 
 /// A policy compiled for one algorithm.
 #[derive(Clone, Debug)]
@@ -20,32 +21,19 @@ pub(crate) enum Engine {
 
 impl Engine {
     pub(crate) fn new(policy: &Policy) -> Result<Engine, Error> {
-        let rates = policy.rates();
-        Ok(match policy.algorithm() {
-            Algorithm::TokenBucket => Engine::TokenBucket(
-                rates
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| token_bucket::Params {
-                        capacity: r.burst(),
-                        refill_amount: r.limit(),
-                        refill_interval: r.period_us(),
-                        initial_tokens: policy.initial_tokens(i),
-                    })
-                    .collect(),
-            ),
-            Algorithm::FixedWindow => {
-                Engine::FixedWindow(rates.iter().map(fixed_window::Params::new).collect())
-            }
-            Algorithm::SlidingWindow => {
-                Engine::SlidingWindow(rates.iter().map(sliding_window::Params::new).collect())
-            }
-            Algorithm::SlidingLog => Engine::SlidingLog(sliding_log::Params::new(rates)),
-            Algorithm::Gcra => Engine::Gcra(rates.iter().map(gcra::Params::new).collect()),
-            other => {
+        Ok(match CompiledPolicy::new(policy) {
+            CompiledPolicy::Gcra(p) => Engine::Gcra(p.into_vec()),
+            CompiledPolicy::TokenBucket(p) => Engine::TokenBucket(p.into_vec()),
+            CompiledPolicy::FixedWindow(p) => Engine::FixedWindow(p.into_vec()),
+            CompiledPolicy::SlidingWindow(p) => Engine::SlidingWindow(p.into_vec()),
+            CompiledPolicy::SlidingLog(p) => Engine::SlidingLog(p),
+            _ => {
                 return Err(Error::Store(tollgate::StoreError::new(
                     "sql",
-                    format!("the SQL stores do not support the {other} algorithm yet"),
+                    format!(
+                        "the SQL stores do not support the {} algorithm yet",
+                        policy.algorithm()
+                    ),
                 )))
             }
         })
