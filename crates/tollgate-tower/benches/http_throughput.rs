@@ -18,9 +18,12 @@
 //! connections), so the load generator does not run inside the measured process. On a
 //! machine with at least 2 CPUs and `taskset` available the server process is pinned to CPU 0
 //! and wrk to CPU 1 (`BENCH_PIN=0` turns that off). Rounds alternate between the two servers
-//! (and alternate which goes first); each round reports req/s and the server's CPU time per
-//! request (from `/proc/self/stat`). The summary gives the best and the median of each, their
-//! ratios, and the median of the per-round ratios.
+//! (and alternate which goes first); each round reports req/s, the server's CPU time per
+//! request (from `/proc/self/task/*/schedstat`) and how busy the server was (100% = one
+//! CPU). The summary gives the best and the median of each, their ratios, the median of the
+//! per-round ratios, and the same over the rounds in which both servers had at least
+//! `BENCH_MIN_BUSY` % (default 90) of a CPU: on a machine shared with other work, rounds in
+//! which the server did not get its CPU measure the machine's load, not the server.
 //!
 //! Without `wrk` on the `PATH` (or with `BENCH_LOADGEN=inprocess`) the bench falls back to an
 //! in-process reqwest load generator sharing the runtime with the servers, and says so: those
@@ -430,6 +433,45 @@ fn main() {
         pct(median(&paired)),
         cpu_l - cpu_b
     );
+    // Other processes on the machine take CPU from the server in some rounds; a round in
+    // which either server had less than `BENCH_MIN_BUSY` percent of a CPU measured the
+    // machine's load, not the server. The rounds where both were saturated:
+    let min_busy = env("BENCH_MIN_BUSY", 90) as f64 / 100.0;
+    let saturated: Vec<(Sample, Sample)> = bare_samples
+        .iter()
+        .zip(&layer_samples)
+        .filter(|(b, l)| b.cpu_busy >= min_busy && l.cpu_busy >= min_busy)
+        .map(|(b, l)| (*b, *l))
+        .collect();
+    if saturated.is_empty() {
+        println!(
+            "no round had both servers at >= {:.0}% of a CPU (the machine was busy): no \
+             saturated-server figure",
+            min_busy * 100.0
+        );
+    } else {
+        let ratios: Vec<f64> = saturated
+            .iter()
+            .map(|(b, l)| l.req_per_sec / b.req_per_sec)
+            .collect();
+        let b_rps: Vec<f64> = saturated.iter().map(|(b, _)| b.req_per_sec).collect();
+        let l_rps: Vec<f64> = saturated.iter().map(|(_, l)| l.req_per_sec).collect();
+        let b_cpu: Vec<f64> = saturated.iter().map(|(b, _)| b.cpu_us_per_req).collect();
+        let l_cpu: Vec<f64> = saturated.iter().map(|(_, l)| l.cpu_us_per_req).collect();
+        println!(
+            "rounds with both servers at >= {:.0}% of a CPU: {} of {rounds}; median bare {:.0} \
+             req/s, layer {:.0} req/s; median per-round ratio {:.3} ({}); CPU per request \
+             (median): bare {:.2} us, layer {:.2} us",
+            min_busy * 100.0,
+            saturated.len(),
+            median(&b_rps),
+            median(&l_rps),
+            median(&ratios),
+            pct(median(&ratios)),
+            median(&b_cpu),
+            median(&l_cpu),
+        );
+    }
 }
 
 fn run_in_process(secs: u64, rounds: u64, conns: u64) {

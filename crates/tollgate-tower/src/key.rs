@@ -25,6 +25,7 @@
 
 use http::request::Parts;
 use ipnet::IpNet;
+use std::borrow::Cow;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -88,6 +89,21 @@ impl std::error::Error for KeyError {}
 pub trait KeyExtractor: Send + Sync + 'static {
     /// The key of this request.
     fn extract(&self, parts: &Parts) -> Result<String, KeyError>;
+
+    /// The same key, borrowed from the request head when it is there as is (a header
+    /// value, the path, the matched route, a constant), so the rate-limit layer need not
+    /// allocate it. Must equal [`extract`](KeyExtractor::extract); the default calls it.
+    ///
+    /// ```
+    /// use std::borrow::Cow;
+    /// use tollgate_tower::key::{KeyExtractor, Header};
+    /// let (parts, ()) = http::Request::get("/").header("x-api-key", " k1 ").body(()).unwrap().into_parts();
+    /// let key = Header::named("x-api-key").unwrap().extract_borrowed(&parts).unwrap();
+    /// assert!(matches!(key, Cow::Borrowed("k1")));
+    /// ```
+    fn extract_borrowed<'a>(&self, parts: &'a Parts) -> Result<Cow<'a, str>, KeyError> {
+        self.extract(parts).map(Cow::Owned)
+    }
 }
 
 impl<F> KeyExtractor for F
@@ -102,6 +118,9 @@ where
 impl KeyExtractor for Arc<dyn KeyExtractor> {
     fn extract(&self, parts: &Parts) -> Result<String, KeyError> {
         (**self).extract(parts)
+    }
+    fn extract_borrowed<'a>(&self, parts: &'a Parts) -> Result<Cow<'a, str>, KeyError> {
+        (**self).extract_borrowed(parts)
     }
 }
 
@@ -496,12 +515,15 @@ impl Header {
 
 impl KeyExtractor for Header {
     fn extract(&self, parts: &Parts) -> Result<String, KeyError> {
+        self.extract_borrowed(parts).map(Cow::into_owned)
+    }
+    fn extract_borrowed<'a>(&self, parts: &'a Parts) -> Result<Cow<'a, str>, KeyError> {
         let value = parts
             .headers
             .get(&self.name)
             .ok_or_else(|| KeyError::MissingHeader(self.name.to_string()))?;
         match value.to_str() {
-            Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+            Ok(s) if !s.trim().is_empty() => Ok(Cow::Borrowed(s.trim())),
             _ => Err(KeyError::InvalidHeader(self.name.to_string())),
         }
     }
@@ -536,8 +558,11 @@ pub fn matched_route(parts: &Parts) -> Option<&str> {
 
 impl KeyExtractor for MatchedRoute {
     fn extract(&self, parts: &Parts) -> Result<String, KeyError> {
+        self.extract_borrowed(parts).map(Cow::into_owned)
+    }
+    fn extract_borrowed<'a>(&self, parts: &'a Parts) -> Result<Cow<'a, str>, KeyError> {
         matched_route(parts)
-            .map(str::to_owned)
+            .map(Cow::Borrowed)
             .ok_or(KeyError::NoMatchedPath)
     }
 }
@@ -556,6 +581,9 @@ impl KeyExtractor for UriPath {
     fn extract(&self, parts: &Parts) -> Result<String, KeyError> {
         Ok(parts.uri.path().to_string())
     }
+    fn extract_borrowed<'a>(&self, parts: &'a Parts) -> Result<Cow<'a, str>, KeyError> {
+        Ok(Cow::Borrowed(parts.uri.path()))
+    }
 }
 
 /// One constant key: a limit shared by every request (a global limit).
@@ -571,6 +599,9 @@ pub struct Global;
 impl KeyExtractor for Global {
     fn extract(&self, _parts: &Parts) -> Result<String, KeyError> {
         Ok("global".to_string())
+    }
+    fn extract_borrowed<'a>(&self, _parts: &'a Parts) -> Result<Cow<'a, str>, KeyError> {
+        Ok(Cow::Borrowed("global"))
     }
 }
 
@@ -624,11 +655,11 @@ impl KeyExtractor for Composite {
     fn extract(&self, parts: &Parts) -> Result<String, KeyError> {
         let mut out = String::new();
         for (i, e) in self.parts.iter().enumerate() {
-            let value = e.extract(parts)?;
+            let value = e.extract_borrowed(parts)?;
             if i > 0 {
                 out.push('|');
             }
-            out.push_str(&value.len().to_string());
+            out.push_str(itoa::Buffer::new().format(value.len()));
             out.push(':');
             out.push_str(&value);
         }
@@ -649,6 +680,48 @@ mod tests {
         req.extensions_mut()
             .insert(peer.parse::<SocketAddr>().unwrap());
         req.into_parts().0
+    }
+
+    #[test]
+    fn borrowed_keys_equal_owned_keys() {
+        let extractors: Vec<(&str, Arc<dyn KeyExtractor>)> = vec![
+            ("header", Arc::new(Header::named("x-api-key").unwrap())),
+            ("path", Arc::new(UriPath)),
+            ("route", Arc::new(MatchedRoute)),
+            ("global", Arc::new(Global)),
+            ("peer", Arc::new(PeerIp::new())),
+            (
+                "composite",
+                Arc::new(
+                    Composite::new()
+                        .with(Header::named("x-api-key").unwrap())
+                        .with(UriPath)
+                        .with(Global),
+                ),
+            ),
+            (
+                "closure",
+                Arc::new(from_fn(|p: &Parts| Ok(p.method.to_string()))),
+            ),
+        ];
+        let requests = [
+            parts_with("192.0.2.1:1", &[("x-api-key", "  k1 ")]),
+            parts_with("192.0.2.1:1", &[("x-api-key", "   ")]),
+            parts_with("[2001:db8::1]:1", &[]),
+        ];
+        for parts in &requests {
+            for (name, e) in &extractors {
+                let owned = e.extract(parts);
+                let borrowed = e.extract_borrowed(parts).map(Cow::into_owned);
+                assert_eq!(owned, borrowed, "{name}");
+            }
+        }
+        // The header, the path and the constant are not copied.
+        let parts = &requests[0];
+        for e in [&extractors[0].1, &extractors[1].1, &extractors[3].1] {
+            assert!(matches!(e.extract_borrowed(parts), Ok(Cow::Borrowed(_))));
+        }
+        assert_eq!(extractors[5].1.extract(parts).unwrap(), "2:k1|1:/|6:global");
     }
 
     #[test]

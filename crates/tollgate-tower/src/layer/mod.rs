@@ -59,6 +59,7 @@ use http::header::HeaderValue;
 use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
 use std::any::TypeId;
+use std::borrow::Cow;
 use std::sync::Arc;
 use tollgate::store::memory::MemoryBackend;
 use tollgate::store::Backend;
@@ -511,11 +512,11 @@ pub(crate) struct Gate {
 }
 
 /// The result of the synchronous part of a decision (extracting keys).
-pub(crate) enum Plan {
+pub(crate) enum Plan<'a> {
     /// No policy applies.
     Pass,
     /// Decide these (policy index, key) pairs.
-    Decide(Work),
+    Decide(Work<'a>),
     /// Answer at once (a key could not be extracted).
     Reject(http::Response<bytes::Bytes>),
 }
@@ -529,16 +530,30 @@ pub(crate) enum Verdict {
     Reject(http::Response<bytes::Bytes>),
 }
 
+/// One policy (by index) and the key a request is counted under, borrowed from the request
+/// head when the extractor allows it.
+pub(crate) type Pair<'a> = (usize, Cow<'a, str>);
+
 /// The (policy index, key) pairs a request is decided on: one pair without a heap allocation
 /// (the common case), several in a `Vec`.
-pub(crate) enum Work {
+pub(crate) enum Work<'a> {
     Empty,
-    One([(usize, String); 1]),
-    Many(Vec<(usize, String)>),
+    One([Pair<'a>; 1]),
+    Many(Vec<Pair<'a>>),
 }
 
-impl Work {
-    fn push(&mut self, pair: (usize, String)) {
+impl<'a> Work<'a> {
+    /// The same pairs with owned keys, for a decision that outlives the request head.
+    pub(crate) fn into_owned(self) -> Work<'static> {
+        let owned = |(i, key): Pair<'a>| (i, Cow::Owned(key.into_owned()));
+        match self {
+            Work::Empty => Work::Empty,
+            Work::One([pair]) => Work::One([owned(pair)]),
+            Work::Many(all) => Work::Many(all.into_iter().map(owned).collect()),
+        }
+    }
+
+    fn push(&mut self, pair: Pair<'a>) {
         *self = match std::mem::replace(self, Work::Empty) {
             Work::Empty => Work::One([pair]),
             Work::One([first]) => Work::Many(vec![first, pair]),
@@ -549,7 +564,7 @@ impl Work {
         };
     }
 
-    pub(crate) fn as_slice(&self) -> &[(usize, String)] {
+    pub(crate) fn as_slice(&self) -> &[Pair<'a>] {
         match self {
             Work::Empty => &[],
             Work::One(one) => one,
@@ -567,26 +582,27 @@ fn mode(shadow: bool) -> &'static str {
 }
 
 impl Gate {
-    pub(crate) fn plan(&self, parts: &Parts) -> Plan {
+    pub(crate) fn plan<'a>(&self, parts: &'a Parts) -> Plan<'a> {
         let mut work = Work::Empty;
         for (i, p) in self.policies.iter().enumerate() {
             if !p.matcher.matches(parts) {
                 continue;
             }
-            let extracted = p
-                .extractor
-                .extract(parts)
-                .and_then(|raw| match &p.key_builder {
-                    None => Ok(raw),
-                    Some(keys) => keys
-                        .build(&raw)
-                        .map_err(|e| KeyError::Custom(format!("the key is unusable: {e}"))),
-                });
+            let extracted =
+                p.extractor
+                    .extract_borrowed(parts)
+                    .and_then(|raw| match &p.key_builder {
+                        None => Ok(raw),
+                        Some(keys) => keys
+                            .build(&raw)
+                            .map(Cow::Owned)
+                            .map_err(|e| KeyError::Custom(format!("the key is unusable: {e}"))),
+                    });
             match extracted {
                 Ok(key) => work.push((i, key)),
                 Err(err) => match &p.missing_key {
                     MissingKey::Skip => {}
-                    MissingKey::Fallback(key) => work.push((i, key.clone())),
+                    MissingKey::Fallback(key) => work.push((i, Cow::Owned(key.clone()))),
                     MissingKey::Reject(status) => {
                         self.count(i, Outcome::NoKey);
                         tracing::debug!(policy = %p.name, error = %err, "no rate-limit key");
@@ -605,7 +621,7 @@ impl Gate {
     }
 
     /// Whether every limiter of `work` decides without I/O, so [`Gate::decide_now`] applies.
-    pub(crate) fn decides_now(&self, work: &Work) -> bool {
+    pub(crate) fn decides_now(&self, work: &Work<'_>) -> bool {
         work.as_slice()
             .iter()
             .all(|(i, _)| self.policies[*i].in_process)
@@ -643,7 +659,7 @@ impl Gate {
     }
 
     /// Decides every (policy, key) pair all-or-nothing; see the module docs.
-    pub(crate) async fn decide(self: Arc<Self>, work: Work) -> Verdict {
+    pub(crate) async fn decide(self: Arc<Self>, work: Work<'static>) -> Verdict {
         let work = work.as_slice();
         if let [(i, key)] = work {
             let p = &self.policies[*i];
@@ -688,7 +704,7 @@ impl Gate {
 
     /// [`Gate::decide`] on the calling thread, for limiters that decide without I/O
     /// ([`Gate::decides_now`]): the same steps, in the same order, with the same outcomes.
-    pub(crate) fn decide_now(&self, work: &Work) -> Verdict {
+    pub(crate) fn decide_now(&self, work: &Work<'_>) -> Verdict {
         let work = work.as_slice();
         if let [(i, key)] = work {
             let p = &self.policies[*i];
@@ -732,7 +748,7 @@ impl Gate {
     }
 
     /// Refunds the charges of the first `n` pairs (a later check denied or failed).
-    async fn refund_first(&self, work: &[(usize, String)], n: usize) {
+    async fn refund_first(&self, work: &[Pair<'_>], n: usize) {
         for (i, key) in &work[..n] {
             let p = &self.policies[*i];
             if let Err(e) = p.limiter.refund(key, p.cost).await {
@@ -742,7 +758,7 @@ impl Gate {
     }
 
     /// [`Gate::refund_first`] on the calling thread.
-    fn refund_first_now(&self, work: &[(usize, String)], n: usize) {
+    fn refund_first_now(&self, work: &[Pair<'_>], n: usize) {
         for (i, key) in &work[..n] {
             let p = &self.policies[*i];
             if let Err(e) = p.limiter.refund_now(key, p.cost) {
@@ -785,7 +801,7 @@ impl Gate {
         )
     }
 
-    fn finish(&self, work: &[(usize, String)], decisions: &[Decision]) -> Verdict {
+    fn finish(&self, work: &[Pair<'_>], decisions: &[Decision]) -> Verdict {
         let denied = decisions
             .iter()
             .zip(work)
@@ -847,11 +863,7 @@ impl Gate {
     /// The fields of a response the layer lets through: what
     /// [`headers::write_fields`] writes without a denial, built from the preformatted
     /// per-policy parts.
-    fn allowed_fields(
-        &self,
-        work: &[(usize, String)],
-        decisions: &[Decision],
-    ) -> Option<AllowedFields> {
+    fn allowed_fields(&self, work: &[Pair<'_>], decisions: &[Decision]) -> Option<AllowedFields> {
         let h = self.headers;
         if !h.on_allowed_enabled()
             || !(h.ietf_enabled() || h.legacy_enabled())

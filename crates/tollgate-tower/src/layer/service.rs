@@ -86,12 +86,10 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let (parts, body) = req.into_parts();
-        let plan = self.gate.plan(&parts);
-        match plan {
-            Plan::Pass => {
-                ResponseFuture::calling(self.inner.call(Request::from_parts(parts, body)))
-            }
-            Plan::Reject(response) => ResponseFuture::answered(response),
+        // Keys may borrow from `parts`: everything that needs them happens in this statement.
+        let step = match self.gate.plan(&parts) {
+            Plan::Pass => Step::Pass,
+            Plan::Reject(response) => Step::Answer(response),
             Plan::Decide(work) if self.gate.decides_now(&work) => {
                 // Every limiter decides without I/O (the memory store): decide here, call the
                 // inner service (driven ready by `poll_ready`) at once, no boxed future.
@@ -106,12 +104,8 @@ where
                     span.in_scope(|| self.gate.decide_now(&work))
                 };
                 match verdict {
-                    Verdict::Allow { headers, permit } => ResponseFuture::calling_with(
-                        self.inner.call(Request::from_parts(parts, body)),
-                        headers,
-                        permit,
-                    ),
-                    Verdict::Reject(response) => ResponseFuture::answered(response),
+                    Verdict::Allow { headers, permit } => Step::Call(headers, permit),
+                    Verdict::Reject(response) => Step::Answer(response),
                 }
             }
             Plan::Decide(work) => {
@@ -120,12 +114,39 @@ where
                     method = %parts.method,
                     path = %parts.uri.path(),
                 );
-                let verdict = Box::pin(Arc::clone(&self.gate).decide(work).instrument(span));
+                let decision = Arc::clone(&self.gate).decide(work.into_owned());
+                Step::Decide(Box::pin(decision.instrument(span)))
+            }
+        };
+        let req = Request::from_parts(parts, body);
+        match step {
+            Step::Pass => ResponseFuture::calling(self.inner.call(req)),
+            Step::Call(headers, permit) => {
+                ResponseFuture::calling_with(self.inner.call(req), headers, permit)
+            }
+            Step::Answer(response) => ResponseFuture::answered(response),
+            Step::Decide(verdict) => {
                 // The clone takes the place of the service that was driven ready.
                 let clone = self.inner.clone();
                 let ready = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::deciding(verdict, ready, Request::from_parts(parts, body))
+                ResponseFuture::deciding(verdict, ready, req)
             }
         }
     }
+}
+
+/// What `call` does once the keys (which may borrow from the request head) are no longer
+/// needed.
+enum Step {
+    /// No policy applies: call the inner service.
+    Pass,
+    /// Decided and allowed: call the inner service, add these fields.
+    Call(
+        Option<super::AllowedFields>,
+        Option<crate::concurrency::InFlightPermit>,
+    ),
+    /// Answer without calling the inner service.
+    Answer(Response<bytes::Bytes>),
+    /// Decide in the response future (a store that does I/O), then call.
+    Decide(futures_util::future::BoxFuture<'static, Verdict>),
 }
