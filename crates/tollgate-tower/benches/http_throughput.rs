@@ -30,6 +30,9 @@
 //! figures understate the ratio (the client also parses the extra response fields and competes
 //! with the servers for CPU).
 //!
+//! `BENCH_LAYER=noop` measures a pass-through tower layer in place of the rate limiter: the
+//! part of the overhead any axum layer has.
+//!
 //! Profiling: `BENCH_ONLY=layer` (or `bare`) loads only one server, e.g.
 //! `BENCH_ONLY=layer perf record -g <bench binary>`.
 
@@ -57,8 +60,28 @@ fn env_str(name: &str) -> Option<String> {
 }
 
 /// The handler both servers run; the second one behind the layer.
+/// What the second server runs: `BENCH_LAYER=noop` puts a pass-through tower layer there
+/// instead of the rate limiter (what any layer costs in axum: the per-request clone of the
+/// layered route, the wrappers `Router::layer` adds).
+fn noop_layer() -> bool {
+    env_str("BENCH_LAYER").as_deref() == Some("noop")
+}
+
+fn layer_name() -> &'static str {
+    if noop_layer() {
+        "a no-op tower layer"
+    } else {
+        "RateLimitLayer (memory store)"
+    }
+}
+
 fn apps() -> (Router, Router) {
     let handler = || Router::new().route("/", get(|| async { "ok" }));
+    if noop_layer() {
+        let identity: fn(axum::response::Response) -> axum::response::Response = |r| r;
+        let layer = tower::util::MapResponseLayer::new(identity);
+        return (handler(), handler().layer(layer));
+    }
     let limiter = Limiter::memory(Policy::gcra(Rate::per_second(1_000_000).unwrap()).unwrap());
     let layer = RateLimitLayer::new(HttpPolicy::new(
         "bench",
@@ -352,10 +375,11 @@ fn main() {
     println!(
         "setup: wrk -t{} -c{conns} -d{secs}s (external process{}), server: 1 process, tokio \
          runtime with {server_threads} worker thread(s){}; {cpus} CPUs; 64 keys via x-client; \
-         {rounds} alternating rounds",
+         {rounds} alternating rounds; second server: {}",
         wrk.threads,
         if pin { ", pinned to CPU 1" } else { "" },
         if pin { ", pinned to CPU 0" } else { "" },
+        layer_name(),
     );
 
     // Warm-up (connections, allocator, the limiter's keys).
@@ -415,14 +439,16 @@ fn main() {
     let (med_b, med_l) = (median(&b_rps), median(&l_rps));
     let (cpu_b, cpu_l) = (median(&cpu(&bare_samples)), median(&cpu(&layer_samples)));
     println!(
-        "best of {rounds}:   bare handler {best_b:.0} req/s, through RateLimitLayer (memory \
-         store) {best_l:.0} req/s, ratio {:.3} ({})",
+        "best of {rounds}:   bare handler {best_b:.0} req/s, through {} {best_l:.0} req/s, \
+         ratio {:.3} ({})",
+        layer_name(),
         best_l / best_b,
         pct(best_l / best_b)
     );
     println!(
-        "median of {rounds}: bare handler {med_b:.0} req/s, through RateLimitLayer (memory \
-         store) {med_l:.0} req/s, ratio {:.3} ({})",
+        "median of {rounds}: bare handler {med_b:.0} req/s, through {} {med_l:.0} req/s, \
+         ratio {:.3} ({})",
+        layer_name(),
         med_l / med_b,
         pct(med_l / med_b)
     );
