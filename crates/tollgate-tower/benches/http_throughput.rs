@@ -314,6 +314,108 @@ fn pct(ratio: f64) -> String {
     format!("{:+.1}%", (ratio - 1.0) * 100.0)
 }
 
+/// The layer's own CPU cost without the network: `Router::call` in a loop on one thread
+/// (routing, handler, response, and for the second router the layer), best of 5 runs of
+/// `iters` requests each, in nanoseconds per request.
+fn service_cost_ns(iters: u64) -> (f64, f64) {
+    use tower::{Service, ServiceExt};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let (bare, limited) = apps();
+        let mut best = [f64::INFINITY; 2];
+        for _ in 0..5 {
+            for (slot, app) in [&bare, &limited].into_iter().enumerate() {
+                let mut app = app.clone();
+                let started = Instant::now();
+                for n in 0..iters {
+                    let req = http::Request::get("/")
+                        .header("x-client", CLIENT_KEYS[(n % 64) as usize])
+                        .body(axum::body::Body::empty())
+                        .expect("request");
+                    let ready = ServiceExt::<http::Request<axum::body::Body>>::ready(&mut app)
+                        .await
+                        .expect("ready");
+                    let response = ready.call(req).await.expect("response");
+                    assert_eq!(response.status(), 200);
+                }
+                let ns = started.elapsed().as_nanos() as f64 / iters as f64;
+                best[slot] = best[slot].min(ns);
+            }
+        }
+        (best[0], best[1])
+    })
+}
+
+/// `client-0` .. `client-63`, as the wrk script sends them.
+const CLIENT_KEYS: [&str; 64] = [
+    "client-0",
+    "client-1",
+    "client-2",
+    "client-3",
+    "client-4",
+    "client-5",
+    "client-6",
+    "client-7",
+    "client-8",
+    "client-9",
+    "client-10",
+    "client-11",
+    "client-12",
+    "client-13",
+    "client-14",
+    "client-15",
+    "client-16",
+    "client-17",
+    "client-18",
+    "client-19",
+    "client-20",
+    "client-21",
+    "client-22",
+    "client-23",
+    "client-24",
+    "client-25",
+    "client-26",
+    "client-27",
+    "client-28",
+    "client-29",
+    "client-30",
+    "client-31",
+    "client-32",
+    "client-33",
+    "client-34",
+    "client-35",
+    "client-36",
+    "client-37",
+    "client-38",
+    "client-39",
+    "client-40",
+    "client-41",
+    "client-42",
+    "client-43",
+    "client-44",
+    "client-45",
+    "client-46",
+    "client-47",
+    "client-48",
+    "client-49",
+    "client-50",
+    "client-51",
+    "client-52",
+    "client-53",
+    "client-54",
+    "client-55",
+    "client-56",
+    "client-57",
+    "client-58",
+    "client-59",
+    "client-60",
+    "client-61",
+    "client-62",
+    "client-63",
+];
+
 fn main() {
     let secs = env("BENCH_SECS", 5);
     let rounds = env("BENCH_ROUNDS", 7).max(1);
@@ -341,6 +443,18 @@ fn main() {
         run_in_process(secs, rounds, conns);
         return;
     };
+
+    let service_iters = env("BENCH_SERVICE_ITERS", 200_000);
+    if service_iters > 0 && only.is_none() {
+        let (bare_ns, layer_ns) = service_cost_ns(service_iters);
+        println!(
+            "without the network (Router::call in a loop on one thread, best of 5 x \
+             {service_iters}): bare handler {bare_ns:.0} ns/request, through {} {layer_ns:.0} \
+             ns/request (+{:.0} ns)",
+            layer_name(),
+            layer_ns - bare_ns
+        );
+    }
 
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pin = env("BENCH_PIN", 1) == 1 && cpus >= 2 && find_on_path("taskset").is_some();

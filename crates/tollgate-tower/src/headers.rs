@@ -238,12 +238,13 @@ fn join(
 /// Between the items of a Structured Field list.
 pub(crate) const LIST_SEPARATOR: &str = ", ";
 
-/// How many bytes of a field value [`ValueBuf`] keeps on the stack.
-const INLINE_VALUE_LEN: usize = 192;
+/// How many bytes of a field value [`ValueBuf`] keeps on the stack: one item of either field
+/// (a name of at most 64 characters, two numbers of at most 20 digits, punctuation).
+const INLINE_VALUE_LEN: usize = 128;
 
 /// The bytes of one field value, built without allocating up to [`INLINE_VALUE_LEN`] bytes
-/// (one policy's item always fits: names are at most 64 characters, numbers at most 20
-/// digits); longer values move to the heap. Numbers are written with `itoa`.
+/// (one policy's item always fits); longer values move to the heap. Numbers are written
+/// with `itoa`.
 pub(crate) struct ValueBuf {
     inline: [u8; INLINE_VALUE_LEN],
     len: usize,

@@ -36,9 +36,11 @@ pin_project! {
     where
         S: Service<Req>,
     {
+        // Boxed: only stores that do I/O take this path, and keeping the request out of
+        // line keeps the future small for the common, synchronous one.
         Deciding {
             verdict: BoxFuture<'static, Verdict>,
-            call: Option<(S, Req)>,
+            call: Option<Box<(S, Req)>>,
         },
         Calling {
             #[pin]
@@ -60,7 +62,7 @@ where
         Self {
             state: State::Deciding {
                 verdict,
-                call: Some((inner, req)),
+                call: Some(Box::new((inner, req))),
             },
         }
     }
@@ -107,7 +109,7 @@ where
                 StateProj::Deciding { verdict, call } => {
                     let verdict = ready!(verdict.as_mut().poll(cx));
                     match verdict {
-                        Verdict::Allow { headers, permit } => match call.take() {
+                        Verdict::Allow { headers, permit } => match call.take().map(|c| *c) {
                             Some((mut inner, req)) => {
                                 let future = inner.call(req);
                                 this.state.set(State::Calling {

@@ -478,8 +478,9 @@ pub(crate) fn metric_keys(policy: &HttpPolicy, shadow: bool) -> [metrics::Key; 4
 pub(crate) struct AllowedFields {
     ratelimit_policy: Option<HeaderValue>,
     ratelimit: Option<HeaderValue>,
-    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset`.
-    legacy: Option<[HeaderValue; 3]>,
+    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset` (boxed: off by default, and the response
+    /// future carries this struct).
+    legacy: Option<Box<[HeaderValue; 3]>>,
 }
 
 impl AllowedFields {
@@ -492,7 +493,7 @@ impl AllowedFields {
         if let Some(v) = self.ratelimit {
             headers.insert(headers::RATELIMIT, v);
         }
-        if let Some([limit, remaining, reset]) = self.legacy {
+        if let Some([limit, remaining, reset]) = self.legacy.map(|l| *l) {
             headers.insert(headers::X_RATELIMIT_LIMIT, limit);
             headers.insert(headers::X_RATELIMIT_REMAINING, remaining);
             headers.insert(headers::X_RATELIMIT_RESET, reset);
@@ -909,11 +910,11 @@ impl Gate {
                 .find(|d| !d.allowed)
                 .or_else(|| decisions.iter().min_by_key(|d| d.remaining));
             fields.legacy = tightest.map(|d| {
-                [
+                Box::new([
                     HeaderValue::from(d.limit),
                     HeaderValue::from(d.remaining),
                     HeaderValue::from(d.reset_after_secs()),
-                ]
+                ])
             });
         }
         Some(fields)
