@@ -315,9 +315,9 @@ fn pct(ratio: f64) -> String {
 }
 
 /// The layer's own CPU cost without the network: `Router::call` in a loop on one thread
-/// (routing, handler, response, and for the second router the layer), best of 5 runs of
-/// `iters` requests each, in nanoseconds per request.
-fn service_cost_ns(iters: u64) -> (f64, f64) {
+/// (routing, handler, response, and for the second router the layer), best of `runs`
+/// alternating runs of `iters` requests each, in nanoseconds per request.
+fn service_cost_ns(runs: u64, iters: u64) -> (f64, f64) {
     use tower::{Service, ServiceExt};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -325,7 +325,7 @@ fn service_cost_ns(iters: u64) -> (f64, f64) {
     runtime.block_on(async {
         let (bare, limited) = apps();
         let mut best = [f64::INFINITY; 2];
-        for _ in 0..5 {
+        for _ in 0..runs {
             for (slot, app) in [&bare, &limited].into_iter().enumerate() {
                 let mut app = app.clone();
                 let started = Instant::now();
@@ -444,13 +444,14 @@ fn main() {
         return;
     };
 
-    let service_iters = env("BENCH_SERVICE_ITERS", 200_000);
+    let service_iters = env("BENCH_SERVICE_ITERS", 50_000);
+    let service_runs = env("BENCH_SERVICE_RUNS", 21).max(1);
     if service_iters > 0 && only.is_none() {
-        let (bare_ns, layer_ns) = service_cost_ns(service_iters);
+        let (bare_ns, layer_ns) = service_cost_ns(service_runs, service_iters);
         println!(
-            "without the network (Router::call in a loop on one thread, best of 5 x \
-             {service_iters}): bare handler {bare_ns:.0} ns/request, through {} {layer_ns:.0} \
-             ns/request (+{:.0} ns)",
+            "without the network (Router::call in a loop on one thread, best of \
+             {service_runs} alternating runs x {service_iters}): bare handler {bare_ns:.0} \
+             ns/request, through {} {layer_ns:.0} ns/request (+{:.0} ns)",
             layer_name(),
             layer_ns - bare_ns
         );
