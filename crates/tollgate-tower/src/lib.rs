@@ -44,6 +44,7 @@ pub mod concurrency;
 pub mod headers;
 pub mod key;
 pub mod layer;
+pub mod semaphore;
 
 pub use body::ResponseBody;
 pub use layer::{
