@@ -31,7 +31,8 @@
 //! with the servers for CPU).
 //!
 //! `BENCH_LAYER=noop` measures a pass-through tower layer in place of the rate limiter: the
-//! part of the overhead any axum layer has.
+//! part of the overhead any axum layer has. `BENCH_LAYER=no-fields` measures the rate limiter
+//! without the IETF fields on allowed responses (`HeaderOptions::on_allowed(false)`).
 //!
 //! Profiling: `BENCH_ONLY=layer` (or `bare`) loads only one server, e.g.
 //! `BENCH_ONLY=layer perf record -g <bench binary>`.
@@ -45,6 +46,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate::{Limiter, Policy, Rate};
+use tollgate_tower::headers::HeaderOptions;
 use tollgate_tower::key::Header;
 use tollgate_tower::{HttpPolicy, RateLimitLayer};
 
@@ -67,11 +69,19 @@ fn noop_layer() -> bool {
     env_str("BENCH_LAYER").as_deref() == Some("noop")
 }
 
+/// `BENCH_LAYER=no-fields`: the rate limiter without the IETF fields on allowed responses
+/// (`HeaderOptions::default().on_allowed(false)`).
+fn fields_on_allowed() -> bool {
+    env_str("BENCH_LAYER").as_deref() != Some("no-fields")
+}
+
 fn layer_name() -> &'static str {
     if noop_layer() {
         "a no-op tower layer"
-    } else {
+    } else if fields_on_allowed() {
         "RateLimitLayer (memory store)"
+    } else {
+        "RateLimitLayer (memory store, no fields on allowed responses)"
     }
 }
 
@@ -83,12 +93,15 @@ fn apps() -> (Router, Router) {
         return (handler(), handler().layer(layer));
     }
     let limiter = Limiter::memory(Policy::gcra(Rate::per_second(1_000_000).unwrap()).unwrap());
-    let layer = RateLimitLayer::new(HttpPolicy::new(
-        "bench",
-        limiter,
-        Header::named("x-client").unwrap(),
-    ))
-    .expect("layer");
+    let layer = RateLimitLayer::builder()
+        .policy(HttpPolicy::new(
+            "bench",
+            limiter,
+            Header::named("x-client").unwrap(),
+        ))
+        .headers(HeaderOptions::default().on_allowed(fields_on_allowed()))
+        .build()
+        .expect("layer");
     (handler(), handler().layer(layer))
 }
 
