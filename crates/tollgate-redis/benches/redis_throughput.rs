@@ -10,7 +10,6 @@
 //! Run: `cargo bench -p tollgate-redis --bench redis_throughput`
 //! (env BENCH_SECONDS, default 5: how long the throughput phase runs).
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -112,7 +111,6 @@ fn main() {
         &n,
         "-r",
         "100000",
-        "--csv",
         "EVALSHA",
         &sha,
         "1",
@@ -136,7 +134,9 @@ fn main() {
     let mut rounds = Vec::new();
     let mut errors_total = 0;
     for _ in 0..ROUNDS {
-        let ceiling = redis_benchmark(&ceiling_args).rps;
+        let ceiling = tollgate_testkit::redis_benchmark(&ceiling_args)
+            .expect("redis-benchmark")
+            .rps;
         let (ours, errors) = ours_throughput(&rt, &backend, seconds);
         errors_total += errors;
         rounds.push((ceiling, ours));
@@ -160,13 +160,13 @@ fn main() {
         }
         lat
     });
-    let ping_args = ["-p", &port, "-c", "1", "-n", "20000", "--csv", "PING"];
-    let bench_ping = redis_benchmark(&ping_args);
+    let ping_args = ["-p", &port, "-c", "1", "-n", "20000", "PING"];
+    let bench_ping = tollgate_testkit::redis_benchmark(&ping_args).expect("redis-benchmark");
 
     println!();
     println!(
         "tollgate-redis benchmark (redis-server {}, 1 server, loopback)",
-        server_version(&server)
+        server.version()
     );
     println!("{:-<92}", "");
     println!(
@@ -214,59 +214,8 @@ fn main() {
     println!("  decision p50 / PING p50 (same client): {:.2}x", p50 / q50);
 }
 
-struct BenchResult {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-/// Runs redis-benchmark with `--csv` and parses
-/// `"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"`.
-fn redis_benchmark(args: &[&str]) -> BenchResult {
-    let out = Command::new("redis-benchmark")
-        .args(args)
-        .output()
-        .expect("redis-benchmark must be installed (it ships with redis-server)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('"') && !l.starts_with("\"test\""))
-        .unwrap_or_else(|| {
-            panic!(
-                "unexpected redis-benchmark output:\n{text}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    let fields: Vec<f64> = line
-        .rsplit("\",\"")
-        .take(7)
-        .map(|f| f.trim_matches('"').parse().unwrap_or(f64::NAN))
-        .collect();
-    // fields are reversed: max, p99, p95, p50, min, avg, rps
-    BenchResult {
-        rps: fields[6],
-        p50_ms: fields[3],
-        p99_ms: fields[1],
-    }
-}
-
 fn percentiles(lat: &mut [Duration]) -> (f64, f64) {
     lat.sort();
     let at = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1e6;
     (at(0.50), at(0.99))
-}
-
-fn server_version(server: &RedisServer) -> String {
-    server
-        .command(&["INFO", "server"])
-        .ok()
-        .and_then(|r| r.as_text())
-        .and_then(|t| {
-            t.lines().find_map(|l| {
-                l.strip_prefix("redis_version:")
-                    .map(|v| v.trim().to_string())
-            })
-        })
-        .unwrap_or_else(|| "?".into())
 }

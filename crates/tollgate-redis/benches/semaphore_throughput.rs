@@ -16,7 +16,6 @@
 //! Run: `cargo bench -p tollgate-redis --bench semaphore_throughput`
 //! (env BENCH_SECONDS, default 5: how long each of our phases runs).
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -153,9 +152,7 @@ fn main() {
         QUEUE_TTL_US.to_string(),
         MARGIN.as_millis().to_string(),
     );
-    let common = [
-        "-p", &port, "-P", "32", "-c", "50", "-n", &n, "-r", "64", "--csv",
-    ];
+    let common = ["-p", &port, "-P", "32", "-c", "50", "-n", &n, "-r", "64"];
     let mut acquire_args: Vec<&str> = common.to_vec();
     acquire_args.extend(["EVALSHA", &acquire_sha, "6"]);
     acquire_args.extend(keys.iter().map(String::as_str));
@@ -183,8 +180,12 @@ fn main() {
     let mut rounds = Vec::new();
     let mut errors = 0;
     for _ in 0..ROUNDS {
-        let acquire_rps = redis_benchmark(&acquire_args);
-        let release_rps = redis_benchmark(&release_args);
+        let acquire_rps = tollgate_testkit::redis_benchmark(&acquire_args)
+            .expect("redis-benchmark")
+            .rps;
+        let release_rps = tollgate_testkit::redis_benchmark(&release_args)
+            .expect("redis-benchmark")
+            .rps;
         let ceiling = 1.0 / (1.0 / acquire_rps + 1.0 / release_rps);
         let (one, e1) = ours(&rt, &sem, Via::Semaphore, 1, seconds);
         let (many, e2) = ours(&rt, &sem, Via::Semaphore, 64, seconds);
@@ -197,7 +198,7 @@ fn main() {
     println!();
     println!(
         "tollgate-redis semaphore benchmark (redis-server {}, 1 server, loopback)",
-        server_version(&server)
+        server.version()
     );
     println!("{:-<104}", "");
     println!(
@@ -257,43 +258,4 @@ fn main() {
     println!(
         "ours    = one RedisStore (one multiplexed connection, 1 store runtime thread); caller runtime 1 worker thread; 2-core machine shared with redis-server"
     );
-}
-
-/// Runs redis-benchmark with `--csv` and returns its requests per second.
-fn redis_benchmark(args: &[&str]) -> f64 {
-    let out = Command::new("redis-benchmark")
-        .args(args)
-        .output()
-        .expect("redis-benchmark must be installed (it ships with redis-server)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('"') && !l.starts_with("\"test\""))
-        .unwrap_or_else(|| {
-            panic!(
-                "unexpected redis-benchmark output:\n{text}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    // "test","rps","avg_latency_ms","min","p50","p95","p99","max": 7th field from the end
-    // (the test name is the command line, so it is not split on)
-    line.rsplit("\",\"")
-        .nth(6)
-        .and_then(|f| f.trim_matches('"').parse().ok())
-        .unwrap_or_else(|| panic!("no rate in redis-benchmark output: {line}"))
-}
-
-fn server_version(server: &RedisServer) -> String {
-    server
-        .command(&["INFO", "server"])
-        .ok()
-        .and_then(|r| r.as_text())
-        .and_then(|t| {
-            t.lines().find_map(|l| {
-                l.strip_prefix("redis_version:")
-                    .map(|v| v.trim().to_string())
-            })
-        })
-        .unwrap_or_else(|| "?".into())
 }

@@ -62,45 +62,27 @@ fn start_server() -> (Proc, SocketAddr, SocketAddr) {
     (Proc(child), http, resp)
 }
 
-fn redis_benchmark_path() -> PathBuf {
-    if let Ok(p) = std::env::var("TOLLGATE_REDIS_BENCHMARK") {
-        return PathBuf::from(p);
-    }
-    if let Ok(server) = tollgate_testkit::redis_server_path() {
-        let sibling = server.with_file_name("redis-benchmark");
-        if sibling.exists() {
-            return sibling;
-        }
-    }
-    PathBuf::from("redis-benchmark")
-}
-
 /// Runs redis-benchmark and returns requests per second.
 fn redis_benchmark(port: u16, pipeline: u64, command: &[&str]) -> f64 {
     let clients = env_num("BENCH_CLIENTS", 50).to_string();
     let requests = env_num("BENCH_REQUESTS", 300_000).to_string();
     let keys = env_num("BENCH_KEYS", 100_000).to_string();
-    let out = Command::new(redis_benchmark_path())
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-c", &clients, "-n", &requests, "-r", &keys])
-        .args(["-P", &pipeline.to_string(), "--csv"])
-        .args(command)
-        .output()
-        .expect("run redis-benchmark (install redis-tools / redis)");
-    assert!(
-        out.status.success(),
-        "redis-benchmark failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let last = text
-        .lines()
-        .rfind(|l| l.starts_with('"') && !l.starts_with("\"test\""))
-        .unwrap_or_else(|| panic!("no result line in {text}"));
-    last.split(',')
-        .nth(1)
-        .and_then(|v| v.trim_matches('"').parse().ok())
-        .unwrap_or_else(|| panic!("cannot parse {last}"))
+    let (port, pipeline) = (port.to_string(), pipeline.to_string());
+    let mut args = vec![
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-c",
+        &clients,
+        "-n",
+        &requests,
+    ];
+    args.extend(["-r", &keys, "-P", &pipeline]);
+    args.extend(command);
+    tollgate_testkit::redis_benchmark(&args)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .rps
 }
 
 fn wrk_path() -> Option<PathBuf> {

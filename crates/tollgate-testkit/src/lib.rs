@@ -69,6 +69,7 @@
 
 #![warn(missing_docs)]
 
+mod benchmark;
 mod cluster;
 mod env;
 mod ports;
@@ -77,6 +78,7 @@ mod redis;
 mod resp;
 mod tempdir;
 
+pub use benchmark::{redis_benchmark, redis_benchmark_path, RedisBenchmark};
 pub use cluster::RedisCluster;
 pub use env::{
     in_ci, must_have, postgres_url, redis_cli_path, redis_server_path, require_postgres,
