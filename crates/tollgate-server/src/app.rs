@@ -790,7 +790,8 @@ impl App {
     }
 
     /// Acquires `permits` of semaphore `name` for `lease` (default: the configured lease),
-    /// waiting up to `wait` (at most [`MAX_SEMAPHORE_WAIT`]) in FIFO order.
+    /// waiting up to `wait` in FIFO order. A `wait` above [`MAX_SEMAPHORE_WAIT`] is an error
+    /// ([`AppError::BadRequest`]), never silently shortened.
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
@@ -824,7 +825,13 @@ impl App {
                 "the lease must be between 1 ms and 24 h".into(),
             ));
         }
-        let wait = wait.min(MAX_SEMAPHORE_WAIT);
+        if wait > MAX_SEMAPHORE_WAIT {
+            return Err(AppError::BadRequest(format!(
+                "wait_ms must be at most {} (got {})",
+                MAX_SEMAPHORE_WAIT.as_millis(),
+                wait.as_millis()
+            )));
+        }
         let holder = tollgate::semaphore::HolderId::random();
         let deadline = tokio::time::Instant::now() + wait;
         let mut attempt = 0u32;

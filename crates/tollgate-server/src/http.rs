@@ -138,7 +138,7 @@ impl IntoResponse for ApiError {
 /// # let _ = router;
 /// ```
 pub fn router(state: HttpState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/v1/check", post(check))
         .route("/v1/peek", post(peek))
         .route("/v1/reset", post(reset))
@@ -151,7 +151,67 @@ pub fn router(state: HttpState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        .with_state(state)
+        .with_state(state);
+    // Outside the routes, so the 405 responses already carry their `Allow` header.
+    Router::new()
+        .fallback_service(routes)
+        .layer(axum::middleware::from_fn(json_errors))
+}
+
+/// Makes every error response carry the documented JSON body `{"error": "…"}`: the
+/// server's own errors already do; this rewrites the responses axum and its extractors
+/// produce by themselves (405 Method Not Allowed with an empty body, 415, 422 and other
+/// plain-text rejections), keeping their status and headers (such as `Allow`).
+///
+/// ```
+/// use axum::{routing::post, Json, Router};
+/// // A route with axum's JSON extractor: its 415 / 422 rejections now have a JSON body.
+/// let app: Router = Router::new()
+///     .route("/x", post(|Json(v): Json<u32>| async move { v.to_string() }))
+///     .layer(axum::middleware::from_fn(tollgate_server::http::json_errors));
+/// # let _ = app;
+/// ```
+pub async fn json_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let message = if status == StatusCode::METHOD_NOT_ALLOWED {
+        let allowed = parts
+            .headers
+            .get(header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        format!("method {method} is not allowed on {path} (allowed: {allowed})")
+    } else if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    } else {
+        text
+    };
+    let body = json!({ "error": message }).to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(body))
 }
 
 async fn not_found() -> ApiError {

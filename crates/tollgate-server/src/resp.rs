@@ -1,4 +1,4 @@
-//! A small RESP2 (Redis protocol) request parser and reply encoder.
+//! A small RESP (Redis protocol) request parser and a RESP2/RESP3 reply encoder.
 //!
 //! Written here rather than taken from a crate because the server needs only the request side
 //! of RESP (arrays of bulk strings, plus inline commands) and wants it zero-copy: the parser
@@ -254,7 +254,61 @@ fn parse_inline(
     Ok(Parsed::Command { consumed: nl + 1 })
 }
 
-/// Appends RESP2 replies to an output buffer.
+/// The reply protocol of a connection: RESP2 until the client sends `HELLO 3`.
+///
+/// Most replies are encoded the same in both; they differ for nulls (`$-1` / `_`), maps
+/// (a flat array of pairs / `%`) and verbatim text (`$` / `=`).
+///
+/// ```
+/// use tollgate_server::resp::{Protocol, Reply};
+/// let mut out = bytes::BytesMut::new();
+/// Reply::nil(&mut out, Protocol::Resp3);
+/// Reply::nil(&mut out, Protocol::Resp2);
+/// assert_eq!(&out[..], b"_\r\n$-1\r\n");
+/// assert_eq!(Protocol::from_version(3), Some(Protocol::Resp3));
+/// assert_eq!(Protocol::from_version(4), None);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// RESP2, every connection's protocol at start.
+    #[default]
+    Resp2,
+    /// RESP3, after `HELLO 3`.
+    Resp3,
+}
+
+impl Protocol {
+    /// The protocol for a `HELLO` version number (2 or 3), `None` for any other.
+    ///
+    /// ```
+    /// use tollgate_server::resp::Protocol;
+    /// assert_eq!(Protocol::from_version(2), Some(Protocol::Resp2));
+    /// ```
+    #[must_use]
+    pub fn from_version(version: i64) -> Option<Protocol> {
+        match version {
+            2 => Some(Protocol::Resp2),
+            3 => Some(Protocol::Resp3),
+            _ => None,
+        }
+    }
+
+    /// The version number (2 or 3).
+    ///
+    /// ```
+    /// assert_eq!(tollgate_server::resp::Protocol::Resp3.version(), 3);
+    /// ```
+    #[must_use]
+    pub fn version(self) -> i64 {
+        match self {
+            Protocol::Resp2 => 2,
+            Protocol::Resp3 => 3,
+        }
+    }
+}
+
+/// Appends RESP2 and RESP3 replies to an output buffer (the methods without a [`Protocol`]
+/// argument encode the same in both).
 ///
 /// ```
 /// use tollgate_server::resp::Reply;
@@ -348,6 +402,64 @@ impl Reply {
     /// ```
     pub fn null(out: &mut BytesMut) {
         out.put_slice(b"$-1\r\n");
+    }
+
+    /// A null in the connection's protocol: `$-1` in RESP2, `_` in RESP3.
+    ///
+    /// ```
+    /// use tollgate_server::resp::{Protocol, Reply};
+    /// let mut out = bytes::BytesMut::new();
+    /// Reply::nil(&mut out, Protocol::Resp3);
+    /// assert_eq!(&out[..], b"_\r\n");
+    /// ```
+    pub fn nil(out: &mut BytesMut, proto: Protocol) {
+        match proto {
+            Protocol::Resp2 => Self::null(out),
+            Protocol::Resp3 => out.put_slice(b"_\r\n"),
+        }
+    }
+
+    /// The header of a map of `pairs` key/value pairs: `%pairs` in RESP3, an array of
+    /// `2 × pairs` elements in RESP2. Append each key, then its value.
+    ///
+    /// ```
+    /// use tollgate_server::resp::{Protocol, Reply};
+    /// let mut out = bytes::BytesMut::new();
+    /// Reply::map(&mut out, 1, Protocol::Resp3);
+    /// Reply::map(&mut out, 1, Protocol::Resp2);
+    /// assert_eq!(&out[..], b"%1\r\n*2\r\n");
+    /// ```
+    pub fn map(out: &mut BytesMut, pairs: usize, proto: Protocol) {
+        match proto {
+            Protocol::Resp2 => Self::array(out, pairs.saturating_mul(2)),
+            Protocol::Resp3 => {
+                out.put_u8(b'%');
+                put_decimal(out, pairs as i64);
+                out.put_slice(b"\r\n");
+            }
+        }
+    }
+
+    /// Text for humans (`INFO`): a verbatim string `=len\r\ntxt:…` in RESP3, a bulk string in
+    /// RESP2.
+    ///
+    /// ```
+    /// use tollgate_server::resp::{Protocol, Reply};
+    /// let mut out = bytes::BytesMut::new();
+    /// Reply::verbatim(&mut out, b"a", Protocol::Resp3);
+    /// assert_eq!(&out[..], b"=5\r\ntxt:a\r\n");
+    /// ```
+    pub fn verbatim(out: &mut BytesMut, text: &[u8], proto: Protocol) {
+        match proto {
+            Protocol::Resp2 => Self::bulk(out, text),
+            Protocol::Resp3 => {
+                out.put_u8(b'=');
+                put_decimal(out, text.len() as i64 + 4);
+                out.put_slice(b"\r\ntxt:");
+                out.put_slice(text);
+                out.put_slice(b"\r\n");
+            }
+        }
     }
 }
 
