@@ -246,3 +246,115 @@ pub fn error_text(v: &Resp) -> String {
         other => panic!("not an error: {other:?}"),
     }
 }
+
+/// A reply in either protocol, with RESP3's types kept apart (for tests that check which
+/// type the server chose).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum R3 {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Vec<u8>),
+    /// RESP2 `$-1`
+    NullBulk,
+    /// RESP2 `*-1`
+    NullArray,
+    /// RESP3 `_`
+    Null,
+    Array(Vec<R3>),
+    /// RESP3 `%`
+    Map(Vec<(R3, R3)>),
+    /// RESP3 `=`: format and text
+    Verbatim(String, String),
+}
+
+impl R3 {
+    pub fn text(&self) -> String {
+        match self {
+            R3::Simple(s) | R3::Error(s) => s.clone(),
+            R3::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
+            R3::Int(i) => i.to_string(),
+            R3::Verbatim(_, t) => t.clone(),
+            other => panic!("no text in {other:?}"),
+        }
+    }
+
+    pub fn ints(&self) -> Vec<i64> {
+        match self {
+            R3::Array(items) => items
+                .iter()
+                .map(|i| match i {
+                    R3::Int(n) => *n,
+                    other => panic!("not an integer: {other:?}"),
+                })
+                .collect(),
+            other => panic!("not an array: {other:?}"),
+        }
+    }
+
+    /// The pairs of a RESP3 map or of a RESP2 flat array of pairs, keys as text.
+    pub fn pairs(&self) -> Vec<(String, R3)> {
+        match self {
+            R3::Map(p) => p.iter().map(|(k, v)| (k.text(), v.clone())).collect(),
+            R3::Array(items) => {
+                assert!(items.len() % 2 == 0, "odd flat map {items:?}");
+                items
+                    .chunks(2)
+                    .map(|c| (c[0].text(), c[1].clone()))
+                    .collect()
+            }
+            other => panic!("not a map: {other:?}"),
+        }
+    }
+}
+
+impl Raw {
+    /// Reads one reply of either protocol.
+    pub fn reply3(&mut self) -> R3 {
+        read_value3(&mut self.reader)
+    }
+
+    /// Sends one command and reads its reply.
+    pub fn call(&mut self, args: &[&str]) -> R3 {
+        self.send(&cmd(args));
+        self.reply3()
+    }
+}
+
+fn read_value3(r: &mut BufReader<TcpStream>) -> R3 {
+    let mut line = String::new();
+    r.read_line(&mut line).expect("read a reply line");
+    let line = line
+        .strip_suffix("\r\n")
+        .unwrap_or_else(|| panic!("a CRLF-terminated line, got {line:?}"));
+    let (kind, rest) = line.split_at(1);
+    let len = || rest.parse::<i64>().expect("a length");
+    let mut data = |n: i64| {
+        let mut d = vec![0u8; n as usize + 2];
+        r.read_exact(&mut d).expect("bulk data");
+        assert_eq!(&d[n as usize..], b"\r\n");
+        d.truncate(n as usize);
+        d
+    };
+    match kind {
+        "+" => R3::Simple(rest.to_string()),
+        "-" => R3::Error(rest.to_string()),
+        ":" => R3::Int(rest.parse().expect("an integer")),
+        "_" => R3::Null,
+        "$" if len() < 0 => R3::NullBulk,
+        "$" => R3::Bulk(data(len())),
+        "=" => {
+            let d = String::from_utf8(data(len())).expect("UTF-8 verbatim text");
+            let (format, text) = d.split_at(4);
+            R3::Verbatim(format.trim_end_matches(':').to_string(), text.to_string())
+        }
+        "*" if len() < 0 => R3::NullArray,
+        "*" => R3::Array((0..len()).map(|_| read_value3(r)).collect()),
+        "%" => R3::Map(
+            (0..len())
+                .map(|_| (read_value3(r), read_value3(r)))
+                .collect(),
+        ),
+        other => panic!("unexpected reply type {other:?}"),
+    }
+}
