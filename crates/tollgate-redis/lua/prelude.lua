@@ -44,6 +44,56 @@ local function ceil_div(a, b)
   return idiv(a + b - 1, b)
 end
 
+-- Exact products. a * b of two integers below 2^53 can reach 2^106, beyond what a double
+-- holds exactly (the sliding-window counter multiplies a limit of up to 10^9 by a window of up
+-- to a year in µs). limbs() splits x < 2^54 into three base-2^18 digits; mul() returns the
+-- exact product as six such digits, least significant first (every partial sum stays below
+-- 2^40, so each step is exact).
+local LIMB = 262144 -- 2^18
+
+local function limbs(x)
+  local x0 = x % LIMB
+  x = (x - x0) / LIMB
+  local x1 = x % LIMB
+  return x0, x1, (x - x1) / LIMB
+end
+
+local function mul(a, b)
+  local a0, a1, a2 = limbs(a)
+  local b0, b1, b2 = limbs(b)
+  local p = { a0 * b0, a0 * b1 + a1 * b0, a0 * b2 + a1 * b1 + a2 * b0, a1 * b2 + a2 * b1,
+    a2 * b2, 0 }
+  local carry = 0
+  for i = 1, 6 do
+    local v = p[i] + carry
+    local d = v % LIMB
+    p[i] = d
+    carry = (v - d) / LIMB
+  end
+  return p
+end
+
+-- Compares a * b with c * d exactly: -1, 0 or 1.
+local function mulcmp(a, b, c, d)
+  local x, y = mul(a, b), mul(c, d)
+  for i = 6, 1, -1 do
+    if x[i] ~= y[i] then
+      if x[i] < y[i] then return -1 end
+      return 1
+    end
+  end
+  return 0
+end
+
+-- floor(a * b / c) exactly, for a result below 2^53 (callers guarantee it): the double
+-- estimate is within a unit or two of the truth; fix it up with exact comparisons.
+local function muldiv(a, b, c)
+  local q = math.floor(a * b / c)
+  while q > 0 and mulcmp(q, c, a, b) > 0 do q = q - 1 end
+  while mulcmp(q + 1, c, a, b) <= 0 do q = q + 1 end
+  return q
+end
+
 -- The time of the decision in µs: the caller's (ARGV) or the server's clock.
 local function clock(arg)
   if arg == '' then

@@ -1,11 +1,14 @@
 -- Sliding-window counter (docs/semantics.md, "Sliding-window counter"); mirrors
 -- crates/tollgate/src/algorithm/sliding_window.rs.
 --
--- Parameters, 2 ARGV per rate: limit L, window W (µs); L * W <= 2^52 (policy validation).
+-- Parameters, 2 ARGV per rate: limit L, window W (µs); W <= 2^51 (policy validation).
 -- State: one string "window_start_1,prev_1,curr_1,...": absent = fresh.
 -- Expires at max(window_start + 2W if curr > 0, window_start + W if prev > 0), rounded up.
--- Bounds: prev * (W - e) <= L * W <= 2^52; the admission test first checks curr + cost <= L
--- (necessary anyway), so (curr + cost) * W <= 2^52 and the sum stays <= 2^53.
+-- Exactness: the scaled products (prev * (W - e), room * W) reach L * W, up to ~3 * 10^22 for
+-- 10^9 per 365 days, beyond a double's 2^53. They are never formed as doubles: the
+-- admission test is the exact comparison prev * (W - e) <= (L - curr - cost) * W (mulcmp),
+-- and every quotient goes through muldiv, which is exact. So decisions equal the Rust ones to
+-- the unit and the µs.
 
 local sw = { width = 3 }
 ALG.sliding_window = sw
@@ -36,17 +39,27 @@ local function roll(q, sws, sprev, scurr, now)
   return ws, 0, 0
 end
 
+-- Called on a denial only, where prev * (W - e) > room * W: every quotient is below W.
 local function wait(q, prev, curr, e, cost)
   local w = q.w
   if q.l >= curr + cost and prev > 0 then
     local room = q.l - curr - cost
-    local e_min = w - idiv(room * w, prev)
+    local e_min = w - math.min(w, muldiv(room, w, prev))
     if e_min < w then return e_min - e end
   end
   if curr == 0 then return w - e end
-  local e2 = w - math.min(w, idiv((q.l - cost) * w, curr))
+  -- e2 = w - min(w, floor((L - cost) * w / curr)); the quotient is below w iff L - cost < curr
+  local e2 = 0
+  if q.l - cost < curr then e2 = w - muldiv(q.l - cost, w, curr) end
   if e2 < w then return (w - e) + e2 end
   return (w - e) + w
+end
+
+-- ceil(a * b / c) exactly (a result below 2^53).
+local function muldiv_up(a, b, c)
+  local q = muldiv(a, b, c)
+  if mulcmp(q, c, a, b) < 0 then return q + 1 end
+  return q
 end
 
 local function reset_after(q, prev, curr, e)
@@ -64,13 +77,19 @@ function sw.eval(p, s, now, cost)
     local ws, prev, curr = roll(q, sws, sprev, scurr, t)
     local w = q.w
     local e = t - ws
-    local weighted = prev * (w - e)
-    local allowed = curr + cost <= q.l and weighted + (curr + cost) * w <= q.l * w
+    -- allowed iff curr + cost <= L and prev * (w - e) <= (L - curr - cost) * w, exactly.
+    local allowed = curr + cost <= q.l and mulcmp(prev, w - e, q.l - curr - cost, w) <= 0
     local after = curr
     if allowed then after = curr + cost end
     local retry = 0
     if not allowed then retry = wait(q, prev, curr, e, cost) end
-    verdicts[r] = verdict(allowed, q.l, idiv(math.max(0, q.l * w - weighted - after * w), w),
+    -- remaining = max(0, floor((L*w - prev*(w - e) - after*w) / w))
+    --           = max(0, L - after - ceil(prev * (w - e) / w))
+    local remaining = 0
+    if after <= q.l then
+      remaining = math.max(0, q.l - after - muldiv_up(prev, w - e, w))
+    end
+    verdicts[r] = verdict(allowed, q.l, remaining,
       retry, reset_after(q, prev, after, e), reset_after(q, prev, curr, e))
     if allowed then
       next[3 * r - 2], next[3 * r - 1], next[3 * r] = ws, prev, after

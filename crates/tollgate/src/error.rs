@@ -33,10 +33,13 @@ pub enum QuotaError {
         /// The period.
         period: Duration,
     },
-    /// A horizon (time until a key is back to fresh) beyond 2^52 microseconds (~142 years),
-    /// which the Lua/SQL stores could not compute exactly.
-    #[error("{what} is too large: {value} exceeds the maximum {max}")]
+    /// A quantity beyond 2^52 microseconds (~142 years): a period, a GCRA tolerance, a
+    /// token-bucket refill horizon or an algorithm's horizon (time until a key is back to
+    /// fresh), which the Lua/SQL stores could not keep exact.
+    #[error("{rate}: {what} is too large: {value} exceeds the maximum {max}")]
     TooLarge {
+        /// The rate (or the rate text) that is wrong, prefixed with the algorithm when known.
+        rate: String,
         /// Which quantity overflowed.
         what: &'static str,
         /// The value asked for (saturated).
@@ -65,13 +68,20 @@ pub enum QuotaError {
     /// A policy with no rate.
     #[error("a policy needs at least one rate")]
     NoRates,
-    /// Two rates of one policy that make no sense together.
-    #[error("rates {first} and {second} make no sense together: {reason}")]
+    /// A rate of a multi-rate policy that could never be the one that denies (another rate
+    /// of the policy always denies first), or two rates with the same period.
+    #[error("{algorithm}: rate {never} ({never_rate}) could never apply next to rate {because} ({because_rate}): {reason}")]
     InconsistentRates {
-        /// Index of the first rate.
-        first: usize,
-        /// Index of the second rate.
-        second: usize,
+        /// The algorithm's name.
+        algorithm: &'static str,
+        /// Index of the rate that could never apply.
+        never: usize,
+        /// That rate, as text.
+        never_rate: String,
+        /// Index of the rate that makes it so.
+        because: usize,
+        /// That rate, as text.
+        because_rate: String,
         /// Why.
         reason: &'static str,
     },

@@ -1,7 +1,7 @@
 //! A policy: which algorithm, and one or more rates enforced together on each key.
 
 use crate::error::QuotaError;
-use crate::quota::{parse_rates, Rate};
+use crate::quota::{parse_rates, Rate, MAX_HORIZON_US};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
@@ -128,10 +128,13 @@ impl fmt::Display for Policy {
 impl Policy {
     /// A policy of `algorithm` enforcing every rate in `rates` together.
     ///
-    /// Rejects: no rate, more than [`MAX_RATES`], a burst on algorithms without one, and a rate
-    /// that could never be the one that denies: for windows and logs, two rates with the same
-    /// period or a longer period that allows no more than a shorter one; for GCRA and the token
-    /// bucket, a rate that another rate matches or beats in both sustained rate and burst.
+    /// Rejects: no rate, more than [`MAX_RATES`], a burst on algorithms without one, a rate
+    /// whose horizon exceeds [`crate::MAX_HORIZON_US`], and a rate that could never be the one
+    /// that denies. For windows and logs that is PyrateLimiter's rule: ordered by period, each
+    /// longer period allows more units but no more per unit of time (`5/s; 1000/min` is
+    /// rejected: 5/s already caps a minute at 300); two rates with one period are rejected.
+    /// For GCRA and the token bucket, a rate that another rate matches or beats in both
+    /// sustained rate and burst. The error names the algorithm and both rates.
     ///
     /// ```
     /// use tollgate::{Policy, Rate, Algorithm, QuotaError};
@@ -139,6 +142,11 @@ impl Policy {
     /// assert!(ok.is_ok());
     /// let bad = Policy::new(Algorithm::Gcra, [Rate::per_second(10).unwrap(), Rate::per_minute(5).unwrap()]);
     /// assert!(matches!(bad, Err(QuotaError::InconsistentRates { .. })));
+    /// // PyrateLimiter's headline example works as written.
+    /// assert!(Policy::parse(Algorithm::SlidingLog, "500/hour; 1000/day; 10000 per 28 days").is_ok());
+    /// let e = Policy::parse(Algorithm::SlidingLog, "5/s; 1000/min").unwrap_err();
+    /// assert_eq!(e.to_string(), "sliding_log: rate 1 (1000/1m) could never apply next to rate 0 (5/1s): \
+    ///     a longer period must allow no more units per unit of time than a shorter one (the shorter rate always denies first)");
     /// ```
     pub fn new(
         algorithm: Algorithm,
@@ -163,44 +171,27 @@ impl Policy {
                 });
             }
         }
-        let bursty = matches!(algorithm, Algorithm::Gcra | Algorithm::TokenBucket);
+        for (i, r) in rates.iter().enumerate() {
+            let horizon = rate_horizon_us(algorithm, r);
+            if horizon > MAX_HORIZON_US as u128 {
+                return Err(QuotaError::TooLarge {
+                    rate: format!("{algorithm} rate {i} ({r})"),
+                    what: "the time until a key is back to fresh (µs)",
+                    value: horizon,
+                    max: MAX_HORIZON_US as u128,
+                });
+            }
+        }
         for (i, a) in rates.iter().enumerate() {
             for (j, b) in rates.iter().enumerate().skip(i + 1) {
-                if bursty {
-                    // A rate that another is at least as strict as, in both sustained rate and
-                    // burst, can never be the one that denies.
-                    let a_rate_le_b = a.limit() as u128 * b.period_us() as u128
-                        <= b.limit() as u128 * a.period_us() as u128;
-                    let b_rate_le_a = b.limit() as u128 * a.period_us() as u128
-                        <= a.limit() as u128 * b.period_us() as u128;
-                    if (a_rate_le_b && a.burst() <= b.burst())
-                        || (b_rate_le_a && b.burst() <= a.burst())
-                    {
-                        return Err(QuotaError::InconsistentRates {
-                            first: i,
-                            second: j,
-                            reason: "one rate is at least as strict as the other in both sustained rate and burst, so the other would never apply",
-                        });
-                    }
-                    continue;
-                }
-                if a.period_us() == b.period_us() {
+                if let Some((never, because, reason)) = never_applies(algorithm, (i, a), (j, b)) {
                     return Err(QuotaError::InconsistentRates {
-                        first: i,
-                        second: j,
-                        reason: "two rates with the same period; keep the stricter one",
-                    });
-                }
-                let (short, long) = if a.period_us() < b.period_us() {
-                    (a, b)
-                } else {
-                    (b, a)
-                };
-                if long.limit() <= short.limit() {
-                    return Err(QuotaError::InconsistentRates {
-                        first: i,
-                        second: j,
-                        reason: "the longer period allows no more than the shorter one, so the shorter rate would never apply",
+                        algorithm: algorithm.name(),
+                        never,
+                        never_rate: rates[never].to_string(),
+                        because,
+                        because_rate: rates[because].to_string(),
+                        reason,
                     });
                 }
             }
@@ -361,16 +352,83 @@ impl Policy {
         let us = self
             .rates
             .iter()
-            .map(|r| match self.algorithm {
-                Algorithm::Gcra => r.emission_interval_us() * r.burst(),
-                Algorithm::TokenBucket => r.burst().div_ceil(r.limit()) * r.period_us(),
-                Algorithm::SlidingWindow => 2 * r.period_us(),
-                Algorithm::SlidingLog | Algorithm::FixedWindow => r.period_us(),
-            })
+            .map(|r| rate_horizon_us(self.algorithm, r))
             .max()
             .unwrap_or(0);
-        Duration::from_micros(us)
+        // Policy::new keeps every horizon within MAX_HORIZON_US (2^52).
+        Duration::from_micros(us as u64)
     }
+}
+
+/// The longest time a key of `algorithm` needs to be back to fresh under rate `r`, in µs.
+fn rate_horizon_us(algorithm: Algorithm, r: &Rate) -> u128 {
+    let (limit, period, burst) = (r.limit() as u128, r.period_us() as u128, r.burst() as u128);
+    match algorithm {
+        Algorithm::Gcra => r.emission_interval_us() as u128 * burst,
+        Algorithm::TokenBucket => burst.div_ceil(limit) * period,
+        Algorithm::SlidingWindow => 2 * period,
+        Algorithm::SlidingLog | Algorithm::FixedWindow => period,
+    }
+}
+
+/// If one of two rates of a policy could never be the one that denies, returns
+/// `(index of that rate, index of the rate that makes it so, why)`.
+///
+/// GCRA and the token bucket: a rate that the other matches or beats in both sustained rate
+/// and burst. Windows and the sliding log follow PyrateLimiter's rule for rate lists
+/// (`validate_rate_list`): ordered by period, each longer period must allow more units and no
+/// more units per unit of time than a shorter one; two rates with one period are an error.
+fn never_applies(
+    algorithm: Algorithm,
+    (i, a): (usize, &Rate),
+    (j, b): (usize, &Rate),
+) -> Option<(usize, usize, &'static str)> {
+    // a.limit / a.period <= b.limit / b.period, in exact integers.
+    let per_time_le = |a: &Rate, b: &Rate| {
+        a.limit() as u128 * b.period_us() as u128 <= b.limit() as u128 * a.period_us() as u128
+    };
+    if matches!(algorithm, Algorithm::Gcra | Algorithm::TokenBucket) {
+        const WHY: &str = "the other rate is at least as strict in both sustained rate and burst";
+        if per_time_le(a, b) && a.burst() <= b.burst() {
+            return Some((j, i, WHY));
+        }
+        if per_time_le(b, a) && b.burst() <= a.burst() {
+            return Some((i, j, WHY));
+        }
+        return None;
+    }
+    if a.period_us() == b.period_us() {
+        let (never, because) = if a.limit() >= b.limit() {
+            (i, j)
+        } else {
+            (j, i)
+        };
+        return Some((
+            never,
+            because,
+            "both have the same period; keep the stricter one",
+        ));
+    }
+    let ((si, short), (li, long)) = if a.period_us() < b.period_us() {
+        ((i, a), (j, b))
+    } else {
+        ((j, b), (i, a))
+    };
+    if long.limit() <= short.limit() {
+        return Some((
+            si,
+            li,
+            "a shorter period must allow fewer units than a longer one (the longer rate always denies first)",
+        ));
+    }
+    if !per_time_le(long, short) {
+        return Some((
+            li,
+            si,
+            "a longer period must allow no more units per unit of time than a shorter one (the shorter rate always denies first)",
+        ));
+    }
+    None
 }
 
 /// The serialisable form of a [`Policy`] (the golden-vector and config format); converting it

@@ -172,10 +172,16 @@ impl Rate {
         self.period_us.div_ceil(self.limit)
     }
 
+    /// Checks what every algorithm needs of a rate: at most one unit per µs, and the period,
+    /// the GCRA tolerance and the token-bucket refill horizon within [`MAX_HORIZON_US`].
+    /// `limit × period` is not bounded: the sliding-window counter computes that product
+    /// exactly in every store (so `10^9 per 365 days` is fine). Algorithm-specific horizons
+    /// are checked by [`crate::Policy::new`].
     fn validate(&self) -> Result<(), QuotaError> {
-        let too_large = |what, value: u128| {
+        let check = |what, value: u128| {
             if value > MAX_HORIZON_US as u128 {
                 Err(QuotaError::TooLarge {
+                    rate: self.to_string(),
                     what,
                     value,
                     max: MAX_HORIZON_US as u128,
@@ -184,25 +190,24 @@ impl Rate {
                 Ok(())
             }
         };
-        too_large("the period in microseconds", self.period_us as u128)?;
+        check("the period in microseconds", self.period_us as u128)?;
         if self.limit > self.period_us {
             return Err(QuotaError::TooFine {
                 limit: self.limit,
                 period: self.period(),
             });
         }
-        let burst = self.burst() as u128;
-        let limit = self.limit as u128;
-        let period = self.period_us as u128;
-        too_large(
-            "the GCRA tolerance (emission interval x burst, µs)",
-            self.emission_interval_us() as u128 * burst,
-        )?;
-        too_large(
-            "the token-bucket refill horizon (ceil(burst/limit) x period, µs)",
-            burst.div_ceil(limit) * period,
-        )?;
-        too_large("limit x period (µs) of a sliding window", limit * period)?;
+        if self.burst.is_some() {
+            let burst = self.burst() as u128;
+            check(
+                "the GCRA tolerance (emission interval x burst, µs)",
+                self.emission_interval_us() as u128 * burst,
+            )?;
+            check(
+                "the token-bucket refill horizon (ceil(burst/limit) x period, µs)",
+                burst.div_ceil(self.limit as u128) * self.period_us as u128,
+            )?;
+        }
         Ok(())
     }
 
@@ -277,7 +282,8 @@ impl Rate {
         }
         let period_us = multiplier
             .checked_mul(unit_us)
-            .ok_or(QuotaError::TooLarge {
+            .ok_or_else(|| QuotaError::TooLarge {
+                rate: input.trim().to_string(),
                 what: "the period in microseconds",
                 value: multiplier as u128 * unit_us as u128,
                 max: MAX_HORIZON_US as u128,

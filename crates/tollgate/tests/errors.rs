@@ -48,7 +48,7 @@ fn overflowing_horizons_are_rejected() {
     // a burst so large that T * burst overflows the horizon
     let e = Rate::per_hour(1).unwrap().with_burst(u64::MAX).unwrap_err();
     assert!(matches!(e, QuotaError::TooLarge { .. }), "{e}");
-    // limit x period too large for the sliding window's scaled arithmetic
+    // more than one unit per µs (a huge limit)
     let e = Rate::new(
         u64::MAX / 2,
         Duration::from_secs(u64::MAX / 4_000_000_000_000),
@@ -121,8 +121,8 @@ fn multi_rate_lists_that_make_no_sense_are_rejected() {
         matches!(
             e,
             QuotaError::InconsistentRates {
-                first: 0,
-                second: 1,
+                never: 1,
+                because: 0,
                 ..
             }
         ),
@@ -281,8 +281,8 @@ fn bursty_multi_rates_are_rejected_only_when_one_rate_can_never_apply() {
         matches!(
             e,
             QuotaError::InconsistentRates {
-                first: 0,
-                second: 1,
+                never: 1,
+                because: 0,
                 ..
             }
         ),

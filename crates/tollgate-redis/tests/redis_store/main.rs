@@ -5,4 +5,6 @@ mod common;
 mod concurrency;
 mod faults;
 mod features;
+mod long_quotas;
+mod sharing;
 mod vectors;

@@ -1,7 +1,9 @@
 //! Sliding-window counter: the previous and current clock-aligned windows, the previous one
 //! weighted by how much of it still overlaps the last `window`. Approximate, O(1) per rate.
-//! Compared in integers scaled by the window length, so no division is lost.
-//! Mirrored by `lua/sliding_window.lua`.
+//! Compared in integers scaled by the window length, so no division is lost. The scaled
+//! products (`limit × window` reaches about 3·10^22 for `10^9 per 365 days`) are computed in
+//! 128 bits, exactly. Mirrored by `lua/sliding_window.lua` (exact multi-limb products) and the
+//! PostgreSQL function (`numeric`).
 
 use super::{RateAlgorithm, Verdict};
 use crate::error::Error;
@@ -61,12 +63,14 @@ impl SlidingWindow {
         }
     }
 
-    /// The earliest wait after which `cost` fits (the `wait()` of the spec).
+    /// The earliest wait after which `cost` fits (the `wait()` of the spec). Called only on a
+    /// denial, so `prev * (w - e) > (limit - curr - cost) * w`, which keeps every quotient
+    /// below `w`.
     fn wait(p: &Params, s: &State, e: Micros, cost: u64) -> Micros {
         let w = p.window;
         if p.limit >= s.curr + cost && s.prev > 0 {
             let room = p.limit - s.curr - cost;
-            let e_min = w - room * w / s.prev;
+            let e_min = w - mul_div(room, w, s.prev).min(w);
             if e_min < w {
                 return e_min - e;
             }
@@ -74,7 +78,7 @@ impl SlidingWindow {
         if s.curr == 0 {
             return w - e;
         }
-        let e2 = w - ((p.limit - cost) * w / s.curr).min(w);
+        let e2 = w - mul_div(p.limit - cost, w, s.curr).min(w);
         if e2 < w {
             (w - e) + e2
         } else {
@@ -102,19 +106,24 @@ impl RateAlgorithm for SlidingWindow {
         let r = Self::roll(p, s, now);
         let w = p.window;
         let e = now - r.window_start;
-        let weighted = r.prev * (w - e);
         if cost > p.limit {
             return Err(Error::CostExceedsCapacity {
                 cost,
                 capacity: p.limit,
             });
         }
-        let allowed = weighted + (r.curr + cost) * w <= p.limit * w;
+        // prev's weighted share, scaled by w (exact: up to ~2^97).
+        let weighted = u128::from(r.prev) * u128::from(w - e);
+        let scaled = |units: u64| u128::from(units) * u128::from(w);
+        let allowed = weighted + scaled(r.curr + cost) <= scaled(p.limit);
         let curr_after = if allowed { r.curr + cost } else { r.curr };
+        // remaining = max(0, (L*w - weighted - curr_after*w) / w); the quotient is <= L.
+        let remaining =
+            scaled(p.limit).saturating_sub(weighted + scaled(curr_after)) / u128::from(w);
         let verdict = Verdict {
             allowed,
             limit: p.limit,
-            remaining: (p.limit * w).saturating_sub(weighted + curr_after * w) / w,
+            remaining: remaining as u64,
             retry_after: if allowed {
                 0
             } else {
@@ -151,4 +160,10 @@ impl RateAlgorithm for SlidingWindow {
             0
         }
     }
+}
+
+/// `floor(a * b / c)` computed exactly in 128 bits (saturating at `u64::MAX`).
+fn mul_div(a: u64, b: u64, c: u64) -> u64 {
+    let q = u128::from(a) * u128::from(b) / u128::from(c);
+    u64::try_from(q).unwrap_or(u64::MAX)
 }

@@ -24,7 +24,7 @@
     x_k bigint; x_r_tokens bigint; x_r_last bigint; x_after bigint;
     x_l bigint; x_w bigint; x_s_ws bigint; x_s_count bigint; x_s_prev bigint; x_s_curr bigint;
     x_ws bigint; x_cnt bigint; x_cnt_after bigint; x_until_end bigint;
-    x_e bigint; x_weighted bigint; x_prev bigint; x_curr bigint; x_curr_after bigint;
+    x_e bigint; x_weighted numeric; x_prev bigint; x_curr bigint; x_curr_after bigint;
     x_room bigint; x_e_min bigint; x_e2 bigint; x_wait bigint;
     x_unch bigint; x_excess bigint; x_sum bigint; x_retry bigint; x_len integer; x_wmax bigint;
     x_left bigint;

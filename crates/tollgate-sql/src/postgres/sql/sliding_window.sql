@@ -33,12 +33,13 @@
             CONTINUE;
         END IF;
         x_e := x_now - x_ws;
-        x_weighted := x_prev * (x_w - x_e);
-        x_ok := x_weighted + (x_curr + p_cost) * x_w <= x_l * x_w;
+        -- The scaled products reach L * W (~3e22 for 10^9 per 365 days): numeric, exact.
+        x_weighted := x_prev::numeric * (x_w - x_e);
+        x_ok := x_weighted + (x_curr + p_cost)::numeric * x_w <= x_l::numeric * x_w;
         x_curr_after := CASE WHEN x_ok THEN x_curr + p_cost ELSE x_curr END;
         va_allowed[i] := x_ok;
         va_limit[i] := x_l;
-        va_remaining[i] := greatest(0, x_l * x_w - (x_weighted + x_curr_after * x_w)) / x_w;
+        va_remaining[i] := div(greatest(0, x_l::numeric * x_w - (x_weighted + x_curr_after::numeric * x_w)), x_w);
         IF x_ok THEN
             va_retry[i] := 0;
         ELSE
@@ -46,7 +47,7 @@
             x_wait := NULL;
             IF x_l >= x_curr + p_cost AND x_prev > 0 THEN
                 x_room := x_l - x_curr - p_cost;
-                x_e_min := x_w - (x_room * x_w) / x_prev;
+                x_e_min := x_w - least(x_w, div(x_room::numeric * x_w, x_prev));
                 IF x_e_min < x_w THEN
                     x_wait := x_e_min - x_e;
                 END IF;
@@ -55,7 +56,7 @@
                 IF x_curr = 0 THEN
                     x_wait := x_w - x_e;
                 ELSE
-                    x_e2 := x_w - least(x_w, ((x_l - p_cost) * x_w) / x_curr);
+                    x_e2 := x_w - least(x_w, div((x_l - p_cost)::numeric * x_w, x_curr));
                     IF x_e2 < x_w THEN
                         x_wait := (x_w - x_e) + x_e2;
                     ELSE
