@@ -154,35 +154,132 @@ pub enum Error {
 
 /// A failure of the store behind a limiter (Redis down, SQL error, timeout…).
 ///
+/// [`kind`](Self::kind) says what went wrong, so a refused connection is never reported as a
+/// timeout; `message` has the store's own words.
+///
 /// ```
-/// use tollgate::StoreError;
+/// use tollgate::{StoreError, StoreErrorKind};
 /// let e = StoreError::new("redis", "connection refused");
 /// assert_eq!(e.to_string(), "redis: connection refused");
+/// let e = StoreError::with_kind("redis", StoreErrorKind::ConnectionRefused, "cannot connect");
+/// assert_eq!(e.kind, StoreErrorKind::ConnectionRefused);
+/// assert_eq!(e.to_string(), "redis: connection refused: cannot connect");
 /// ```
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{store}: {message}")]
+#[error("{store}: {}{message}", kind.prefix())]
 #[non_exhaustive]
 pub struct StoreError {
     /// Which store failed ("redis", "postgres", …).
     pub store: &'static str,
     /// What went wrong.
     pub message: String,
-    /// True when the call timed out.
+    /// True when the call timed out (`kind == StoreErrorKind::Timeout`).
     pub timeout: bool,
+    /// The class of the failure.
+    pub kind: StoreErrorKind,
+}
+
+/// The class of a [`StoreError`]: what a caller (or an operator reading a log line, a metric
+/// label or a readiness answer) needs to know about the cause.
+///
+/// ```
+/// use tollgate::StoreErrorKind;
+/// assert_eq!(StoreErrorKind::ConnectionRefused.as_str(), "connection_refused");
+/// assert_eq!(StoreErrorKind::CircuitOpen.as_str(), "circuit_open");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// Nothing listens at the store's address (the connection was refused).
+    ConnectionRefused,
+    /// The connection could not be opened or was lost (reset, broken pipe, DNS, TLS…).
+    Connection,
+    /// The call (or connecting) took longer than the store's timeout.
+    Timeout,
+    /// The store refused the credentials (`NOAUTH`, `WRONGPASS`, a failed SQL login).
+    Auth,
+    /// The store does not have the script or function the call needs (Redis `NOSCRIPT`
+    /// that reloading did not fix, a missing SQL function or table).
+    ScriptMissing,
+    /// The store answered something the client does not understand (a malformed reply).
+    Protocol,
+    /// Not sent at all: the failure policy's circuit breaker is open after consecutive
+    /// failures (the message names the last cause).
+    CircuitOpen,
+    /// Anything else (a script error, a database error, a full disk…).
+    Other,
+}
+
+impl StoreErrorKind {
+    /// A stable label (metrics, logs, JSON).
+    ///
+    /// ```
+    /// assert_eq!(tollgate::StoreErrorKind::Timeout.as_str(), "timeout");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreErrorKind::ConnectionRefused => "connection_refused",
+            StoreErrorKind::Connection => "connection",
+            StoreErrorKind::Timeout => "timeout",
+            StoreErrorKind::Auth => "auth",
+            StoreErrorKind::ScriptMissing => "script_missing",
+            StoreErrorKind::Protocol => "protocol",
+            StoreErrorKind::CircuitOpen => "circuit_open",
+            StoreErrorKind::Other => "other",
+        }
+    }
+
+    /// The words put before the message in `Display` (empty for `Other` and `Timeout`,
+    /// whose messages say it themselves).
+    fn prefix(self) -> &'static str {
+        match self {
+            StoreErrorKind::ConnectionRefused => "connection refused: ",
+            StoreErrorKind::Connection => "connection failed: ",
+            StoreErrorKind::Auth => "authentication failed: ",
+            StoreErrorKind::ScriptMissing => "script missing: ",
+            StoreErrorKind::Protocol => "protocol error: ",
+            StoreErrorKind::CircuitOpen => "circuit open: ",
+            StoreErrorKind::Timeout | StoreErrorKind::Other => "",
+        }
+    }
+}
+
+impl std::fmt::Display for StoreErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl StoreError {
-    /// A store error with a message.
+    /// A store error with a message (kind [`StoreErrorKind::Other`]).
     ///
     /// ```
     /// let e = tollgate::StoreError::new("sqlite", "database is locked");
     /// assert!(!e.timeout);
+    /// assert_eq!(e.kind, tollgate::StoreErrorKind::Other);
     /// ```
     pub fn new(store: &'static str, message: impl Into<String>) -> Self {
+        Self::with_kind(store, StoreErrorKind::Other, message)
+    }
+
+    /// A store error of a given kind.
+    ///
+    /// ```
+    /// use tollgate::{StoreError, StoreErrorKind};
+    /// let e = StoreError::with_kind("postgres", StoreErrorKind::Auth, "password authentication failed");
+    /// assert_eq!(e.kind, StoreErrorKind::Auth);
+    /// assert!(!e.timeout);
+    /// ```
+    pub fn with_kind(
+        store: &'static str,
+        kind: StoreErrorKind,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             store,
             message: message.into(),
-            timeout: false,
+            timeout: kind == StoreErrorKind::Timeout,
+            kind,
         }
     }
 
@@ -191,12 +288,13 @@ impl StoreError {
     /// ```
     /// let e = tollgate::StoreError::timeout("redis", std::time::Duration::from_millis(50));
     /// assert!(e.timeout);
+    /// assert_eq!(e.kind, tollgate::StoreErrorKind::Timeout);
     /// ```
     pub fn timeout(store: &'static str, after: Duration) -> Self {
-        Self {
+        Self::with_kind(
             store,
-            message: format!("timed out after {after:?}"),
-            timeout: true,
-        }
+            StoreErrorKind::Timeout,
+            format!("timed out after {after:?}"),
+        )
     }
 }

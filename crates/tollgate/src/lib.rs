@@ -29,6 +29,7 @@ pub mod algorithm;
 pub mod conformance;
 mod decision;
 mod error;
+pub mod hooks;
 pub mod keys;
 mod limiter;
 mod policy;
@@ -38,7 +39,7 @@ pub mod store;
 pub mod time;
 
 pub use decision::Decision;
-pub use error::{Error, QuotaError, StoreError};
+pub use error::{Error, QuotaError, StoreError, StoreErrorKind};
 pub use limiter::{DirectLimiter, Limiter, LimiterBuilder, DEFAULT_MAX_KEY_LEN};
 pub use policy::{Algorithm, Policy, PolicySpec, RateSpec, MAX_RATES};
 pub use quota::{parse_rates, Rate, MAX_HORIZON_US};

@@ -3,6 +3,7 @@
 
 use crate::decision::Decision;
 use crate::error::Error;
+use crate::hooks::Hook;
 use crate::policy::Policy;
 use crate::store::memory::{DirectSlot, MemoryBackend, MemoryStore};
 use crate::store::{Backend, Op, Store};
@@ -40,6 +41,7 @@ struct Inner<B> {
     backend: B,
     clock: ClockHandle,
     max_key_len: usize,
+    hook: Option<Hook>,
 }
 
 impl<B> Clone for Limiter<B> {
@@ -74,6 +76,7 @@ pub struct LimiterBuilder {
     policy: Policy,
     clock: ClockHandle,
     max_key_len: usize,
+    hook: Option<Hook>,
 }
 
 impl LimiterBuilder {
@@ -114,6 +117,42 @@ impl LimiterBuilder {
     pub fn max_key_len(mut self, max: usize) -> Self {
         self.max_key_len = max;
         self
+    }
+
+    /// Shows every call's verdict to `hook` ([`Event::Decision`](crate::hooks::Event::Decision)):
+    /// allowed, denied, failed, and the store failure a failure policy answered. The hook
+    /// cannot change a verdict (a panic inside it is caught); a second hook runs after the
+    /// first. See [`hooks`](crate::hooks).
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate, hooks::Hook};
+    /// let l = Limiter::builder(Policy::gcra(Rate::per_second(1).unwrap()).unwrap())
+    ///     .hook(Hook::on_block(|key, d| eprintln!("{key} blocked for {:?}", d.retry_after)))
+    ///     .build();
+    /// # let _ = l;
+    /// ```
+    pub fn hook(mut self, hook: Hook) -> Self {
+        self.hook = Some(match self.hook.take() {
+            Some(first) => first.then(hook),
+            None => hook,
+        });
+        self
+    }
+
+    /// Shorthand for [`hook`](Self::hook)`(Hook::on_decision(f))`.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// let l = Limiter::builder(Policy::gcra(Rate::per_second(1).unwrap()).unwrap())
+    ///     .on_decision(|e| println!("{}: allowed={}", e.key, e.is_allowed()))
+    ///     .build();
+    /// assert!(l.check("k").unwrap().allowed);
+    /// ```
+    pub fn on_decision(
+        self,
+        f: impl Fn(&crate::hooks::DecisionEvent<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.hook(Hook::on_decision(f))
     }
 
     /// A limiter on a default in-memory store.
@@ -181,6 +220,7 @@ impl LimiterBuilder {
                 backend,
                 clock: self.clock,
                 max_key_len: self.max_key_len,
+                hook: self.hook,
             }),
         }
     }
@@ -210,6 +250,7 @@ impl Limiter<MemoryBackend> {
             policy,
             clock: ClockHandle::default(),
             max_key_len: DEFAULT_MAX_KEY_LEN,
+            hook: None,
         }
     }
 }
@@ -250,16 +291,41 @@ impl<B: Backend> Limiter<B> {
 
     #[inline]
     fn run(&self, key: &str, op: Op) -> Result<Option<Decision>, Error> {
-        self.key_ok(key)?;
-        self.inner.backend.execute(key, op, self.inner.clock.now())
+        let Some(hook) = &self.inner.hook else {
+            self.key_ok(key)?;
+            return self.inner.backend.execute(key, op, self.inner.clock.now());
+        };
+        let mut failure = None;
+        let result = self.key_ok(key).and_then(|()| {
+            let now = self.inner.clock.now();
+            self.inner
+                .backend
+                .execute_observed(key, op, now, &mut failure)
+        });
+        crate::hooks::decided(hook, key, op, &result, failure.as_ref());
+        result
     }
 
     async fn run_async(&self, key: &str, op: Op) -> Result<Option<Decision>, Error> {
-        self.key_ok(key)?;
-        self.inner
-            .backend
-            .execute_async(key, op, self.inner.clock.now())
-            .await
+        let Some(hook) = &self.inner.hook else {
+            self.key_ok(key)?;
+            let now = self.inner.clock.now();
+            return self.inner.backend.execute_async(key, op, now).await;
+        };
+        let mut failure = None;
+        let result = match self.key_ok(key) {
+            Ok(()) => {
+                let now = self.inner.clock.now();
+                let call = self
+                    .inner
+                    .backend
+                    .execute_observed_async(key, op, now, &mut failure);
+                call.await
+            }
+            Err(e) => Err(e),
+        };
+        crate::hooks::decided(hook, key, op, &result, failure.as_ref());
+        result
     }
 
     /// Decides a cost of 1 on `key` and charges it when admitted. Fails fast: a denial is

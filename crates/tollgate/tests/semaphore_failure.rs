@@ -1,7 +1,9 @@
 //! `FailSafeSemaphore` over a store that can be switched off: what each failure policy gives
 //! the caller while the store fails, that nothing of the store is touched by permits granted
 //! without it, and that the semaphore is back on the store with the first call after the
-//! store answers again. The metric and the hook are checked too.
+//! store answers again — once the circuit breaker's cool-down has passed (the breaker runs on
+//! its own manual clock, advanced by `SwitchableStore::up`). The metric and the hook are
+//! checked too.
 
 use futures_util::future::BoxFuture;
 use std::collections::HashMap;
@@ -13,19 +15,34 @@ use tollgate::semaphore::{
     MemorySemaphoreBackend, PermitBacking, ReleaseOutcome, Semaphore, SemaphoreBackend,
     SemaphoreError, SemaphoreStatus,
 };
-use tollgate::store::failure::{FailureOutcome, FailurePolicy};
+use tollgate::store::failure::{
+    CircuitBreaker, FailureOutcome, FailurePolicy, DEFAULT_BREAKER_COOL_DOWN,
+};
 use tollgate::time::{Clock, ManualClock, Micros, SystemClock};
 use tollgate::StoreError;
 
 /// The memory backend behind a switch: `down` makes every call fail before touching it;
 /// `lose_replies` makes calls run and then fail (a reply lost after the store acted).
 /// `is_local` is false, so the semaphore treats it like a remote store.
-#[derive(Default)]
 struct SwitchableStore {
     inner: MemorySemaphoreBackend,
     down: AtomicBool,
     lose_replies: AtomicBool,
     calls: AtomicU64,
+    /// The clock of the wrapper's circuit breaker.
+    breaker_clock: ManualClock,
+}
+
+impl Default for SwitchableStore {
+    fn default() -> Self {
+        Self {
+            inner: MemorySemaphoreBackend::default(),
+            down: AtomicBool::new(false),
+            lose_replies: AtomicBool::new(false),
+            calls: AtomicU64::new(0),
+            breaker_clock: ManualClock::new(0),
+        }
+    }
 }
 
 impl SwitchableStore {
@@ -46,6 +63,13 @@ impl SwitchableStore {
 
     fn calls(&self) -> u64 {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    /// The store answers again, and the breaker's cool-down has passed (if it opened, the
+    /// next call probes the store).
+    fn up(&self) {
+        self.down.store(false, Ordering::SeqCst);
+        self.breaker_clock.advance(DEFAULT_BREAKER_COOL_DOWN);
     }
 }
 
@@ -155,12 +179,15 @@ fn setup_on(
     let store = Arc::new(SwitchableStore::default());
     let seen = Arc::new(Seen::default());
     let hook_seen = Arc::clone(&seen);
-    let backend = FailSafeSemaphore::with_policy(Arc::clone(&store), policy).on_failure(
-        move |err, outcome| {
+    let breaker = CircuitBreaker::builder("test")
+        .clock(store.breaker_clock.clone())
+        .build();
+    let backend = FailSafeSemaphore::with_policy(Arc::clone(&store), policy)
+        .with_breaker(breaker)
+        .on_failure(move |err, outcome| {
             assert_eq!(err.store, "test");
             hook_seen.outcomes.lock().unwrap().push(outcome);
-        },
-    );
+        });
     let mut builder = Semaphore::builder("partner-api", capacity)
         .lease(Duration::from_secs(10))
         .max_wait(Duration::from_millis(200));
@@ -206,7 +233,7 @@ fn fail_closed_returns_the_store_error_and_recovers() {
     // a store permit cannot be released while the store is down: an error, never LeaseExpired
     assert!(matches!(held.release(), Err(SemaphoreError::Store(_))));
 
-    store.down.store(false, Ordering::SeqCst);
+    store.up();
     let back = sem.acquire().unwrap();
     assert_eq!(back.backing(), PermitBacking::Store);
     assert!(seen.take().is_empty());
@@ -245,7 +272,7 @@ fn fail_open_grants_unbacked_permits_that_never_touch_the_store() {
     unbacked.next().unwrap().release().unwrap();
     assert_eq!(store.calls(), calls);
 
-    store.down.store(false, Ordering::SeqCst);
+    store.up();
     assert!(
         sem.try_acquire().unwrap().is_none(),
         "recovered: the store enforces capacity again"
@@ -269,7 +296,7 @@ fn fail_open_unbacked_lease_still_ends() {
     store.down.store(true, Ordering::SeqCst);
     let p = sem.acquire().unwrap();
     clock.advance(Duration::from_secs(11));
-    store.down.store(false, Ordering::SeqCst);
+    store.up();
     assert!(matches!(
         p.release(),
         Err(SemaphoreError::LeaseExpired { .. })
@@ -313,7 +340,7 @@ fn fallback_enforces_the_capacity_locally_and_recovers() {
     let c = waiter.join().unwrap().unwrap();
     assert_eq!(c.backing(), PermitBacking::Fallback);
 
-    store.down.store(false, Ordering::SeqCst);
+    store.up();
     seen.take();
     let d = sem.acquire().unwrap();
     assert_eq!(d.backing(), PermitBacking::Store, "back on the store");
@@ -368,7 +395,7 @@ fn errors_of_release_and_extend_on_store_permits_are_returned_under_every_policy
             "{policy:?}"
         );
         assert!(seen.take().is_empty(), "{policy:?}: not a policy decision");
-        store.down.store(false, Ordering::SeqCst);
+        store.up();
         q.extend().unwrap();
         q.release().unwrap();
         assert_eq!(
@@ -419,7 +446,7 @@ async fn async_paths_apply_the_policy_and_recover() {
             }
         }
         assert!(!seen.take().is_empty());
-        store.down.store(false, Ordering::SeqCst);
+        store.up();
         let p = sem.acquire_async().await.unwrap();
         assert_eq!(p.backing(), PermitBacking::Store, "{policy:?}");
         assert_eq!(sem.in_use_async().await.unwrap(), 1);

@@ -14,8 +14,13 @@
 //! dropped permit logs it; the store frees the permits when the lease ends) and are not
 //! counted below.
 //!
-//! **Recovery**: every acquire asks the store first, so the semaphore is back on the store
-//! with the first call after the store answers again; permits granted without it stay local
+//! **Fast failure and recovery**: store calls go through the same
+//! [`CircuitBreaker`](crate::store::failure::CircuitBreaker) as limiters (default: opens
+//! after 5 consecutive failures; share one with [`with_breaker`](FailSafeSemaphore::with_breaker)).
+//! While it is open, acquires are answered by the policy at once without touching the store,
+//! and release / extend / status of store permits fail at once with a `StoreError` of kind
+//! `CircuitOpen`. After the cool-down one call probes the store; its success closes the
+//! breaker and the semaphore is back on the store. Permits granted without it stay local
 //! until released (for one lease at most they add to what the store counts).
 //!
 //! **Capacity while the store is down**: fail open admits everyone; fallback admits up to the
@@ -23,9 +28,11 @@
 //! may hold up to `n ×` capacity. Share one `FailSafeSemaphore` (in an `Arc`) per process:
 //! two wrappers have two fallbacks.
 //!
-//! **A grant whose reply was lost**: when the store fails, the wrapper first gives the holder
-//! id back to the store (best effort, result ignored), because the store may have granted
-//! before the answer was lost; otherwise that grant would count until its lease ended.
+//! **A grant whose reply was lost**: when a store call fails in a way that may have reached
+//! the store (a timeout, a dropped connection), the wrapper first gives the holder id back to
+//! the store (best effort, result ignored), because the store may have granted before the
+//! answer was lost; otherwise that grant would count until its lease ended. A refused
+//! connection or an open breaker never reached the store, so nothing is given back.
 //!
 //! **Observability**: each acquire (and, for fallback, status) the store could not answer
 //! increments the `metrics` counter `tollgate_store_failures_total{policy, outcome}` — the
@@ -56,16 +63,16 @@ use super::backend::{
     SemaphoreBackend, SemaphoreStatus,
 };
 use super::memory::MemorySemaphoreBackend;
-use crate::error::StoreError;
-use crate::store::failure::{FailureOutcome, FailurePolicy};
+use crate::error::{StoreError, StoreErrorKind};
+use crate::hooks::Hook;
+use crate::store::failure::breaker::Admission;
+use crate::store::failure::{CircuitBreaker, FailureOutcome, FailurePolicy, Guard};
 use crate::time::Micros;
 use futures_util::future::BoxFuture;
 use std::fmt;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-type Hook = Arc<dyn Fn(&StoreError, FailureOutcome) + Send + Sync>;
 
 enum Mode<F> {
     /// Unbacked holders are kept (with their leases) in a private memory backend asked with
@@ -91,7 +98,7 @@ enum Mode<F> {
 pub struct FailSafeSemaphore<B, F = MemorySemaphoreBackend> {
     primary: B,
     mode: Mode<F>,
-    hook: Option<Hook>,
+    guard: Guard,
     /// Set once anything was granted or queued locally: from then on release / extend look
     /// there first (one in-memory lookup), and store answers clear local queue places.
     local_used: AtomicBool,
@@ -101,7 +108,8 @@ impl<B, F> fmt::Debug for FailSafeSemaphore<B, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FailSafeSemaphore")
             .field("policy", &self.policy())
-            .field("hook", &self.hook.is_some())
+            .field("breaker", &self.guard.breaker)
+            .field("hook", &self.guard.hook.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -145,10 +153,53 @@ impl<B, F> FailSafeSemaphore<B, F> {
     /// # let _ = b;
     /// ```
     pub fn on_failure(
-        mut self,
+        self,
         hook: impl Fn(&StoreError, FailureOutcome) + Send + Sync + 'static,
     ) -> Self {
-        self.hook = Some(Arc::new(hook));
+        self.hook(Hook::on_failure(hook))
+    }
+
+    /// Shows every store failure and breaker transition to `hook` (the same
+    /// [`Hook`] as for limiters; see [`hooks`](crate::hooks)).
+    ///
+    /// ```
+    /// use tollgate::hooks::Hook;
+    /// use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend};
+    /// let b = FailSafeSemaphore::fail_open(MemorySemaphoreBackend::new())
+    ///     .hook(Hook::on_breaker(|t| eprintln!("semaphore store breaker: {:?}", t.to)));
+    /// # let _ = b;
+    /// ```
+    pub fn hook(mut self, hook: Hook) -> Self {
+        self.guard.add_hook(hook);
+        self
+    }
+
+    /// The circuit breaker in front of the store (see
+    /// [`store::failure::breaker`](crate::store::failure::breaker)).
+    ///
+    /// ```
+    /// use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend};
+    /// use tollgate::store::failure::BreakerState;
+    /// let b = FailSafeSemaphore::fail_closed(MemorySemaphoreBackend::new());
+    /// assert_eq!(b.breaker().state(), BreakerState::Closed);
+    /// ```
+    pub fn breaker(&self) -> &Arc<CircuitBreaker> {
+        &self.guard.breaker
+    }
+
+    /// Uses `breaker` instead of the default one (5 failures, 1 s cool-down), e.g. the
+    /// breaker of the [`FailSafeStore`](crate::store::failure::FailSafeStore) over the same
+    /// Redis, so one outage is seen once by limiters and semaphores.
+    ///
+    /// ```
+    /// use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend};
+    /// use tollgate::store::failure::CircuitBreaker;
+    /// let shared = CircuitBreaker::builder("redis").build();
+    /// let b = FailSafeSemaphore::fail_closed(MemorySemaphoreBackend::new()).with_breaker(shared.clone());
+    /// assert!(std::sync::Arc::ptr_eq(b.breaker(), &shared));
+    /// ```
+    pub fn with_breaker(mut self, breaker: Arc<CircuitBreaker>) -> Self {
+        self.guard.breaker = breaker;
         self
     }
 
@@ -169,31 +220,44 @@ impl<B, F> FailSafeSemaphore<B, F> {
         Self {
             primary,
             mode,
-            hook: None,
+            guard: Guard::default(),
             local_used: AtomicBool::new(false),
         }
     }
 
     fn observe(&self, err: &StoreError, outcome: FailureOutcome) {
-        let policy = self.policy().as_str();
-        metrics::counter!(
-            "tollgate_store_failures_total",
-            "policy" => policy,
-            "outcome" => outcome.as_str()
-        )
-        .increment(1);
-        tracing::warn!(
-            store = err.store,
-            timeout = err.timeout,
-            policy,
-            outcome = outcome.as_str(),
-            "semaphore store failed: {}",
-            err.message
-        );
-        if let Some(hook) = &self.hook {
-            // A panicking hook must not change the outcome (or abort the caller).
-            let _ = catch_unwind(AssertUnwindSafe(|| hook(err, outcome)));
+        self.guard
+            .observe("semaphore store", err, self.policy(), outcome, None);
+    }
+
+    /// Runs a store call through the breaker: an open breaker answers with its error at
+    /// once, without touching the store.
+    fn guarded<T>(&self, call: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let admission = self.guard.breaker.admit();
+        if let Admission::Reject(err) = admission {
+            return Err(err);
         }
+        self.settle(admission.is_probe(), call())
+    }
+
+    /// [`guarded`](Self::guarded) for a future.
+    async fn guarded_async<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let admission = self.guard.breaker.admit();
+        if let Admission::Reject(err) = admission {
+            return Err(err);
+        }
+        self.settle(admission.is_probe(), call.await)
+    }
+
+    fn settle<T>(&self, probe: bool, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        match &result {
+            Ok(_) => self.guard.answered(probe, true),
+            Err(err) => self.guard.failed(probe, err),
+        }
+        result
     }
 }
 
@@ -363,7 +427,7 @@ impl<B: SemaphoreBackend, F: SemaphoreBackend> SemaphoreBackend for FailSafeSema
     }
 
     fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome, StoreError> {
-        match self.primary.try_acquire(req) {
+        match self.guarded(|| self.primary.try_acquire(req)) {
             Ok(outcome) => {
                 if let Some(fallback) = self.used_fallback_queue(req) {
                     // A queue place this holder may have taken locally in an earlier attempt.
@@ -375,8 +439,10 @@ impl<B: SemaphoreBackend, F: SemaphoreBackend> SemaphoreBackend for FailSafeSema
                 let Some(local) = self.local() else {
                     return self.rejected(err);
                 };
-                // The store may have granted before its answer was lost: give it back.
-                let _ = self.primary.release(req.name, req.holder, req.now);
+                if may_have_granted(&err) {
+                    // The store may have granted before its answer was lost: give it back.
+                    let _ = self.primary.release(req.name, req.holder, req.now);
+                }
                 self.local_used.store(true, Ordering::Release);
                 let result = local.try_acquire(&self.local_request(req));
                 self.local_answer(err, result)
@@ -389,7 +455,10 @@ impl<B: SemaphoreBackend, F: SemaphoreBackend> SemaphoreBackend for FailSafeSema
         req: &'a AcquireRequest<'a>,
     ) -> BoxFuture<'a, Result<AcquireOutcome, StoreError>> {
         Box::pin(async move {
-            match self.primary.try_acquire_async(req).await {
+            match self
+                .guarded_async(self.primary.try_acquire_async(req))
+                .await
+            {
                 Ok(outcome) => {
                     if let Some(fallback) = self.used_fallback_queue(req) {
                         let _ = fallback.release_async(req.name, req.holder, req.now).await;
@@ -400,10 +469,12 @@ impl<B: SemaphoreBackend, F: SemaphoreBackend> SemaphoreBackend for FailSafeSema
                     let Some(local) = self.local() else {
                         return self.rejected(err);
                     };
-                    let _ = self
-                        .primary
-                        .release_async(req.name, req.holder, req.now)
-                        .await;
+                    if may_have_granted(&err) {
+                        let _ = self
+                            .primary
+                            .release_async(req.name, req.holder, req.now)
+                            .await;
+                    }
                     self.local_used.store(true, Ordering::Release);
                     let local_req = self.local_request(req);
                     let result = local.try_acquire_async(&local_req).await;
@@ -424,7 +495,7 @@ impl<B: SemaphoreBackend, F: SemaphoreBackend> SemaphoreBackend for FailSafeSema
                 return Ok(ReleaseOutcome::Released);
             }
         }
-        self.primary.release(name, holder, now)
+        self.guarded(|| self.primary.release(name, holder, now))
     }
 
     fn release_async<'a>(
@@ -439,7 +510,8 @@ impl<B: SemaphoreBackend, F: SemaphoreBackend> SemaphoreBackend for FailSafeSema
                     return Ok(ReleaseOutcome::Released);
                 }
             }
-            self.primary.release_async(name, holder, now).await
+            self.guarded_async(self.primary.release_async(name, holder, now))
+                .await
         })
     }
 
@@ -457,7 +529,7 @@ impl<B: SemaphoreBackend, F: SemaphoreBackend> SemaphoreBackend for FailSafeSema
                 return Ok(extended);
             }
         }
-        self.primary.extend(name, holder, lease, now)
+        self.guarded(|| self.primary.extend(name, holder, lease, now))
     }
 
     fn extend_async<'a>(
@@ -475,12 +547,13 @@ impl<B: SemaphoreBackend, F: SemaphoreBackend> SemaphoreBackend for FailSafeSema
                     return Ok(extended);
                 }
             }
-            self.primary.extend_async(name, holder, lease, now).await
+            self.guarded_async(self.primary.extend_async(name, holder, lease, now))
+                .await
         })
     }
 
     fn status(&self, name: &str, now: Micros) -> Result<SemaphoreStatus, StoreError> {
-        match self.primary.status(name, now) {
+        match self.guarded(|| self.primary.status(name, now)) {
             Err(err) => match &self.mode {
                 Mode::Fallback(fallback) => {
                     let result = fallback.status(name, now);
@@ -502,7 +575,10 @@ impl<B: SemaphoreBackend, F: SemaphoreBackend> SemaphoreBackend for FailSafeSema
         now: Micros,
     ) -> BoxFuture<'a, Result<SemaphoreStatus, StoreError>> {
         Box::pin(async move {
-            match self.primary.status_async(name, now).await {
+            match self
+                .guarded_async(self.primary.status_async(name, now))
+                .await
+            {
                 Err(err) => match &self.mode {
                     Mode::Fallback(fallback) => {
                         let result = fallback.status_async(name, now).await;
@@ -534,4 +610,13 @@ impl<B: SemaphoreBackend, F: SemaphoreBackend> FailSafeSemaphore<B, F> {
             },
         );
     }
+}
+
+/// Whether the store may have run an acquire whose answer was lost: not when it refused the
+/// connection or the credentials, nor when the breaker did not send it.
+fn may_have_granted(err: &StoreError) -> bool {
+    !matches!(
+        err.kind,
+        StoreErrorKind::ConnectionRefused | StoreErrorKind::Auth | StoreErrorKind::CircuitOpen
+    )
 }

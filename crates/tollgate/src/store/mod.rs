@@ -9,6 +9,7 @@ pub mod memory;
 
 use crate::decision::Decision;
 use crate::error::Error;
+use crate::hooks::StoreFailure;
 use crate::policy::Policy;
 use crate::time::Micros;
 use futures_util::future::BoxFuture;
@@ -70,6 +71,43 @@ pub trait Backend: Send + Sync + 'static {
         op: Op,
         now: Micros,
     ) -> BoxFuture<'a, Result<Option<Decision>, Error>>;
+
+    /// [`execute`](Self::execute), and when the store failed and a failure policy answered
+    /// (or returned the error), sets `failure` to what happened, so a limiter's
+    /// [hook](crate::hooks) sees the store errors its failure policy absorbed. Backends
+    /// without a failure policy keep the default (plain `execute`); wrappers forward it.
+    ///
+    /// ```
+    /// use tollgate::{Policy, Rate, store::{Backend, Op, Store, memory::MemoryStore}};
+    /// let policy = Policy::gcra(Rate::per_second(1).unwrap()).unwrap();
+    /// let backend = MemoryStore::default().bind(&policy).unwrap();
+    /// let mut failure = None;
+    /// assert!(backend.execute_observed("k", Op::Check(1), 0, &mut failure).unwrap().unwrap().allowed);
+    /// assert!(failure.is_none());
+    /// ```
+    fn execute_observed(
+        &self,
+        key: &str,
+        op: Op,
+        now: Micros,
+        failure: &mut Option<StoreFailure>,
+    ) -> Result<Option<Decision>, Error> {
+        let _ = failure;
+        self.execute(key, op, now)
+    }
+
+    /// [`execute_async`](Self::execute_async) reporting a store failure the failure policy
+    /// answered (see [`execute_observed`](Self::execute_observed)).
+    fn execute_observed_async<'a>(
+        &'a self,
+        key: &'a str,
+        op: Op,
+        now: Micros,
+        failure: &'a mut Option<StoreFailure>,
+    ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
+        let _ = failure;
+        self.execute_async(key, op, now)
+    }
 }
 
 /// A store that can be bound to a policy.
@@ -119,6 +157,24 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
         (**self).execute_async(key, op, now)
     }
+    fn execute_observed(
+        &self,
+        key: &str,
+        op: Op,
+        now: Micros,
+        failure: &mut Option<StoreFailure>,
+    ) -> Result<Option<Decision>, Error> {
+        (**self).execute_observed(key, op, now, failure)
+    }
+    fn execute_observed_async<'a>(
+        &'a self,
+        key: &'a str,
+        op: Op,
+        now: Micros,
+        failure: &'a mut Option<StoreFailure>,
+    ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
+        (**self).execute_observed_async(key, op, now, failure)
+    }
 }
 
 impl<B: Backend + ?Sized> Backend for Box<B> {
@@ -132,5 +188,23 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
         now: Micros,
     ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
         (**self).execute_async(key, op, now)
+    }
+    fn execute_observed(
+        &self,
+        key: &str,
+        op: Op,
+        now: Micros,
+        failure: &mut Option<StoreFailure>,
+    ) -> Result<Option<Decision>, Error> {
+        (**self).execute_observed(key, op, now, failure)
+    }
+    fn execute_observed_async<'a>(
+        &'a self,
+        key: &'a str,
+        op: Op,
+        now: Micros,
+        failure: &'a mut Option<StoreFailure>,
+    ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
+        (**self).execute_observed_async(key, op, now, failure)
     }
 }

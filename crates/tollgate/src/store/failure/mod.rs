@@ -13,14 +13,27 @@
 //! cost, key too long) is returned as is, since another store would say the same.
 //!
 //! Timeouts are the store's: each store applies its own call timeout (e.g. the Redis store's
-//! `timeout`) and reports an expired one as a `StoreError` with `timeout == true`, which this
+//! `timeout`) and reports an expired one as a `StoreError` of kind `Timeout`, which this
 //! wrapper handles like any other failure.
 //!
-//! **Observability**: every failure increments the `metrics` counter
+//! **An outage fails fast**: every wrapper has a [`CircuitBreaker`] (default: opens after 5
+//! consecutive store failures, probes after 1 s; see [`breaker`]). While it is open, calls
+//! are answered by the policy at once without touching the store, with a `StoreError` of
+//! kind [`CircuitOpen`](crate::StoreErrorKind::CircuitOpen) naming the last real cause; the
+//! first call after the cool-down probes the store and a success closes the breaker. All
+//! backends bound by one [`FailSafeStore`] share its breaker, and one breaker can be shared
+//! with a [`FailSafeSemaphore`](crate::semaphore::FailSafeSemaphore) over the same store.
+//!
+//! **Observability**: every failure increments the `metrics` counters
 //! `tollgate_store_failures_total{policy, outcome}` (`policy` = `fail_open` / `fail_closed` /
-//! `fallback`; `outcome` = [`FailureOutcome::as_str`]) and calls the optional hook. A hook
-//! observes; it cannot change the verdict: it returns nothing, and a hook that panics is
-//! caught and ignored.
+//! `fallback`; `outcome` = [`FailureOutcome::as_str`]) and `tollgate_store_errors_total{store,
+//! kind}` (`kind` = [`StoreErrorKind::as_str`](crate::StoreErrorKind::as_str)), logs it, and
+//! shows an [`Event::StoreFailure`](crate::hooks::Event::StoreFailure) to the optional
+//! [hook](crate::hooks); breaker transitions set the gauge `tollgate_circuit_breaker_state`
+//! and are shown as [`Event::Breaker`](crate::hooks::Event::Breaker). A hook observes; it
+//! cannot change the verdict: it returns nothing, and a hook that panics is caught and
+//! ignored. A limiter's own decision hook also sees the failures its failure policy
+//! answered ([`DecisionEvent::store_failure`](crate::hooks::DecisionEvent::store_failure)).
 //!
 //! ```
 //! use std::sync::{Arc, atomic::{AtomicUsize, Ordering}};
@@ -55,15 +68,27 @@
 //! assert_eq!(failures.load(Ordering::Relaxed), 3);
 //! ```
 
+pub mod breaker;
+mod guard;
+mod store;
+
+pub use breaker::{
+    BreakerBuilder, BreakerState, BreakerTransition, CircuitBreaker, DEFAULT_BREAKER_COOL_DOWN,
+    DEFAULT_BREAKER_FAILURES,
+};
+pub(crate) use guard::Guard;
+pub use store::FailSafeStore;
+
 use super::memory::{MemoryBackend, MemoryStore};
 use super::{Backend, Op, Store};
 use crate::decision::Decision;
 use crate::error::{Error, StoreError};
+use crate::hooks::{Hook, StoreFailure};
 use crate::policy::Policy;
 use crate::time::Micros;
+use breaker::Admission;
 use futures_util::future::BoxFuture;
 use std::fmt;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 /// Which failure policy a [`FailSafe`] applies.
@@ -133,15 +158,14 @@ impl FailureOutcome {
     }
 }
 
-type Hook = Arc<dyn Fn(&StoreError, FailureOutcome) + Send + Sync>;
-
 enum Mode<F> {
     Open { limit: u64 },
     Closed,
     Fallback(F),
 }
 
-/// A backend that applies a [`FailurePolicy`] to the failures of another.
+/// A backend that applies a [`FailurePolicy`] to the failures of another, with a
+/// [`CircuitBreaker`] so an outage fails fast.
 ///
 /// ```
 /// use tollgate::{Limiter, Policy, Rate, store::{Store, memory::MemoryStore, failure::FailSafe}};
@@ -153,14 +177,15 @@ enum Mode<F> {
 pub struct FailSafe<B, F = MemoryBackend> {
     primary: B,
     mode: Mode<F>,
-    hook: Option<Hook>,
+    pub(super) guard: Guard,
 }
 
 impl<B, F> fmt::Debug for FailSafe<B, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FailSafe")
             .field("policy", &self.policy())
-            .field("hook", &self.hook.is_some())
+            .field("breaker", &self.guard.breaker)
+            .field("hook", &self.guard.hook.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -181,6 +206,86 @@ impl<B, F> FailSafe<B, F> {
             Mode::Fallback(_) => FailurePolicy::Fallback,
         }
     }
+
+    /// The circuit breaker in front of the primary store.
+    ///
+    /// ```
+    /// use tollgate::{Policy, Rate, store::{Store, memory::MemoryStore, failure::{BreakerState, FailSafe}}};
+    /// let policy = Policy::gcra(Rate::per_second(5).unwrap()).unwrap();
+    /// let b = FailSafe::fail_closed(MemoryStore::new().bind(&policy).unwrap());
+    /// assert_eq!(b.breaker().state(), BreakerState::Closed);
+    /// ```
+    pub fn breaker(&self) -> &Arc<CircuitBreaker> {
+        &self.guard.breaker
+    }
+
+    /// Uses `breaker` (e.g. one shared with other wrappers over the same store, or one with
+    /// another threshold, cool-down or clock) instead of the default one.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate::{Policy, Rate, store::{Store, memory::MemoryStore, failure::{CircuitBreaker, FailSafe}}};
+    /// let policy = Policy::gcra(Rate::per_second(5).unwrap()).unwrap();
+    /// let breaker = CircuitBreaker::builder("redis").failures(3).cool_down(Duration::from_millis(500)).build();
+    /// let b = FailSafe::fail_closed(MemoryStore::new().bind(&policy).unwrap()).with_breaker(breaker);
+    /// assert_eq!(b.breaker().failures_to_open(), 3);
+    /// ```
+    pub fn with_breaker(mut self, breaker: Arc<CircuitBreaker>) -> Self {
+        self.guard.breaker = breaker;
+        self
+    }
+
+    /// Shows every store failure ([`Event::StoreFailure`]) and breaker transition
+    /// ([`Event::Breaker`]) to `hook`. A second hook is called after the first.
+    ///
+    /// ```
+    /// use tollgate::{Policy, Rate, hooks::Hook, store::{Store, memory::MemoryStore, failure::FailSafe}};
+    /// let policy = Policy::gcra(Rate::per_second(5).unwrap()).unwrap();
+    /// let b = FailSafe::fail_closed(MemoryStore::new().bind(&policy).unwrap())
+    ///     .hook(Hook::on_breaker(|t| eprintln!("{:?} -> {:?}", t.from, t.to)));
+    /// # let _ = b;
+    /// ```
+    pub fn hook(mut self, hook: Hook) -> Self {
+        self.guard.add_hook(hook);
+        self
+    }
+
+    /// Calls `hook` on every store failure, with the outcome (a [`Hook::on_failure`]). The
+    /// hook cannot change the verdict: it returns nothing and a panic inside it is caught.
+    ///
+    /// ```
+    /// use tollgate::{Policy, Rate, store::{Store, memory::MemoryStore, failure::FailSafe}};
+    /// let policy = Policy::gcra(Rate::per_second(5).unwrap()).unwrap();
+    /// let b = FailSafe::fail_closed(MemoryStore::new().bind(&policy).unwrap())
+    ///     .on_failure(|err, outcome| eprintln!("rate-limit store failed ({outcome:?}): {err}"));
+    /// # let _ = b;
+    /// ```
+    pub fn on_failure(
+        self,
+        hook: impl Fn(&StoreError, FailureOutcome) + Send + Sync + 'static,
+    ) -> Self {
+        self.hook(Hook::on_failure(hook))
+    }
+
+    /// The primary backend.
+    ///
+    /// ```
+    /// use tollgate::{Policy, Rate, store::{Store, memory::MemoryStore, failure::FailSafe}};
+    /// let policy = Policy::gcra(Rate::per_second(5).unwrap()).unwrap();
+    /// let b = FailSafe::fail_closed(MemoryStore::new().bind(&policy).unwrap());
+    /// assert_eq!(b.primary().stats().keys, 0);
+    /// ```
+    pub fn primary(&self) -> &B {
+        &self.primary
+    }
+
+    fn build(primary: B, mode: Mode<F>) -> Self {
+        FailSafe {
+            primary,
+            mode,
+            guard: Guard::default(),
+        }
+    }
 }
 
 impl<B: Backend> FailSafe<B, MemoryBackend> {
@@ -194,13 +299,12 @@ impl<B: Backend> FailSafe<B, MemoryBackend> {
     /// assert_eq!(b.policy(), FailurePolicy::FailOpen);
     /// ```
     pub fn fail_open(primary: B, policy: &Policy) -> Self {
-        FailSafe {
+        FailSafe::build(
             primary,
-            mode: Mode::Open {
+            Mode::Open {
                 limit: policy.max_cost(),
             },
-            hook: None,
-        }
+        )
     }
 
     /// Returns the store's error (counted and reported to the hook); the caller must not
@@ -213,11 +317,7 @@ impl<B: Backend> FailSafe<B, MemoryBackend> {
     /// assert_eq!(b.policy(), FailurePolicy::FailClosed);
     /// ```
     pub fn fail_closed(primary: B) -> Self {
-        FailSafe {
-            primary,
-            mode: Mode::Closed,
-            hook: None,
-        }
+        FailSafe::build(primary, Mode::Closed)
     }
 
     /// Falls back to a default in-memory limiter of the same policy: while the store is
@@ -251,76 +351,53 @@ impl<B: Backend, F: Backend> FailSafe<B, F> {
     /// # let _ = b;
     /// ```
     pub fn fallback(primary: B, fallback: F) -> Self {
-        FailSafe {
-            primary,
-            mode: Mode::Fallback(fallback),
-            hook: None,
-        }
+        FailSafe::build(primary, Mode::Fallback(fallback))
+    }
+}
+
+type Report<'r> = Option<&'r mut Option<StoreFailure>>;
+
+impl<B: Backend, F: Backend> FailSafe<B, F> {
+    fn observe(&self, err: &StoreError, outcome: FailureOutcome, report: Report<'_>) {
+        self.guard
+            .observe("rate-limit store", err, self.policy(), outcome, report);
     }
 
-    /// Calls `hook` on every store failure, with the outcome. The hook cannot change the
-    /// verdict: it returns nothing and a panic inside it is caught.
-    ///
-    /// ```
-    /// use tollgate::{Policy, Rate, store::{Store, memory::MemoryStore, failure::FailSafe}};
-    /// let policy = Policy::gcra(Rate::per_second(5).unwrap()).unwrap();
-    /// let b = FailSafe::fail_closed(MemoryStore::new().bind(&policy).unwrap())
-    ///     .on_failure(|err, outcome| eprintln!("rate-limit store failed ({outcome:?}): {err}"));
-    /// # let _ = b;
-    /// ```
-    pub fn on_failure(
-        mut self,
-        hook: impl Fn(&StoreError, FailureOutcome) + Send + Sync + 'static,
-    ) -> Self {
-        self.hook = Some(Arc::new(hook));
-        self
-    }
-
-    /// The primary backend.
-    ///
-    /// ```
-    /// use tollgate::{Policy, Rate, store::{Store, memory::MemoryStore, failure::FailSafe}};
-    /// let policy = Policy::gcra(Rate::per_second(5).unwrap()).unwrap();
-    /// let b = FailSafe::fail_closed(MemoryStore::new().bind(&policy).unwrap());
-    /// assert_eq!(b.primary().stats().keys, 0);
-    /// ```
-    pub fn primary(&self) -> &B {
-        &self.primary
-    }
-
-    fn observe(&self, err: &StoreError, outcome: FailureOutcome) {
-        metrics::counter!(
-            "tollgate_store_failures_total",
-            "policy" => self.policy().as_str(),
-            "outcome" => outcome.as_str()
-        )
-        .increment(1);
-        tracing::warn!(
-            store = err.store,
-            timeout = err.timeout,
-            policy = self.policy().as_str(),
-            outcome = outcome.as_str(),
-            "rate-limit store failed: {}",
-            err.message
-        );
-        if let Some(hook) = &self.hook {
-            // A panicking hook must not turn into a verdict (or abort the caller).
-            let _ = catch_unwind(AssertUnwindSafe(|| hook(err, outcome)));
+    /// Records a call the breaker let through; the store error, if it failed.
+    fn settle(
+        &self,
+        probe: bool,
+        result: Result<Option<Decision>, Error>,
+    ) -> Result<Result<Option<Decision>, Error>, StoreError> {
+        match result {
+            Err(Error::Store(err)) => {
+                self.guard.failed(probe, &err);
+                Err(err)
+            }
+            other => {
+                self.guard.answered(probe, other.is_ok());
+                Ok(other)
+            }
         }
     }
 
     /// The answer without the store, for the open and closed policies.
-    fn without_store(&self, err: StoreError, op: Op) -> Result<Option<Decision>, Error> {
+    fn without_store(
+        &self,
+        err: StoreError,
+        op: Op,
+        report: Report<'_>,
+    ) -> Result<Option<Decision>, Error> {
         match self.mode {
             Mode::Open { limit } => {
-                self.observe(&err, FailureOutcome::Admitted);
+                self.observe(&err, FailureOutcome::Admitted, report);
                 Ok(match op {
                     Op::Check(_) | Op::Peek(_) => Some(Decision::fail_open(limit)),
                     Op::Refund(_) | Op::Reset => None,
                 })
             }
             _ => {
-                self.observe(&err, FailureOutcome::Rejected);
+                self.observe(&err, FailureOutcome::Rejected, report);
                 Err(Error::Store(err))
             }
         }
@@ -330,28 +407,72 @@ impl<B: Backend, F: Backend> FailSafe<B, F> {
         &self,
         err: &StoreError,
         result: Result<Option<Decision>, Error>,
+        report: Report<'_>,
     ) -> Result<Option<Decision>, Error> {
         let outcome = match &result {
             Err(Error::Store(_)) => FailureOutcome::FallbackFailed,
             _ => FailureOutcome::FellBack,
         };
-        self.observe(err, outcome);
+        self.observe(err, outcome, report);
         result
+    }
+
+    fn run(
+        &self,
+        key: &str,
+        op: Op,
+        now: Micros,
+        report: Report<'_>,
+    ) -> Result<Option<Decision>, Error> {
+        let err = match self.guard.breaker.admit() {
+            Admission::Reject(err) => err,
+            admission => {
+                let result = self.primary.execute(key, op, now);
+                match self.settle(admission.is_probe(), result) {
+                    Ok(answered) => return answered,
+                    Err(err) => err,
+                }
+            }
+        };
+        match &self.mode {
+            Mode::Fallback(fallback) => {
+                let result = fallback.execute(key, op, now);
+                self.after_fallback(&err, result, report)
+            }
+            _ => self.without_store(err, op, report),
+        }
+    }
+
+    async fn run_async(
+        &self,
+        key: &str,
+        op: Op,
+        now: Micros,
+        report: Report<'_>,
+    ) -> Result<Option<Decision>, Error> {
+        let err = match self.guard.breaker.admit() {
+            Admission::Reject(err) => err,
+            admission => {
+                let result = self.primary.execute_async(key, op, now).await;
+                match self.settle(admission.is_probe(), result) {
+                    Ok(answered) => return answered,
+                    Err(err) => err,
+                }
+            }
+        };
+        match &self.mode {
+            Mode::Fallback(fallback) => {
+                let result = fallback.execute_async(key, op, now).await;
+                self.after_fallback(&err, result, report)
+            }
+            _ => self.without_store(err, op, report),
+        }
     }
 }
 
 impl<B: Backend, F: Backend> Backend for FailSafe<B, F> {
     fn execute(&self, key: &str, op: Op, now: Micros) -> Result<Option<Decision>, Error> {
-        match self.primary.execute(key, op, now) {
-            Err(Error::Store(err)) => match &self.mode {
-                Mode::Fallback(fallback) => {
-                    let result = fallback.execute(key, op, now);
-                    self.after_fallback(&err, result)
-                }
-                _ => self.without_store(err, op),
-            },
-            other => other,
-        }
+        self.run(key, op, now, None)
     }
 
     fn execute_async<'a>(
@@ -360,119 +481,26 @@ impl<B: Backend, F: Backend> Backend for FailSafe<B, F> {
         op: Op,
         now: Micros,
     ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
-        Box::pin(async move {
-            match self.primary.execute_async(key, op, now).await {
-                Err(Error::Store(err)) => match &self.mode {
-                    Mode::Fallback(fallback) => {
-                        let result = fallback.execute_async(key, op, now).await;
-                        self.after_fallback(&err, result)
-                    }
-                    _ => self.without_store(err, op),
-                },
-                other => other,
-            }
-        })
-    }
-}
-
-/// A store whose backends apply a failure policy (open, closed, or fall back to a fresh
-/// in-memory store), so `Limiter::builder(policy).build_with(&store)` gets it directly.
-///
-/// ```
-/// use tollgate::{Limiter, Policy, Rate, store::{memory::MemoryStore, failure::FailSafeStore}};
-/// let store = FailSafeStore::fallback_to_memory(MemoryStore::new()); // e.g. a RedisStore
-/// let limiter = Limiter::builder(Policy::gcra(Rate::per_second(1).unwrap()).unwrap())
-///     .build_with(&store)
-///     .unwrap();
-/// assert!(limiter.check("k").unwrap().allowed);
-/// ```
-#[derive(Clone)]
-pub struct FailSafeStore<S> {
-    inner: S,
-    policy: FailurePolicy,
-    hook: Option<Hook>,
-}
-
-impl<S> fmt::Debug for FailSafeStore<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FailSafeStore")
-            .field("policy", &self.policy)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S: Store> FailSafeStore<S> {
-    /// Admit when `inner` fails.
-    ///
-    /// ```
-    /// let s = tollgate::store::failure::FailSafeStore::fail_open(tollgate::store::memory::MemoryStore::new());
-    /// # let _ = s;
-    /// ```
-    pub fn fail_open(inner: S) -> Self {
-        Self::with_policy(inner, FailurePolicy::FailOpen)
+        Box::pin(self.run_async(key, op, now, None))
     }
 
-    /// Return the store error when `inner` fails.
-    ///
-    /// ```
-    /// let s = tollgate::store::failure::FailSafeStore::fail_closed(tollgate::store::memory::MemoryStore::new());
-    /// # let _ = s;
-    /// ```
-    pub fn fail_closed(inner: S) -> Self {
-        Self::with_policy(inner, FailurePolicy::FailClosed)
+    fn execute_observed(
+        &self,
+        key: &str,
+        op: Op,
+        now: Micros,
+        failure: &mut Option<StoreFailure>,
+    ) -> Result<Option<Decision>, Error> {
+        self.run(key, op, now, Some(failure))
     }
 
-    /// Fall back to an in-memory limiter of the same policy when `inner` fails.
-    ///
-    /// ```
-    /// let s = tollgate::store::failure::FailSafeStore::fallback_to_memory(tollgate::store::memory::MemoryStore::new());
-    /// # let _ = s;
-    /// ```
-    pub fn fallback_to_memory(inner: S) -> Self {
-        Self::with_policy(inner, FailurePolicy::Fallback)
-    }
-
-    /// Any policy ([`FailurePolicy::Fallback`] means a fresh in-memory fallback).
-    ///
-    /// ```
-    /// use tollgate::store::failure::{FailSafeStore, FailurePolicy};
-    /// let s = FailSafeStore::with_policy(tollgate::store::memory::MemoryStore::new(), FailurePolicy::FailOpen);
-    /// # let _ = s;
-    /// ```
-    pub fn with_policy(inner: S, policy: FailurePolicy) -> Self {
-        FailSafeStore {
-            inner,
-            policy,
-            hook: None,
-        }
-    }
-
-    /// Calls `hook` on every store failure of every bound backend (see [`FailSafe::on_failure`]).
-    ///
-    /// ```
-    /// let s = tollgate::store::failure::FailSafeStore::fail_open(tollgate::store::memory::MemoryStore::new())
-    ///     .on_failure(|err, outcome| eprintln!("{outcome:?}: {err}"));
-    /// # let _ = s;
-    /// ```
-    pub fn on_failure(
-        mut self,
-        hook: impl Fn(&StoreError, FailureOutcome) + Send + Sync + 'static,
-    ) -> Self {
-        self.hook = Some(Arc::new(hook));
-        self
-    }
-}
-
-impl<S: Store> Store for FailSafeStore<S> {
-    type Backend = FailSafe<S::Backend, MemoryBackend>;
-    fn bind(&self, policy: &Policy) -> Result<Self::Backend, Error> {
-        let primary = self.inner.bind(policy)?;
-        let mut backend = match self.policy {
-            FailurePolicy::FailOpen => FailSafe::fail_open(primary, policy),
-            FailurePolicy::FailClosed => FailSafe::fail_closed(primary),
-            FailurePolicy::Fallback => FailSafe::fallback_to_memory(primary, policy),
-        };
-        backend.hook = self.hook.clone();
-        Ok(backend)
+    fn execute_observed_async<'a>(
+        &'a self,
+        key: &'a str,
+        op: Op,
+        now: Micros,
+        failure: &'a mut Option<StoreFailure>,
+    ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
+        Box::pin(self.run_async(key, op, now, Some(failure)))
     }
 }
