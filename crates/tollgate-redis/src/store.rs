@@ -415,7 +415,7 @@ impl Store for RedisStore {
         let algorithm = policy.algorithm();
         let scope = match &self.scope {
             Some(s) => s.clone(),
-            None => format!("{}-{:08x}", algorithm.name(), fnv1a(&policy.to_string())),
+            None => tollgate::store::default_scope(policy),
         };
         let keys = self
             .config
@@ -469,16 +469,6 @@ impl Store for RedisStore {
             }),
         })
     }
-}
-
-/// FNV-1a, to name a policy's scope stably across processes and versions.
-fn fnv1a(text: &str) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in text.bytes() {
-        h ^= b as u32;
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h
 }
 
 /// A [`RedisStore`] bound to one policy: the `Backend` of a `tollgate::Limiter`. Cloning is

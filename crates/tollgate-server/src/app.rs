@@ -26,7 +26,7 @@ use tollgate::keys::KeyBuilder;
 use tollgate::semaphore::{MemorySemaphoreBackend, SemaphoreBackend};
 use tollgate::store::memory::{MemoryBackend, MemoryStore};
 use tollgate::store::{Backend, Store};
-use tollgate::{Algorithm, Decision, Error, Limiter, Policy};
+use tollgate::{Decision, Error, Limiter, Policy};
 use tollgate_redis::{RedisSemaphoreBackend, RedisStore};
 
 /// A failed request, with the class that decides the HTTP status / RESP error prefix.
@@ -149,64 +149,40 @@ impl PolicyEntry {
     }
 }
 
-/// The quota (`q`) and window in seconds (`w`) of each rate: `q` is the most a fresh key
-/// admits at once (the burst for GCRA / token bucket, the limit otherwise) and `w` is how
-/// long a fully used key takes to be back to `q` (rounded up to whole seconds, at least 1).
+/// The quota (`q`) and window in seconds (`w`) of each rate, as the IETF fields advertise
+/// them: `tollgate_tower::headers::quota_windows` (one formula for the tower layer and the
+/// server; a policy of `n` per period advertises `w` = the period).
 ///
 /// ```
 /// let p = tollgate::Policy::parse(tollgate::Algorithm::Gcra, "10/s burst 20").unwrap();
 /// assert_eq!(tollgate_server::app::quota_windows(&p), vec![(20, 2)]);
+/// let p = tollgate::Policy::parse(tollgate::Algorithm::Gcra, "3/s").unwrap();
+/// assert_eq!(tollgate_server::app::quota_windows(&p), vec![(3, 1)]);
 /// ```
 pub fn quota_windows(policy: &Policy) -> Vec<(u64, u64)> {
-    policy
-        .rates()
-        .iter()
-        .map(|r| {
-            let (q, w_us) = match policy.algorithm() {
-                Algorithm::Gcra => (
-                    r.burst(),
-                    r.period_us().div_ceil(r.limit()).saturating_mul(r.burst()),
-                ),
-                Algorithm::TokenBucket => (
-                    r.burst(),
-                    r.burst().div_ceil(r.limit()).saturating_mul(r.period_us()),
-                ),
-                _ => (r.limit(), r.period_us()),
-            };
-            (q, w_us.div_ceil(1_000_000).max(1))
-        })
-        .collect()
+    tollgate_tower::headers::quota_windows(policy)
 }
 
 fn rate_limit_policy_field(name: &str, policy: &Policy) -> String {
-    let windows = quota_windows(policy);
-    let many = windows.len() > 1;
-    windows
-        .iter()
-        .enumerate()
-        .map(|(i, (q, w))| {
-            if many {
-                format!("\"{name}-{i}\";q={q};w={w}")
-            } else {
-                format!("\"{name}\";q={q};w={w}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    tollgate_tower::headers::policy_field_for(name, policy)
 }
 
 /// The IETF `RateLimit` field for a decision: `"name";r=<remaining>;t=<seconds>` where `t`
-/// is `retry_after` when denied and `reset_after` when allowed (rounded up).
+/// is `retry_after` when denied and `reset_after` when allowed (rounded up). On a policy of
+/// several rates the item is named after the rate that binds (`name-<i>`), as in
+/// `RateLimit-Policy`.
 ///
 /// ```
-/// let d = tollgate::Decision::from_parts(false, 5, 0, 1_500_000, 3_000_000, Some(0));
-/// assert_eq!(tollgate_server::app::rate_limit_field("api", 1, &d), "\"api\";r=0;t=2");
+/// use tollgate::{Algorithm, Decision, Policy};
+/// let api = Policy::parse(Algorithm::Gcra, "5/s").unwrap();
+/// let d = Decision::from_parts(false, 5, 0, 1_500_000, 3_000_000, Some(0));
+/// assert_eq!(tollgate_server::app::rate_limit_field("api", &api, &d), "\"api\";r=0;t=2");
+/// let multi = Policy::parse(Algorithm::SlidingLog, "5/s; 1000/hour").unwrap();
+/// let d = Decision::from_parts(true, 1000, 3, 0, 9_000_000, None);
+/// assert_eq!(tollgate_server::app::rate_limit_field("multi", &multi, &d), "\"multi-1\";r=3;t=9");
 /// ```
-pub fn rate_limit_field(name: &str, rates: usize, decision: &Decision) -> String {
-    let item = match (rates > 1, decision.denied_by) {
-        (true, Some(i)) => format!("{name}-{i}"),
-        _ => name.to_string(),
-    };
+pub fn rate_limit_field(name: &str, policy: &Policy, decision: &Decision) -> String {
+    let item = tollgate_tower::headers::ratelimit_item_name(name, policy, decision);
     let t = if decision.allowed {
         decision.reset_after_secs()
     } else {
@@ -248,7 +224,10 @@ impl StoreFactory {
     /// scope from the policy, so different policies never share state).
     fn bind(&self, scope: Option<&str>, policy: &Policy) -> Result<Arc<dyn Backend>, Error> {
         match self {
-            StoreFactory::Memory(store) => Ok(Arc::new(store.bind(policy)?)),
+            StoreFactory::Memory(store) => Ok(Arc::new(match scope {
+                Some(s) => store.scope(s).bind(policy)?,
+                None => store.bind(policy)?,
+            })),
             StoreFactory::Redis(store) => Ok(Arc::new(match scope {
                 Some(s) => store.scope(s).bind(policy)?,
                 None => store.bind(policy)?,

@@ -274,11 +274,10 @@ fn resolve(state: &HttpState, req: &DecideRequest) -> Result<Arc<PolicyEntry>, A
 fn decision_response(entry: &PolicyEntry, outcome: Outcome) -> Response {
     let d = outcome.decision;
     let mut headers = HeaderMap::new();
-    let rates = entry.policy().rates().len();
     if let Ok(v) = HeaderValue::from_str(entry.rate_limit_policy()) {
         headers.insert("ratelimit-policy", v);
     }
-    if let Ok(v) = HeaderValue::from_str(&rate_limit_field(entry.name(), rates, &d)) {
+    if let Ok(v) = HeaderValue::from_str(&rate_limit_field(entry.name(), entry.policy(), &d)) {
         headers.insert("ratelimit", v);
     }
     if !d.allowed {

@@ -98,6 +98,8 @@ struct Statements {
 #[derive(Clone)]
 pub struct SqliteStore {
     shared: Arc<Shared>,
+    /// The scope named with [`SqliteStore::scope`], else `None` (keys scoped by policy).
+    scope: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -169,6 +171,7 @@ impl SqliteStore {
                 memory: memory.map(|c| Arc::new(Mutex::new(c))),
                 writes: AtomicU64::new(0),
             }),
+            scope: None,
         }
     }
 
@@ -192,6 +195,7 @@ impl SqliteStore {
         shared.sql = statements(&shared.table);
         SqliteStore {
             shared: Arc::new(shared),
+            scope: self.scope,
         }
     }
 
@@ -222,6 +226,29 @@ impl SqliteStore {
     pub fn namespace(self, namespace: &str) -> SqliteStore {
         let ns = format!("{namespace}:");
         self.configure(|s| s.namespace = ns)
+    }
+
+    /// The same store, binding limiters under the name `scope`: their keys are stored as
+    /// `<namespace:><scope>:<key>`, shared by every limiter bound under that scope (and
+    /// kept across a change of the policy's rates). Without a scope a policy's keys are
+    /// `<namespace:><algorithm>-<8 hex>:<key>` ([`tollgate::store::default_scope`]): limiters
+    /// of the same policy share state, different policies never do.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// let store = tollgate_sql::SqliteStore::in_memory().unwrap();
+    /// store.ensure_schema().unwrap();
+    /// let p = Policy::gcra(Rate::per_second(1).unwrap()).unwrap();
+    /// let login = Limiter::builder(p.clone()).build_with(&store.scope("login")).unwrap();
+    /// let api = Limiter::builder(p).build_with(&store.scope("api")).unwrap();
+    /// assert!(login.check("alice").unwrap().allowed);
+    /// assert!(api.check("alice").unwrap().allowed); // another scope, another state
+    /// ```
+    pub fn scope(&self, scope: &str) -> SqliteStore {
+        SqliteStore {
+            shared: self.shared.clone(),
+            scope: Some(scope.into()),
+        }
     }
 
     /// How long a writer waits for another process's transaction (default 10 s).
@@ -449,7 +476,13 @@ impl Store for SqliteStore {
         Ok(SqliteBackend {
             shared: self.shared.clone(),
             engine: Arc::new(Engine::new(policy)?),
-            prefix: format!("{}{}:", self.shared.namespace, policy.algorithm()),
+            prefix: format!(
+                "{}{}:",
+                self.shared.namespace,
+                self.scope
+                    .as_deref()
+                    .map_or_else(|| tollgate::store::default_scope(policy), str::to_owned)
+            ),
         })
     }
 }

@@ -89,6 +89,7 @@ impl Drop for SqliteFile {
 trait MultiStore {
     type B: Backend;
     fn bind_policy(&self, policy: &Policy) -> Self::B;
+    fn bind_scoped(&self, scope: &str, policy: &Policy) -> Self::B;
     fn check_all_at(
         &self,
         checks: &[KeyCheck<'_, Self::B>],
@@ -106,6 +107,9 @@ impl MultiStore for PgStore {
     fn bind_policy(&self, policy: &Policy) -> PgBackend {
         self.bind(policy).unwrap()
     }
+    fn bind_scoped(&self, scope: &str, policy: &Policy) -> PgBackend {
+        self.scope(scope).bind(policy).unwrap()
+    }
     fn check_all_at(
         &self,
         c: &[KeyCheck<'_, PgBackend>],
@@ -122,6 +126,9 @@ impl MultiStore for SqliteStore {
     type B = SqliteBackend;
     fn bind_policy(&self, policy: &Policy) -> SqliteBackend {
         self.bind(policy).unwrap()
+    }
+    fn bind_scoped(&self, scope: &str, policy: &Policy) -> SqliteBackend {
+        self.scope(scope).bind(policy).unwrap()
     }
     fn check_all_at(
         &self,
@@ -475,12 +482,31 @@ fn errors_are_clear<S: MultiStore>(store: &S, other: &S) {
         ),
         "appears twice",
     );
-    // two policies of one algorithm store one user key under one name: rejected, not merged
-    invalid_key(
-        store.check_all_at(
+    // two policies of one algorithm keep one user key under two names (their own scopes)
+    let d = store
+        .peek_all_at(
             &[
                 KeyCheck::new(&user, "alice", 1),
                 KeyCheck::new(&ip, "alice", 1),
+            ],
+            T0,
+        )
+        .unwrap();
+    assert!(d.allowed);
+    // ... unless both are bound under one named scope: one name, rejected, not merged
+    let scoped_user = store.bind_scoped(
+        "shared",
+        &Policy::gcra(Rate::per_minute(5).unwrap()).unwrap(),
+    );
+    let scoped_ip = store.bind_scoped(
+        "shared",
+        &Policy::gcra(Rate::per_minute(50).unwrap()).unwrap(),
+    );
+    invalid_key(
+        store.check_all_at(
+            &[
+                KeyCheck::new(&scoped_user, "alice", 1),
+                KeyCheck::new(&scoped_ip, "alice", 1),
             ],
             T0,
         ),

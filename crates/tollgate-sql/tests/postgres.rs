@@ -101,6 +101,7 @@ fn database_clock_by_default() {
     };
     let store = table.store(false);
     let policy = Policy::gcra(Rate::per_hour(3).unwrap()).unwrap();
+    let row_key = format!("{}:k", tollgate::store::default_scope(&policy));
     let limiter = Limiter::builder(policy).build_with(&store).unwrap();
     // The caller's clock is ignored: a limiter whose clock says 1970 still gets decisions
     // relative to the database's time, and reset_after is an hour at most.
@@ -115,7 +116,7 @@ fn database_clock_by_default() {
     let retry = d.retry_after.as_micros();
     assert!(retry > 1_100_000_000 && retry <= 1_200_000_000, "{retry}");
     // The row's horizon is in database time (now + about an hour).
-    let expires = row_expires_at(&table, "gcra:k");
+    let expires = row_expires_at(&table, &row_key);
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -12,8 +12,14 @@
 //!
 //! - `q` is the policy's capacity ([`Decision::limit`]: the burst for GCRA and the token
 //!   bucket, the limit for the window algorithms and the sliding log);
-//! - `w` is the time in whole seconds (rounded up, at least 1) in which the rate replenishes
-//!   that capacity: `burst × period / limit` (for window algorithms simply the period);
+//! - `w` is the time in whole seconds (rounded up only when it is not whole, at least 1) in
+//!   which the rate replenishes that capacity ([`quota_window`]): the period for a policy of
+//!   `n` per period (window algorithms, the sliding log, GCRA without a larger burst),
+//!   `burst × period / limit` for GCRA with a burst, and `ceil(capacity / refill_amount)`
+//!   refill intervals for the token bucket;
+//! - a policy of several rates advertises one `RateLimit-Policy` item per rate, named
+//!   `<name>-<i>` ([`policy_item_name`]), and its `RateLimit` item carries the name of the
+//!   rate that binds ([`binding_rate`]), so the two fields always name the same item;
 //! - `r` is [`Decision::remaining`] and `t` is [`Decision::reset_after`] rounded up to whole
 //!   seconds.
 //!
@@ -26,7 +32,8 @@
 //! ```
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
-use tollgate::{Decision, Rate};
+use std::borrow::Cow;
+use tollgate::{Algorithm, Decision, Policy, Rate};
 
 /// The `RateLimit` field name.
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -162,20 +169,165 @@ pub struct PolicyReport<'a> {
     pub window_secs: u64,
 }
 
-/// The `w` parameter for a rate: `burst × period / limit` in whole seconds, rounded up,
-/// at least 1.
+/// The `w` parameter for a GCRA (or window) rate: `burst × period / limit` in whole seconds,
+/// computed exactly and rounded up only when not whole, at least 1. For a rate of `n` per
+/// period without a larger burst this is the period. [`quota_window`] gives the token
+/// bucket's window too.
 ///
 /// ```
 /// use tollgate::Rate;
 /// use tollgate_tower::headers::window_secs;
 /// assert_eq!(window_secs(&Rate::per_minute(100).unwrap()), 60);
+/// assert_eq!(window_secs(&Rate::per_second(3).unwrap()), 1);
 /// assert_eq!(window_secs(&Rate::per_minute(100).unwrap().with_burst(10).unwrap()), 6);
 /// assert_eq!(window_secs(&Rate::per_second(1000).unwrap()), 1);
 /// ```
 pub fn window_secs(rate: &Rate) -> u64 {
     let us = u128::from(rate.period_us()) * u128::from(rate.burst()) / u128::from(rate.limit());
-    let secs = us.div_ceil(1_000_000);
-    u64::try_from(secs).unwrap_or(u64::MAX).max(1)
+    // `us` is floored, so `us × limit` short of `period × burst` means it was not whole µs.
+    let exact =
+        us * u128::from(rate.limit()) == u128::from(rate.period_us()) * u128::from(rate.burst());
+    secs_up(us + u128::from(!exact))
+}
+
+/// Whole seconds, rounded up, at least 1.
+fn secs_up(us: u128) -> u64 {
+    u64::try_from(us.div_ceil(1_000_000))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// The quota `q` and window `w` (whole seconds) that `RateLimit-Policy` advertises for one
+/// rate of a policy of `algorithm`: `q` is the most a fresh key admits at once
+/// ([`Decision::limit`]), `w` the time a fully used key takes to get `q` back.
+///
+/// - GCRA: `q = burst`, `w = burst × period / limit` (the period itself when `burst = limit`);
+/// - token bucket (interval refill): `q = capacity`, `w = ceil(capacity / refill_amount) ×
+///   refill_interval`;
+/// - fixed window, sliding window, sliding log: `q = limit`, `w = period`.
+///
+/// `w` is rounded up to whole seconds only when it is not whole, and is at least 1.
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::{Algorithm, Policy, Rate};
+/// use tollgate_tower::headers::quota_window;
+/// assert_eq!(quota_window(Algorithm::Gcra, &Rate::per_second(3).unwrap()), (3, 1));
+/// assert_eq!(quota_window(Algorithm::Gcra, &Rate::per_second(10).unwrap().with_burst(20).unwrap()), (20, 2));
+/// assert_eq!(quota_window(Algorithm::SlidingLog, &Rate::per_hour(500).unwrap()), (500, 3600));
+/// assert_eq!(quota_window(Algorithm::FixedWindow, &Rate::new(7, Duration::from_millis(1500)).unwrap()), (7, 2));
+/// // 10 tokens, 4 added every 1.5 s: empty to full takes 3 intervals = 4.5 s
+/// let bucket = Policy::token_bucket(10, 4, Duration::from_millis(1500)).unwrap();
+/// assert_eq!(quota_window(Algorithm::TokenBucket, &bucket.rates()[0]), (10, 5));
+/// ```
+pub fn quota_window(algorithm: Algorithm, rate: &Rate) -> (u64, u64) {
+    match algorithm {
+        Algorithm::Gcra => (rate.burst(), window_secs(rate)),
+        Algorithm::TokenBucket => {
+            let intervals = rate.burst().div_ceil(rate.limit());
+            let us = u128::from(intervals) * u128::from(rate.period_us());
+            (rate.burst(), secs_up(us))
+        }
+        _ => (rate.limit(), secs_up(u128::from(rate.period_us()))),
+    }
+}
+
+/// [`quota_window`] of every rate of `policy`, in the policy's order.
+///
+/// ```
+/// use tollgate::{Algorithm, Policy};
+/// use tollgate_tower::headers::quota_windows;
+/// let p = Policy::parse(Algorithm::SlidingLog, "5/s; 1000/hour").unwrap();
+/// assert_eq!(quota_windows(&p), vec![(5, 1), (1000, 3600)]);
+/// ```
+pub fn quota_windows(policy: &Policy) -> Vec<(u64, u64)> {
+    policy
+        .rates()
+        .iter()
+        .map(|r| quota_window(policy.algorithm(), r))
+        .collect()
+}
+
+/// The index of the rate of `policy` that `decision` describes: the rate that denied, else
+/// the rate whose capacity is the decision's `limit` (the one with the fewest units left;
+/// two rates of a valid policy never have the same capacity), else 0.
+///
+/// ```
+/// use tollgate::{Algorithm, Decision, Policy};
+/// use tollgate_tower::headers::binding_rate;
+/// let p = Policy::parse(Algorithm::SlidingLog, "5/s; 1000/hour").unwrap();
+/// assert_eq!(binding_rate(&p, &Decision::from_parts(true, 5, 4, 0, 1_000_000, None)), 0);
+/// assert_eq!(binding_rate(&p, &Decision::from_parts(true, 1000, 3, 0, 9_000_000, None)), 1);
+/// assert_eq!(binding_rate(&p, &Decision::from_parts(false, 1000, 0, 5, 9, Some(1))), 1);
+/// ```
+pub fn binding_rate(policy: &Policy, decision: &Decision) -> usize {
+    let rates = policy.rates();
+    if let Some(i) = decision.denied_by.filter(|&i| i < rates.len()) {
+        return i;
+    }
+    rates
+        .iter()
+        .position(|r| quota_window(policy.algorithm(), r).0 == decision.limit)
+        .unwrap_or(0)
+}
+
+/// The item name of rate `index` of a policy named `name` with `rates` rates: `name` itself
+/// for a single rate, else `<name>-<index>`. `RateLimit-Policy` lists every rate under these
+/// names and `RateLimit` uses the binding rate's, so they match (draft-10 §4/§5).
+///
+/// ```
+/// use tollgate_tower::headers::policy_item_name;
+/// assert_eq!(policy_item_name("api", 1, 0), "api");
+/// assert_eq!(policy_item_name("multi", 2, 1), "multi-1");
+/// ```
+pub fn policy_item_name(name: &str, rates: usize, index: usize) -> Cow<'_, str> {
+    if rates > 1 {
+        Cow::Owned(format!("{name}-{index}"))
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
+/// The `RateLimit-Policy` value listing every rate of `policy` (one item per rate, named by
+/// [`policy_item_name`], with [`quota_window`]'s `q` and `w`).
+///
+/// ```
+/// use tollgate::{Algorithm, Policy};
+/// use tollgate_tower::headers::policy_field_for;
+/// let p = Policy::parse(Algorithm::Gcra, "3/s").unwrap();
+/// assert_eq!(policy_field_for("api", &p), "\"api\";q=3;w=1");
+/// let p = Policy::parse(Algorithm::SlidingLog, "5/s; 1000/hour").unwrap();
+/// assert_eq!(policy_field_for("multi", &p), "\"multi-0\";q=5;w=1, \"multi-1\";q=1000;w=3600");
+/// ```
+pub fn policy_field_for(name: &str, policy: &Policy) -> String {
+    let rates = policy.rates().len();
+    let mut out = ValueBuf::new();
+    for (i, (q, w)) in quota_windows(policy).into_iter().enumerate() {
+        if i > 0 {
+            out.push_str(LIST_SEPARATOR);
+        }
+        out.push_policy_item(&policy_item_name(name, rates, i), q, w);
+    }
+    out.into_string()
+}
+
+/// The name of the `RateLimit` item for `decision` on `policy` (named `name`): the
+/// [`policy_item_name`] of its [`binding_rate`], so it matches one `RateLimit-Policy` item
+/// of [`policy_field_for`].
+///
+/// ```
+/// use tollgate::{Algorithm, Decision, Policy};
+/// use tollgate_tower::headers::ratelimit_item_name;
+/// let p = Policy::parse(Algorithm::SlidingLog, "5/s; 1000/hour").unwrap();
+/// let d = Decision::from_parts(true, 5, 4, 0, 1_000_000, None);
+/// assert_eq!(ratelimit_item_name("multi", &p, &d), "multi-0");
+/// ```
+pub fn ratelimit_item_name<'a>(
+    name: &'a str,
+    policy: &Policy,
+    decision: &Decision,
+) -> Cow<'a, str> {
+    policy_item_name(name, policy.rates().len(), binding_rate(policy, decision))
 }
 
 /// Formats `RateLimit-Policy` for the given reports; `None` when there are none.

@@ -216,3 +216,5 @@ fn check_step(
     }
     Ok(())
 }
+
+pub mod sharing;

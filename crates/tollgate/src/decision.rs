@@ -1,6 +1,7 @@
 //! The outcome of a rate-limit check.
 
-use std::time::Duration;
+use crate::time::Micros;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A decision: whether the cost was admitted and what the key looks like now.
 ///
@@ -16,8 +17,11 @@ use std::time::Duration;
 /// assert_eq!((d.limit, d.remaining), (2, 1));
 /// assert_eq!(d.retry_after, std::time::Duration::ZERO);
 /// ```
+///
+/// Two decisions are equal when they decide the same; the time they were made
+/// ([`decided_at`](Decision::decided_at)) is not compared.
 #[must_use = "a Decision says whether the request may proceed"]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
 pub struct Decision {
     /// The cost was admitted (and, for `check`, charged).
@@ -33,6 +37,44 @@ pub struct Decision {
     pub reset_after: Duration,
     /// `None` when allowed; else the index of the rate (in the policy) that denied.
     pub denied_by: Option<usize>,
+    /// When the decision was received, in µs of the limiter's clock (0: unknown).
+    at: Micros,
+}
+
+impl PartialEq for Decision {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            self.allowed,
+            self.limit,
+            self.remaining,
+            self.retry_after,
+            self.reset_after,
+            self.denied_by,
+        ) == (
+            other.allowed,
+            other.limit,
+            other.remaining,
+            other.retry_after,
+            other.reset_after,
+            other.denied_by,
+        )
+    }
+}
+
+impl Eq for Decision {}
+
+impl std::hash::Hash for Decision {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (
+            self.allowed,
+            self.limit,
+            self.remaining,
+            self.retry_after,
+            self.reset_after,
+            self.denied_by,
+        )
+            .hash(state);
+    }
 }
 
 impl Decision {
@@ -58,7 +100,81 @@ impl Decision {
             retry_after: Duration::from_micros(retry_after_us),
             reset_after: Duration::from_micros(reset_after_us),
             denied_by,
+            at: 0,
         }
+    }
+
+    /// The same decision, received at `now` (µs since the UNIX epoch on the caller's clock).
+    /// Every [`Limiter`](crate::Limiter) and [`DirectLimiter`](crate::DirectLimiter)
+    /// decision carries the time it was received; a surface that builds decisions itself
+    /// sets it here.
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// let d = tollgate::Decision::from_parts(true, 5, 4, 0, 200_000, None).with_decided_at(1_000_000);
+    /// assert_eq!(d.decided_at(), Some(UNIX_EPOCH + Duration::from_secs(1)));
+    /// ```
+    #[inline(always)]
+    pub fn with_decided_at(mut self, now: Micros) -> Decision {
+        self.at = now;
+        self
+    }
+
+    /// When the decision was received, on the limiter's clock (the system clock unless a
+    /// test clock was set); `None` for a decision built by hand without
+    /// [`with_decided_at`](Decision::with_decided_at).
+    ///
+    /// For stores that decide with their own clock (Redis `TIME`, the database's `now()`),
+    /// this is the *caller's* clock reading right after the store answered, never the
+    /// store's: durations (`retry_after`, `reset_after`) are the same on every clock, so
+    /// adding them to the caller's time gives instants on the caller's clock that host
+    /// clock skew does not shift. They are late by at most the reply's trip from the store
+    /// (conservative: waiting until them never retries too early).
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate, time::ManualClock};
+    /// let clock = ManualClock::new(1_700_000_000_000_000);
+    /// let l = Limiter::builder(Policy::gcra(Rate::per_second(1).unwrap()).unwrap()).clock(clock).build();
+    /// let d = l.check("k").unwrap();
+    /// assert_eq!(d.decided_at(), Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)));
+    /// ```
+    pub fn decided_at(&self) -> Option<SystemTime> {
+        (self.at != 0).then(|| UNIX_EPOCH + Duration::from_micros(self.at))
+    }
+
+    /// The instant the key is back to completely fresh: [`decided_at`](Decision::decided_at)
+    /// plus `reset_after` (what a `X-RateLimit-Reset` timestamp or a "resets at 14:03"
+    /// message wants). A decision built by hand without a decision time counts from now.
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use tollgate::{Limiter, Policy, Rate, time::ManualClock};
+    /// let clock = ManualClock::new(1_700_000_000_000_000);
+    /// let l = Limiter::builder(Policy::gcra(Rate::per_minute(6).unwrap()).unwrap()).clock(clock).build();
+    /// let d = l.check("k").unwrap();
+    /// assert_eq!(d.reset_after, Duration::from_secs(10));
+    /// assert_eq!(d.reset_at(), UNIX_EPOCH + Duration::from_secs(1_700_000_010));
+    /// ```
+    pub fn reset_at(&self) -> SystemTime {
+        self.decided_at().unwrap_or_else(SystemTime::now) + self.reset_after
+    }
+
+    /// The instant the same cost would be admitted if nothing else happened:
+    /// [`decided_at`](Decision::decided_at) plus `retry_after` (the decision time itself when
+    /// allowed). A decision built by hand without a decision time counts from now.
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use tollgate::{Limiter, Policy, Rate, time::ManualClock};
+    /// let clock = ManualClock::new(1_700_000_000_000_000);
+    /// let l = Limiter::builder(Policy::gcra(Rate::per_minute(6).unwrap()).unwrap()).clock(clock).build();
+    /// let _ = l.check_n("k", 6).unwrap();
+    /// let d = l.check("k").unwrap();
+    /// assert!(!d.allowed);
+    /// assert_eq!(d.retry_at(), UNIX_EPOCH + Duration::from_secs(1_700_000_010));
+    /// ```
+    pub fn retry_at(&self) -> SystemTime {
+        self.decided_at().unwrap_or_else(SystemTime::now) + self.retry_after
     }
 
     /// A decision admitted without consulting a store (fail-open), with the policy's limit.

@@ -15,6 +15,21 @@ use std::time::Duration;
 /// Default maximum key length in bytes.
 pub const DEFAULT_MAX_KEY_LEN: usize = 1024;
 
+/// A `max_wait` without limit: [`Limiter::acquire`] (and every waiting method) waits as long
+/// as the policy needs. It never waits for a cost that can never fit: a cost above the
+/// capacity is [`Error::CostExceedsCapacity`] at once.
+///
+/// ```
+/// use tollgate::{Error, Limiter, Policy, Rate, WAIT_FOREVER, time::ManualClock};
+/// let clock = ManualClock::auto_advance(0);
+/// let l = Limiter::builder(Policy::gcra(Rate::per_hour(1).unwrap()).unwrap()).clock(clock.clone()).build();
+/// assert!(l.acquire("k", 1, WAIT_FOREVER).unwrap().allowed);
+/// assert!(l.acquire("k", 1, WAIT_FOREVER).unwrap().allowed); // waited an hour (of the test clock)
+/// assert_eq!(clock.now(), 3_600_000_000);
+/// assert!(matches!(l.acquire("k", 2, WAIT_FOREVER), Err(Error::CostExceedsCapacity { .. })));
+/// ```
+pub const WAIT_FOREVER: Duration = Duration::MAX;
+
 /// A keyed rate limiter. Clones share the same state (and store).
 ///
 /// Sync methods (`check`, `acquire`, …) need no runtime; async methods (`check_async`,
@@ -289,11 +304,32 @@ impl<B: Backend> Limiter<B> {
         Ok(())
     }
 
+    /// Sets a decision's time ([`Decision::decided_at`]): the clock reading after the store
+    /// answered. The memory store answers at once, so its decisions keep the reading they
+    /// were made with (no second read on the fast path).
+    #[inline(always)]
+    fn stamp(&self, d: Option<Decision>, now: crate::time::Micros) -> Option<Decision> {
+        let in_process = std::any::TypeId::of::<B>() == std::any::TypeId::of::<MemoryBackend>();
+        let at = |now| {
+            if in_process {
+                now
+            } else {
+                self.inner.clock.now()
+            }
+        };
+        d.map(|d| d.with_decided_at(at(now)))
+    }
+
     #[inline]
     fn run(&self, key: &str, op: Op) -> Result<Option<Decision>, Error> {
         let Some(hook) = &self.inner.hook else {
             self.key_ok(key)?;
-            return self.inner.backend.execute(key, op, self.inner.clock.now());
+            let now = self.inner.clock.now();
+            return self
+                .inner
+                .backend
+                .execute(key, op, now)
+                .map(|d| self.stamp(d, now));
         };
         let mut failure = None;
         let result = self.key_ok(key).and_then(|()| {
@@ -301,6 +337,7 @@ impl<B: Backend> Limiter<B> {
             self.inner
                 .backend
                 .execute_observed(key, op, now, &mut failure)
+                .map(|d| self.stamp(d, now))
         });
         crate::hooks::decided(hook, key, op, &result, failure.as_ref());
         result
@@ -310,7 +347,8 @@ impl<B: Backend> Limiter<B> {
         let Some(hook) = &self.inner.hook else {
             self.key_ok(key)?;
             let now = self.inner.clock.now();
-            return self.inner.backend.execute_async(key, op, now).await;
+            let d = self.inner.backend.execute_async(key, op, now).await;
+            return d.map(|d| self.stamp(d, now));
         };
         let mut failure = None;
         let result = match self.key_ok(key) {
@@ -320,7 +358,7 @@ impl<B: Backend> Limiter<B> {
                     .inner
                     .backend
                     .execute_observed_async(key, op, now, &mut failure);
-                call.await
+                call.await.map(|d| self.stamp(d, now))
             }
             Err(e) => Err(e),
         };
@@ -415,7 +453,7 @@ impl<B: Backend> Limiter<B> {
             }
             let wait = next_wait(&decision, waited, max_wait)?;
             self.inner.clock.sleep_blocking(wait);
-            waited += wait;
+            waited = waited.saturating_add(wait);
         }
     }
 
@@ -515,7 +553,7 @@ impl<B: Backend> Limiter<B> {
             }
             let wait = next_wait(&decision, waited, max_wait)?;
             self.inner.clock.sleep(wait).await;
-            waited += wait;
+            waited = waited.saturating_add(wait);
         }
     }
 
@@ -579,9 +617,36 @@ impl<B: Backend> Limiter<B> {
         max_wait: Duration,
         f: impl Fn(A) -> T,
     ) -> impl Fn(A) -> Result<T, Error> {
+        self.wrap_n(key, 1, max_wait, f)
+    }
+
+    /// [`wrap`](Self::wrap) with a weight: every call first waits (up to `max_wait`) for
+    /// `cost` units on `key`. A cost above the capacity fails every call with
+    /// [`Error::CostExceedsCapacity`] (never an endless wait); a cost of 0 with
+    /// [`Error::InvalidCost`].
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate, Error};
+    /// use std::time::Duration;
+    /// let l = Limiter::memory(Policy::gcra(Rate::per_second(10).unwrap()).unwrap());
+    /// let bulk = l.wrap_n("bulk", 4, Duration::ZERO, |rows: Vec<u32>| rows.len());
+    /// assert_eq!(bulk(vec![1, 2]).unwrap(), 2);
+    /// assert_eq!(bulk(vec![3]).unwrap(), 1);
+    /// assert!(matches!(bulk(vec![4]), Err(Error::WaitTimeout { .. }))); // 8 of 10 used
+    /// assert_eq!(l.peek("bulk", 1).unwrap().remaining, 1);
+    /// let huge = l.wrap_n("bulk", 11, Duration::ZERO, |()| ());
+    /// assert!(matches!(huge(()), Err(Error::CostExceedsCapacity { cost: 11, capacity: 10 })));
+    /// ```
+    pub fn wrap_n<A, T>(
+        &self,
+        key: impl Into<String>,
+        cost: u64,
+        max_wait: Duration,
+        f: impl Fn(A) -> T,
+    ) -> impl Fn(A) -> Result<T, Error> {
         let limiter = self.clone();
         let key = key.into();
-        move |arg| limiter.call(&key, 1, max_wait, || f(arg))
+        move |arg| limiter.call(&key, cost, max_wait, || f(arg))
     }
 
     /// Wraps an async function so every call first waits (up to `max_wait`) for one unit on
@@ -607,6 +672,35 @@ impl<B: Backend> Limiter<B> {
         Fut: Future + Send + 'static,
         A: Send + 'static,
     {
+        self.wrap_async_n(key, 1, max_wait, f)
+    }
+
+    /// [`wrap_async`](Self::wrap_async) with a weight: every call first waits (up to
+    /// `max_wait`) for `cost` units on `key`.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// use tollgate::{Limiter, Policy, Rate, Error};
+    /// use std::time::Duration;
+    /// let l = Limiter::memory(Policy::gcra(Rate::per_second(10).unwrap()).unwrap());
+    /// let upload = l.wrap_async_n("upload", 5, Duration::ZERO, |n: u32| async move { n * 2 });
+    /// assert_eq!(upload(1).await.unwrap(), 2);
+    /// assert_eq!(upload(2).await.unwrap(), 4);
+    /// assert!(matches!(upload(3).await, Err(Error::WaitTimeout { .. })));
+    /// # });
+    /// ```
+    pub fn wrap_async_n<A, F, Fut>(
+        &self,
+        key: impl Into<String>,
+        cost: u64,
+        max_wait: Duration,
+        f: F,
+    ) -> impl Fn(A) -> futures_util::future::BoxFuture<'static, Result<Fut::Output, Error>>
+    where
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        A: Send + 'static,
+    {
         let limiter = self.clone();
         let key: Arc<str> = key.into().into();
         let f = Arc::new(f);
@@ -615,7 +709,7 @@ impl<B: Backend> Limiter<B> {
             let key = Arc::clone(&key);
             let f = Arc::clone(&f);
             Box::pin(async move {
-                let _admitted = limiter.acquire_async(&key, 1, max_wait).await?;
+                let _admitted = limiter.acquire_async(&key, cost, max_wait).await?;
                 Ok(f(arg).await)
             })
         }
@@ -625,7 +719,7 @@ impl<B: Backend> Limiter<B> {
 /// How long to sleep before trying again, or the timeout error.
 fn next_wait(decision: &Decision, waited: Duration, max_wait: Duration) -> Result<Duration, Error> {
     let wait = decision.retry_after.max(Duration::from_micros(1));
-    if waited + wait > max_wait {
+    if waited.saturating_add(wait) > max_wait {
         return Err(Error::WaitTimeout {
             retry_after: decision.retry_after,
         });
@@ -699,7 +793,9 @@ impl DirectLimiter {
 
     #[inline(always)]
     fn run(&self, op: Op) -> Result<Option<Decision>, Error> {
-        self.inner.slot.execute(op, self.inner.clock.now())
+        let now = self.inner.clock.now();
+        let d = self.inner.slot.execute(op, now)?;
+        Ok(d.map(|d| d.with_decided_at(now)))
     }
 
     /// Decides one unit and charges it when admitted.
@@ -774,7 +870,7 @@ impl DirectLimiter {
             }
             let wait = next_wait(&decision, waited, max_wait)?;
             self.inner.clock.sleep_blocking(wait);
-            waited += wait;
+            waited = waited.saturating_add(wait);
         }
     }
 
@@ -795,7 +891,7 @@ impl DirectLimiter {
             }
             let wait = next_wait(&decision, waited, max_wait)?;
             self.inner.clock.sleep(wait).await;
-            waited += wait;
+            waited = waited.saturating_add(wait);
         }
     }
 }

@@ -414,6 +414,7 @@ impl PgStoreBuilder {
                 sweep_batch: self.sweep_batch as i32,
                 calls: AtomicU64::new(0),
             }),
+            scope: None,
         })
     }
 
@@ -498,6 +499,8 @@ async fn join<R>(
 #[derive(Clone)]
 pub struct PgStore {
     shared: Arc<Shared>,
+    /// The scope named with [`PgStore::scope`], else `None` (keys scoped by policy).
+    scope: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -583,6 +586,26 @@ fn lock_id(table: &TableName) -> i64 {
 }
 
 impl PgStore {
+    /// The same store, binding limiters under the name `scope`: their keys are stored as
+    /// `<namespace:><scope>:<key>`, shared by every limiter bound under that scope (and
+    /// kept across a change of the policy's rates). Without a scope a policy's keys are
+    /// `<namespace:><algorithm>-<8 hex>:<key>` ([`tollgate::store::default_scope`]): limiters
+    /// of the same policy share state, different policies never do.
+    ///
+    /// ```no_run
+    /// use tollgate::{Limiter, Policy, Rate};
+    /// let store = tollgate_sql::PgStore::connect("postgres://localhost/db").unwrap();
+    /// let p = Policy::gcra(Rate::per_second(1).unwrap()).unwrap();
+    /// let login = Limiter::builder(p).build_with(&store.scope("login")).unwrap();
+    /// # let _ = login;
+    /// ```
+    pub fn scope(&self, scope: &str) -> PgStore {
+        PgStore {
+            shared: self.shared.clone(),
+            scope: Some(scope.into()),
+        }
+    }
+
     /// A builder for the database at `url` (`postgres://user:pass@host:port/db`).
     ///
     /// ```
@@ -870,7 +893,13 @@ impl Store for PgStore {
                     t.quoted(&format!("_{name}"))
                 ),
                 reset_sql: format!("DELETE FROM {} WHERE key = $1", t.quoted("")),
-                prefix: format!("{}{}:", self.shared.namespace, policy.algorithm()),
+                prefix: format!(
+                    "{}{}:",
+                    self.shared.namespace,
+                    self.scope
+                        .as_deref()
+                        .map_or_else(|| tollgate::store::default_scope(policy), str::to_owned)
+                ),
                 algorithm: name,
                 engine,
                 a,

@@ -243,11 +243,7 @@ impl HttpPolicy {
             .rates()
             .iter()
             .map(|r| {
-                let capacity = match limiter.policy().algorithm() {
-                    tollgate::Algorithm::Gcra | tollgate::Algorithm::TokenBucket => r.burst(),
-                    _ => r.limit(),
-                };
-                let secs = headers::window_secs(r);
+                let (capacity, secs) = headers::quota_window(limiter.policy().algorithm(), r);
                 let mut item = ValueBuf::new();
                 item.push_policy_item(&name, capacity, secs);
                 Window {

@@ -112,17 +112,62 @@ pub trait Backend: Send + Sync + 'static {
 
 /// A store that can be bound to a policy.
 ///
+/// # Which limiters share state
+///
+/// The same rule holds on every store (memory, Redis/Valkey, PostgreSQL, SQLite):
+///
+/// - limiters bound to **the same store with the same policy share state**: a key charged
+///   through one is charged for all (for the memory store, "the same store" is one
+///   `MemoryStore` value or its clones; for the others, the same database and namespace);
+/// - limiters of **different policies never share state**: without a scope, a policy's
+///   keys are stored under [`default_scope`] (its algorithm and a hash of its rates), so a
+///   key of `5/s` never meets the same key of `10/s`;
+/// - a **scope** (`store.scope("login")` on every store) names the state instead: every
+///   limiter bound under that scope shares it, and the state survives a change of the
+///   policy's rates (a redeploy with new rates keeps counting). One process cannot run two
+///   policies on one state: the memory store refuses to bind a second, different policy
+///   under a scope that a live limiter uses; distributed stores cannot see other processes'
+///   policies, so give each policy its own scope.
+///
 /// ```
 /// use tollgate::{Limiter, Policy, Rate, store::memory::MemoryStore};
-/// let policy = Policy::gcra(Rate::per_second(1).unwrap()).unwrap();
-/// let limiter = Limiter::builder(policy).build_with(&MemoryStore::default()).unwrap();
-/// assert!(limiter.check("k").unwrap().allowed);
+/// let store = MemoryStore::default();
+/// let per_second = Policy::gcra(Rate::per_second(1).unwrap()).unwrap();
+/// let a = Limiter::builder(per_second.clone()).build_with(&store).unwrap();
+/// let b = Limiter::builder(per_second).build_with(&store).unwrap();
+/// let c = Limiter::builder(Policy::gcra(Rate::per_second(2).unwrap()).unwrap())
+///     .build_with(&store)
+///     .unwrap();
+/// assert!(a.check("k").unwrap().allowed);
+/// assert!(!b.check("k").unwrap().allowed); // same store and policy: shared
+/// assert!(c.check("k").unwrap().allowed); // another policy: its own state
 /// ```
 pub trait Store {
     /// The bound backend.
     type Backend: Backend;
     /// Binds this store to `policy`.
     fn bind(&self, policy: &Policy) -> Result<Self::Backend, Error>;
+}
+
+/// The scope under which a store keeps `policy`'s keys when no scope is named:
+/// `<algorithm>-<8 hex digits>`, the hex being the 32-bit FNV-1a hash of the policy's text
+/// (`gcra:5/1s`). Stable across processes and versions, so every process of a fleet with
+/// the same policy shares its keys; different policies get different scopes.
+///
+/// ```
+/// use tollgate::{Policy, Rate, store::default_scope};
+/// let p = Policy::gcra(Rate::per_second(5).unwrap()).unwrap();
+/// assert_eq!(default_scope(&p), default_scope(&p.clone()));
+/// assert!(default_scope(&p).starts_with("gcra-"));
+/// assert_ne!(default_scope(&p), default_scope(&Policy::gcra(Rate::per_second(6).unwrap()).unwrap()));
+/// ```
+pub fn default_scope(policy: &Policy) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in policy.to_string().bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{}-{h:08x}", policy.algorithm().name())
 }
 
 /// Checks a cost or amount: `0` is invalid.

@@ -8,6 +8,25 @@
 //! compare-and-swap, other algorithms lock only their own key's state. The write lock is taken
 //! to insert a key, remove one, or clean up.
 //!
+//! # Sharing
+//!
+//! Limiters bound to the same store (or its clones) with the same policy share state: a
+//! key charged through one is charged for all of them, as on Redis and SQL. Different
+//! policies never share state. [`MemoryStore::scope`] names the state instead: every limiter
+//! bound under that scope shares it; binding a *different* policy under a scope that is in
+//! use by a live limiter is an error ([`Error::InvalidKey`]), since one process cannot run
+//! two policies on one state. See [`Store`] for the rule on every store.
+//!
+//! ```
+//! use tollgate::{Limiter, Policy, Rate, store::memory::MemoryStore};
+//! let store = MemoryStore::new();
+//! let policy = Policy::gcra(Rate::per_second(1).unwrap()).unwrap();
+//! let a = Limiter::builder(policy.clone()).build_with(&store).unwrap();
+//! let b = Limiter::builder(policy).build_with(&store).unwrap();
+//! assert!(a.check("alice").unwrap().allowed);
+//! assert!(!b.check("alice").unwrap().allowed); // same store, same policy: one budget
+//! ```
+//!
 //! # Bounded memory
 //!
 //! - A key is only stored when a `check` changes its state: peeks, refunds and resets of unknown
@@ -42,27 +61,33 @@
 //! assert!(limiter.check("203.0.113.7").unwrap().allowed);
 //! ```
 
+mod direct;
+mod shard;
+mod slots;
+
+pub(crate) use direct::DirectSlot;
+
 use super::{validate_op, Backend, Op, Store};
-use crate::algorithm::{
-    self, fixed_window, gcra, sliding_log, sliding_window, token_bucket, CompiledPolicy,
-    RateAlgorithm,
-};
+use crate::algorithm::{fixed_window, gcra, sliding_window, token_bucket, CompiledPolicy};
 use crate::decision::Decision;
 use crate::error::Error;
 use crate::policy::Policy;
 use crate::time::{micros, Micros};
-use crossbeam_utils::CachePadded;
 use futures_util::future::BoxFuture;
-use hashbrown::HashTable;
-use parking_lot::{Mutex, RwLock};
-use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use parking_lot::Mutex;
+use shard::ShardedMap;
+use slots::{GcraOne, LogKind, Rates, SlotKind};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// Most shards a keyed memory store uses.
 const MAX_SHARDS: usize = 64;
 
-/// Configuration of the in-memory store; [`Store::bind`] makes one keyed table per policy.
+/// The in-memory store: [`Store::bind`] gives one keyed table per policy (or per
+/// [`scope`](MemoryStore::scope)), shared by every limiter bound to this store or its clones
+/// with the same policy.
 ///
 /// ```
 /// use std::time::Duration;
@@ -75,6 +100,35 @@ const MAX_SHARDS: usize = 64;
 pub struct MemoryStore {
     max_keys: usize,
     sweep_interval: Micros,
+    scope: Option<Arc<str>>,
+    tables: Arc<Tables>,
+}
+
+/// The live tables of a store (and its clones), by scope or policy.
+#[derive(Default)]
+struct Tables(Mutex<HashMap<TableId, (Policy, Weak<Engine>)>>);
+
+impl std::fmt::Debug for Tables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tables")
+            .field(
+                "live",
+                &self
+                    .0
+                    .lock()
+                    .values()
+                    .filter(|(_, w)| w.strong_count() > 0)
+                    .count(),
+            )
+            .finish()
+    }
+}
+
+/// What names a table: the scope, or (without one) the policy itself.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum TableId {
+    Scope(Arc<str>),
+    Policy(Policy),
 }
 
 impl Default for MemoryStore {
@@ -82,6 +136,8 @@ impl Default for MemoryStore {
         Self {
             max_keys: 1_000_000,
             sweep_interval: 1_000_000,
+            scope: None,
+            tables: Arc::default(),
         }
     }
 }
@@ -96,13 +152,15 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// The hard cap on stored keys (at least 1).
+    /// The hard cap on stored keys (at least 1) of each table this store makes. Configuring
+    /// makes a new store: it shares no state with the store it was called on.
     ///
     /// ```
     /// assert_eq!(tollgate::store::memory::MemoryStore::new().max_keys(0).max_keys_value(), 1);
     /// ```
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys.max(1);
+        self.tables = Arc::default();
         self
     }
 
@@ -115,7 +173,8 @@ impl MemoryStore {
         self.max_keys
     }
 
-    /// How often (at most) each shard sweeps expired keys on insert.
+    /// How often (at most) each shard sweeps expired keys on insert. Configuring makes a new
+    /// store: it shares no state with the store it was called on.
     ///
     /// ```
     /// let s = tollgate::store::memory::MemoryStore::new().sweep_interval(std::time::Duration::ZERO);
@@ -123,14 +182,64 @@ impl MemoryStore {
     /// ```
     pub fn sweep_interval(mut self, every: Duration) -> Self {
         self.sweep_interval = micros(every);
+        self.tables = Arc::default();
         self
+    }
+
+    /// The same store, binding limiters under the name `scope`: every limiter bound under
+    /// one scope of this store shares one state (like `RedisStore::scope`, whose keys are
+    /// `<namespace>:<scope>:<key>`). Without a scope, state is shared by limiters of the same
+    /// policy. Binding a different policy under a scope in use by a live limiter fails with
+    /// [`Error::InvalidKey`].
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate, store::memory::MemoryStore};
+    /// let store = MemoryStore::new();
+    /// let p = Policy::gcra(Rate::per_second(1).unwrap()).unwrap();
+    /// let login = Limiter::builder(p.clone()).build_with(&store.scope("login")).unwrap();
+    /// let api = Limiter::builder(p.clone()).build_with(&store.scope("api")).unwrap();
+    /// assert!(login.check("alice").unwrap().allowed);
+    /// assert!(api.check("alice").unwrap().allowed); // another scope, another state
+    /// let other = Policy::gcra(Rate::per_second(5).unwrap()).unwrap();
+    /// assert!(Limiter::builder(other).build_with(&store.scope("login")).is_err());
+    /// ```
+    pub fn scope(&self, scope: impl Into<String>) -> MemoryStore {
+        MemoryStore {
+            scope: Some(scope.into().into()),
+            ..self.clone()
+        }
     }
 }
 
 impl Store for MemoryStore {
     type Backend = MemoryBackend;
+
+    /// Returns the live table of this scope (or, without a scope, of this policy) if a
+    /// limiter still holds one, else a new one.
     fn bind(&self, policy: &Policy) -> Result<MemoryBackend, Error> {
-        Ok(MemoryBackend::new(policy, self))
+        let id = match &self.scope {
+            Some(scope) => TableId::Scope(scope.clone()),
+            None => TableId::Policy(policy.clone()),
+        };
+        let mut tables = self.tables.0.lock();
+        if let Some((bound, engine)) = tables.get(&id) {
+            if let Some(engine) = engine.upgrade() {
+                if bound != policy {
+                    return Err(Error::InvalidKey {
+                        reason: format!(
+                            "scope {:?} of this memory store is in use by policy {bound}; \
+                             it cannot also hold policy {policy} (use another scope)",
+                            self.scope.as_deref().unwrap_or_default()
+                        ),
+                    });
+                }
+                return Ok(MemoryBackend { engine });
+            }
+        }
+        tables.retain(|_, (_, engine)| engine.strong_count() > 0);
+        let backend = MemoryBackend::new(policy, self);
+        tables.insert(id, (policy.clone(), Arc::downgrade(&backend.engine)));
+        Ok(backend)
     }
 }
 
@@ -151,306 +260,6 @@ pub struct MemoryStats {
     pub expired: u64,
     /// Keys dropped by the hard cap before they were back to fresh.
     pub evictions: u64,
-}
-
-// ---------------------------------------------------------------------------------------
-// Slot kinds: how one key's state is held and operated on.
-
-/// How one key's state is stored and how an operation applies to it.
-pub(crate) trait SlotKind: Send + Sync + 'static {
-    type Params: Send + Sync;
-    type Slot: Send + Sync;
-    fn fresh(p: &Self::Params) -> Self::Slot;
-    fn apply(
-        p: &Self::Params,
-        slot: &Self::Slot,
-        now: Micros,
-        op: Op,
-    ) -> Result<Option<Decision>, Error>;
-    fn horizon(p: &Self::Params, slot: &Self::Slot) -> Micros;
-    /// True when the slot holds the fresh state (nothing worth storing).
-    fn is_fresh(p: &Self::Params, slot: &Self::Slot) -> bool;
-}
-
-/// Single-rate GCRA: one atomic TAT, updated by compare-and-swap.
-pub(crate) struct GcraOne;
-
-impl SlotKind for GcraOne {
-    type Params = gcra::Params;
-    type Slot = AtomicU64;
-
-    fn fresh(_p: &gcra::Params) -> AtomicU64 {
-        AtomicU64::new(0)
-    }
-
-    #[inline(always)]
-    fn apply(
-        p: &gcra::Params,
-        slot: &AtomicU64,
-        now: Micros,
-        op: Op,
-    ) -> Result<Option<Decision>, Error> {
-        match op {
-            Op::Check(cost) | Op::Peek(cost) => {
-                let mut tat = slot.load(Ordering::Acquire);
-                loop {
-                    let (v, next) = gcra::Gcra::evaluate(p, &tat, now, cost)?;
-                    let decision = Decision::from_parts(
-                        v.allowed,
-                        v.limit,
-                        v.remaining,
-                        v.retry_after,
-                        v.reset_after,
-                        (!v.allowed).then_some(0),
-                    );
-                    if !v.allowed || matches!(op, Op::Peek(_)) {
-                        return Ok(Some(decision));
-                    }
-                    match slot.compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
-                    {
-                        Ok(_) => return Ok(Some(decision)),
-                        Err(actual) => tat = actual,
-                    }
-                }
-            }
-            Op::Refund(amount) => {
-                let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
-                    Some(gcra::Gcra::refund(p, &tat, now, amount))
-                });
-                Ok(None)
-            }
-            Op::Reset => {
-                slot.store(0, Ordering::Release);
-                Ok(None)
-            }
-        }
-    }
-
-    fn horizon(_p: &gcra::Params, slot: &AtomicU64) -> Micros {
-        slot.load(Ordering::Acquire)
-    }
-
-    fn is_fresh(_p: &gcra::Params, slot: &AtomicU64) -> bool {
-        slot.load(Ordering::Acquire) == 0
-    }
-}
-
-/// Any per-rate algorithm over several rates, under a per-key mutex.
-pub(crate) struct Rates<A>(std::marker::PhantomData<A>);
-
-impl<A> SlotKind for Rates<A>
-where
-    A: RateAlgorithm + Send + Sync + 'static,
-    A::Params: Send + Sync,
-    A::State: Send + Sync,
-{
-    type Params = Box<[A::Params]>;
-    type Slot = Mutex<Box<[A::State]>>;
-
-    fn fresh(p: &Self::Params) -> Self::Slot {
-        Mutex::new(vec![A::State::default(); p.len()].into_boxed_slice())
-    }
-
-    fn apply(
-        p: &Self::Params,
-        slot: &Self::Slot,
-        now: Micros,
-        op: Op,
-    ) -> Result<Option<Decision>, Error> {
-        let mut states = slot.lock();
-        match op {
-            Op::Check(cost) => {
-                algorithm::decide_rates::<A>(p, &mut states, now, cost, true).map(Some)
-            }
-            Op::Peek(cost) => {
-                algorithm::decide_rates::<A>(p, &mut states, now, cost, false).map(Some)
-            }
-            Op::Refund(amount) => {
-                algorithm::refund_rates::<A>(p, &mut states, now, amount);
-                Ok(None)
-            }
-            Op::Reset => {
-                states.fill(A::State::default());
-                Ok(None)
-            }
-        }
-    }
-
-    fn horizon(p: &Self::Params, slot: &Self::Slot) -> Micros {
-        algorithm::horizon_rates::<A>(p, &slot.lock())
-    }
-
-    fn is_fresh(_p: &Self::Params, slot: &Self::Slot) -> bool {
-        slot.lock().iter().all(|s| *s == A::State::default())
-    }
-}
-
-/// The sliding log, under a per-key mutex.
-pub(crate) struct LogKind;
-
-impl SlotKind for LogKind {
-    type Params = sliding_log::Params;
-    type Slot = Mutex<sliding_log::Log>;
-
-    fn fresh(_p: &Self::Params) -> Self::Slot {
-        Mutex::new(sliding_log::Log::default())
-    }
-
-    fn apply(
-        p: &Self::Params,
-        slot: &Self::Slot,
-        now: Micros,
-        op: Op,
-    ) -> Result<Option<Decision>, Error> {
-        let mut log = slot.lock();
-        match op {
-            Op::Check(cost) => sliding_log::decide(p, &mut log, now, cost, true).map(Some),
-            Op::Peek(cost) => sliding_log::decide(p, &mut log, now, cost, false).map(Some),
-            Op::Refund(amount) => {
-                sliding_log::refund(p, &mut log, now, amount);
-                Ok(None)
-            }
-            Op::Reset => {
-                log.entries.clear();
-                Ok(None)
-            }
-        }
-    }
-
-    fn horizon(p: &Self::Params, slot: &Self::Slot) -> Micros {
-        sliding_log::horizon(p, &slot.lock())
-    }
-
-    fn is_fresh(_p: &Self::Params, slot: &Self::Slot) -> bool {
-        slot.lock().entries.is_empty()
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// The sharded table.
-
-struct Shard<V> {
-    table: HashTable<(Box<str>, V)>,
-    next_sweep: Micros,
-}
-
-struct ShardedMap<V> {
-    shards: Box<[CachePadded<RwLock<Shard<V>>>]>,
-    shard_mask: u64,
-    hasher: foldhash::fast::RandomState,
-    per_shard_cap: usize,
-    sweep_interval: Micros,
-    expired: AtomicU64,
-    evictions: AtomicU64,
-}
-
-impl<V> ShardedMap<V> {
-    fn new(store: &MemoryStore) -> Self {
-        let shards = (store.max_keys / 1024)
-            .clamp(1, MAX_SHARDS)
-            .next_power_of_two();
-        let shards = shards.min(MAX_SHARDS);
-        Self {
-            shards: (0..shards)
-                .map(|_| {
-                    CachePadded::new(RwLock::new(Shard {
-                        table: HashTable::new(),
-                        next_sweep: 0,
-                    }))
-                })
-                .collect(),
-            shard_mask: shards as u64 - 1,
-            hasher: foldhash::fast::RandomState::default(),
-            per_shard_cap: store.max_keys.div_ceil(shards),
-            sweep_interval: store.sweep_interval,
-            expired: AtomicU64::new(0),
-            evictions: AtomicU64::new(0),
-        }
-    }
-
-    #[inline]
-    fn hash(&self, key: &str) -> u64 {
-        self.hasher.hash_one(key)
-    }
-
-    #[inline]
-    fn shard(&self, hash: u64) -> &RwLock<Shard<V>> {
-        // Bits 40.. pick the shard: hashbrown uses the low bits (bucket) and the top 7 (tag).
-        &self.shards[((hash >> 40) & self.shard_mask) as usize]
-    }
-
-    #[inline]
-    fn with_existing<R>(&self, hash: u64, key: &str, f: impl FnOnce(&V) -> R) -> Option<R> {
-        let shard = self.shard(hash).read();
-        shard.table.find(hash, |e| &*e.0 == key).map(|e| f(&e.1))
-    }
-
-    /// Runs `on_existing` on the key's slot if it exists by now; otherwise inserts the slot
-    /// made by `make` (which also returns the result), cleaning up first when due or full.
-    fn with_inserted<R>(
-        &self,
-        hash: u64,
-        key: &str,
-        now: Micros,
-        horizon: impl Fn(&V) -> Micros,
-        make: impl FnOnce() -> (V, R),
-        on_existing: impl FnOnce(&V) -> R,
-    ) -> R {
-        let mut guard = self.shard(hash).write();
-        if let Some(e) = guard.table.find(hash, |e| &*e.0 == key) {
-            return on_existing(&e.1);
-        }
-        let shard = &mut *guard;
-        if now >= shard.next_sweep || shard.table.len() >= self.per_shard_cap {
-            shard.next_sweep = now.saturating_add(self.sweep_interval);
-            let before = shard.table.len();
-            shard.table.retain(|e| horizon(&e.1) > now);
-            self.expired
-                .fetch_add((before - shard.table.len()) as u64, Ordering::Relaxed);
-        }
-        if shard.table.len() >= self.per_shard_cap {
-            self.evict(shard, &horizon);
-        }
-        let (slot, result) = make();
-        let hasher = &self.hasher;
-        shard
-            .table
-            .insert_unique(hash, (Box::from(key), slot), |e| hasher.hash_one(&*e.0));
-        result
-    }
-
-    /// Evicts the 1/16 of the shard whose horizon comes soonest (at least one key).
-    fn evict(&self, shard: &mut Shard<V>, horizon: &impl Fn(&V) -> Micros) {
-        let batch = (self.per_shard_cap / 16).max(1);
-        let mut horizons: Vec<Micros> = shard.table.iter().map(|e| horizon(&e.1)).collect();
-        if horizons.is_empty() {
-            return;
-        }
-        let nth = (batch - 1).min(horizons.len() - 1);
-        let (_, &mut threshold, _) = horizons.select_nth_unstable(nth);
-        let mut removed = 0;
-        shard.table.retain(|e| {
-            if removed < batch && horizon(&e.1) <= threshold {
-                removed += 1;
-                false
-            } else {
-                true
-            }
-        });
-        self.evictions.fetch_add(removed as u64, Ordering::Relaxed);
-        metrics::counter!("tollgate_memory_evictions_total").increment(removed as u64);
-    }
-
-    fn remove(&self, hash: u64, key: &str) {
-        let mut shard = self.shard(hash).write();
-        if let Ok(entry) = shard.table.find_entry(hash, |e| &*e.0 == key) {
-            entry.remove();
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.read().table.len()).sum()
-    }
 }
 
 /// One policy's keyed table of slots of kind `K`.
@@ -517,7 +326,8 @@ macro_rules! dispatch {
     };
 }
 
-/// The in-memory backend of one policy (made by [`MemoryStore`]'s [`Store::bind`]).
+/// The in-memory backend of one policy (made by [`MemoryStore`]'s [`Store::bind`]). Clones,
+/// and backends bound to the same store with the same policy or scope, share one table.
 ///
 /// ```
 /// use tollgate::{Policy, Rate, store::{Backend, Op, Store, memory::MemoryStore}};
@@ -525,8 +335,9 @@ macro_rules! dispatch {
 /// assert!(b.execute("k", Op::Check(1), 0).unwrap().unwrap().allowed);
 /// assert!(!b.execute("k", Op::Check(1), 0).unwrap().unwrap().allowed);
 /// ```
+#[derive(Clone)]
 pub struct MemoryBackend {
-    engine: Engine,
+    engine: Arc<Engine>,
 }
 
 impl std::fmt::Debug for MemoryBackend {
@@ -553,7 +364,9 @@ impl MemoryBackend {
             CompiledPolicy::SlidingWindow(p) => Engine::SlidingWindow(keyed(p, store)),
             CompiledPolicy::SlidingLog(p) => Engine::SlidingLog(keyed(p, store)),
         };
-        Self { engine }
+        Self {
+            engine: Arc::new(engine),
+        }
     }
 
     /// Keys stored, expired and evicted so far.
@@ -564,7 +377,7 @@ impl MemoryBackend {
     /// assert_eq!(limiter.backend().stats().evictions, 0);
     /// ```
     pub fn stats(&self) -> MemoryStats {
-        dispatch!(&self.engine, k => MemoryStats {
+        dispatch!(&*self.engine, k => MemoryStats {
             keys: k.map.len(),
             expired: k.map.expired.load(Ordering::Relaxed),
             evictions: k.map.evictions.load(Ordering::Relaxed),
@@ -576,7 +389,7 @@ impl Backend for MemoryBackend {
     #[inline]
     fn execute(&self, key: &str, op: Op, now: Micros) -> Result<Option<Decision>, Error> {
         validate_op(op)?;
-        dispatch!(&self.engine, k => k.execute(key, op, now))
+        dispatch!(&*self.engine, k => k.execute(key, op, now))
     }
 
     fn execute_async<'a>(
@@ -586,84 +399,5 @@ impl Backend for MemoryBackend {
         now: Micros,
     ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
         Box::pin(std::future::ready(self.execute(key, op, now)))
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// A single unkeyed slot, for `DirectLimiter`.
-
-enum DirectEngine {
-    GcraOne(gcra::Params, AtomicU64),
-    Gcra(Box<[gcra::Params]>, Mutex<Box<[u64]>>),
-    TokenBucket(
-        Box<[token_bucket::Params]>,
-        Mutex<Box<[token_bucket::State]>>,
-    ),
-    FixedWindow(
-        Box<[fixed_window::Params]>,
-        Mutex<Box<[fixed_window::State]>>,
-    ),
-    SlidingWindow(
-        Box<[sliding_window::Params]>,
-        Mutex<Box<[sliding_window::State]>>,
-    ),
-    SlidingLog(sliding_log::Params, Mutex<sliding_log::Log>),
-}
-
-/// One unkeyed state: what [`crate::DirectLimiter`] runs on.
-pub(crate) struct DirectSlot(DirectEngine);
-
-impl DirectSlot {
-    pub(crate) fn new(policy: &Policy) -> Self {
-        fn pair<K: SlotKind>(p: K::Params) -> (K::Params, K::Slot) {
-            let slot = K::fresh(&p);
-            (p, slot)
-        }
-        Self(match CompiledPolicy::new(policy) {
-            CompiledPolicy::Gcra(p) if p.len() == 1 => {
-                let p = p[0];
-                let (p, s) = pair::<GcraOne>(p);
-                DirectEngine::GcraOne(p, s)
-            }
-            CompiledPolicy::Gcra(p) => {
-                let (p, s) = pair::<Rates<gcra::Gcra>>(p);
-                DirectEngine::Gcra(p, s)
-            }
-            CompiledPolicy::TokenBucket(p) => {
-                let (p, s) = pair::<Rates<token_bucket::TokenBucket>>(p);
-                DirectEngine::TokenBucket(p, s)
-            }
-            CompiledPolicy::FixedWindow(p) => {
-                let (p, s) = pair::<Rates<fixed_window::FixedWindow>>(p);
-                DirectEngine::FixedWindow(p, s)
-            }
-            CompiledPolicy::SlidingWindow(p) => {
-                let (p, s) = pair::<Rates<sliding_window::SlidingWindow>>(p);
-                DirectEngine::SlidingWindow(p, s)
-            }
-            CompiledPolicy::SlidingLog(p) => {
-                let (p, s) = pair::<LogKind>(p);
-                DirectEngine::SlidingLog(p, s)
-            }
-        })
-    }
-
-    #[inline(always)]
-    pub(crate) fn execute(&self, op: Op, now: Micros) -> Result<Option<Decision>, Error> {
-        validate_op(op)?;
-        match &self.0 {
-            DirectEngine::GcraOne(p, s) => GcraOne::apply(p, s, now, op),
-            DirectEngine::Gcra(p, s) => Rates::<gcra::Gcra>::apply(p, s, now, op),
-            DirectEngine::TokenBucket(p, s) => {
-                Rates::<token_bucket::TokenBucket>::apply(p, s, now, op)
-            }
-            DirectEngine::FixedWindow(p, s) => {
-                Rates::<fixed_window::FixedWindow>::apply(p, s, now, op)
-            }
-            DirectEngine::SlidingWindow(p, s) => {
-                Rates::<sliding_window::SlidingWindow>::apply(p, s, now, op)
-            }
-            DirectEngine::SlidingLog(p, s) => LogKind::apply(p, s, now, op),
-        }
     }
 }

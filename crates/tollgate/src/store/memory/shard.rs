@@ -1,0 +1,138 @@
+//! The sharded table of one policy's keys.
+
+use super::{MemoryStore, MAX_SHARDS};
+use crate::time::Micros;
+use crossbeam_utils::CachePadded;
+use hashbrown::HashTable;
+use parking_lot::RwLock;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+struct Shard<V> {
+    table: HashTable<(Box<str>, V)>,
+    next_sweep: Micros,
+}
+
+pub(super) struct ShardedMap<V> {
+    shards: Box<[CachePadded<RwLock<Shard<V>>>]>,
+    shard_mask: u64,
+    hasher: foldhash::fast::RandomState,
+    per_shard_cap: usize,
+    sweep_interval: Micros,
+    pub(super) expired: AtomicU64,
+    pub(super) evictions: AtomicU64,
+}
+
+impl<V> ShardedMap<V> {
+    pub(super) fn new(store: &MemoryStore) -> Self {
+        let shards = (store.max_keys / 1024)
+            .clamp(1, MAX_SHARDS)
+            .next_power_of_two();
+        let shards = shards.min(MAX_SHARDS);
+        Self {
+            shards: (0..shards)
+                .map(|_| {
+                    CachePadded::new(RwLock::new(Shard {
+                        table: HashTable::new(),
+                        next_sweep: 0,
+                    }))
+                })
+                .collect(),
+            shard_mask: shards as u64 - 1,
+            hasher: foldhash::fast::RandomState::default(),
+            per_shard_cap: store.max_keys.div_ceil(shards),
+            sweep_interval: store.sweep_interval,
+            expired: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    pub(super) fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    #[inline]
+    fn shard(&self, hash: u64) -> &RwLock<Shard<V>> {
+        // Bits 40.. pick the shard: hashbrown uses the low bits (bucket) and the top 7 (tag).
+        &self.shards[((hash >> 40) & self.shard_mask) as usize]
+    }
+
+    #[inline]
+    pub(super) fn with_existing<R>(
+        &self,
+        hash: u64,
+        key: &str,
+        f: impl FnOnce(&V) -> R,
+    ) -> Option<R> {
+        let shard = self.shard(hash).read();
+        shard.table.find(hash, |e| &*e.0 == key).map(|e| f(&e.1))
+    }
+
+    /// Runs `on_existing` on the key's slot if it exists by now; otherwise inserts the slot
+    /// made by `make` (which also returns the result), cleaning up first when due or full.
+    pub(super) fn with_inserted<R>(
+        &self,
+        hash: u64,
+        key: &str,
+        now: Micros,
+        horizon: impl Fn(&V) -> Micros,
+        make: impl FnOnce() -> (V, R),
+        on_existing: impl FnOnce(&V) -> R,
+    ) -> R {
+        let mut guard = self.shard(hash).write();
+        if let Some(e) = guard.table.find(hash, |e| &*e.0 == key) {
+            return on_existing(&e.1);
+        }
+        let shard = &mut *guard;
+        if now >= shard.next_sweep || shard.table.len() >= self.per_shard_cap {
+            shard.next_sweep = now.saturating_add(self.sweep_interval);
+            let before = shard.table.len();
+            shard.table.retain(|e| horizon(&e.1) > now);
+            self.expired
+                .fetch_add((before - shard.table.len()) as u64, Ordering::Relaxed);
+        }
+        if shard.table.len() >= self.per_shard_cap {
+            self.evict(shard, &horizon);
+        }
+        let (slot, result) = make();
+        let hasher = &self.hasher;
+        shard
+            .table
+            .insert_unique(hash, (Box::from(key), slot), |e| hasher.hash_one(&*e.0));
+        result
+    }
+
+    /// Evicts the 1/16 of the shard whose horizon comes soonest (at least one key).
+    fn evict(&self, shard: &mut Shard<V>, horizon: &impl Fn(&V) -> Micros) {
+        let batch = (self.per_shard_cap / 16).max(1);
+        let mut horizons: Vec<Micros> = shard.table.iter().map(|e| horizon(&e.1)).collect();
+        if horizons.is_empty() {
+            return;
+        }
+        let nth = (batch - 1).min(horizons.len() - 1);
+        let (_, &mut threshold, _) = horizons.select_nth_unstable(nth);
+        let mut removed = 0;
+        shard.table.retain(|e| {
+            if removed < batch && horizon(&e.1) <= threshold {
+                removed += 1;
+                false
+            } else {
+                true
+            }
+        });
+        self.evictions.fetch_add(removed as u64, Ordering::Relaxed);
+        metrics::counter!("tollgate_memory_evictions_total").increment(removed as u64);
+    }
+
+    pub(super) fn remove(&self, hash: u64, key: &str) {
+        let mut shard = self.shard(hash).write();
+        if let Ok(entry) = shard.table.find_entry(hash, |e| &*e.0 == key) {
+            entry.remove();
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.read().table.len()).sum()
+    }
+}
