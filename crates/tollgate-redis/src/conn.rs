@@ -6,7 +6,7 @@ use redis::cluster_async::ClusterConnection;
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::OnceCell;
-use tollgate::{Error, StoreError};
+use tollgate::{Error, StoreError, StoreErrorKind};
 
 /// Where the store connects.
 pub(crate) enum Target {
@@ -44,6 +44,50 @@ pub(crate) fn store_error(e: impl std::fmt::Display) -> Error {
     Error::Store(StoreError::new("redis", e.to_string()))
 }
 
+/// A reply the store's client cannot read (kind `Protocol`).
+pub(crate) fn protocol_error(e: impl std::fmt::Display) -> Error {
+    Error::Store(StoreError::with_kind(
+        "redis",
+        StoreErrorKind::Protocol,
+        e.to_string(),
+    ))
+}
+
+/// A failed Redis call as a `StoreError` of the right kind, so a refused connection is
+/// reported as refused and a missing script as missing.
+pub(crate) fn redis_failure(context: &str, e: &redis::RedisError) -> Error {
+    Error::Store(redis_store_error(context, e))
+}
+
+pub(crate) fn redis_store_error(context: &str, e: &redis::RedisError) -> StoreError {
+    StoreError::with_kind("redis", classify(e), format!("{context}: {e}"))
+}
+
+/// The class of a Redis client error.
+pub(crate) fn classify(e: &redis::RedisError) -> StoreErrorKind {
+    use redis::{ErrorKind, ServerErrorKind};
+    if e.is_connection_refusal() {
+        return StoreErrorKind::ConnectionRefused;
+    }
+    if e.is_timeout() {
+        return StoreErrorKind::Timeout;
+    }
+    if matches!(e.code(), Some("NOAUTH" | "WRONGPASS")) {
+        return StoreErrorKind::Auth;
+    }
+    match e.kind() {
+        ErrorKind::AuthenticationFailed => StoreErrorKind::Auth,
+        ErrorKind::Server(ServerErrorKind::NoScript) => StoreErrorKind::ScriptMissing,
+        ErrorKind::Server(ServerErrorKind::NoPerm) => StoreErrorKind::Auth,
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType | ErrorKind::RESP3NotSupported => {
+            StoreErrorKind::Protocol
+        }
+        ErrorKind::Io | ErrorKind::ClusterConnectionNotFound => StoreErrorKind::Connection,
+        _ if e.is_connection_dropped() || e.is_unrecoverable_error() => StoreErrorKind::Connection,
+        _ => StoreErrorKind::Other,
+    }
+}
+
 impl Shared {
     pub(crate) fn new(target: Target, timeout: Duration, threads: usize) -> Result<Shared, Error> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -72,11 +116,14 @@ impl Shared {
             .get_or_try_init(|| async {
                 match &self.target {
                     Target::Standalone(client) => {
+                        // One connection attempt per (re)connect, no backoff of its own:
+                        // a refused connection is reported as refused at once instead of
+                        // as a timeout after retries, and the failure policy's circuit
+                        // breaker paces the next attempts.
                         let config = ConnectionManagerConfig::new()
                             .set_connection_timeout(Some(self.timeout))
                             .set_response_timeout(Some(self.timeout))
-                            .set_number_of_retries(3)
-                            .set_max_delay(Duration::from_millis(500));
+                            .set_number_of_retries(0);
                         ConnectionManager::new_with_config(client.clone(), config)
                             .await
                             .map(Conn::Standalone)
@@ -87,7 +134,7 @@ impl Shared {
                 }
             })
             .await
-            .map_err(|e| store_error(format!("cannot connect: {e}")))?;
+            .map_err(|e| redis_failure("cannot connect", &e))?;
         Ok(conn.clone())
     }
 

@@ -1,6 +1,6 @@
 //! Several keys, each with its own policy, decided all-or-nothing in one script call.
 
-use crate::conn::{evalsha_cmd, store_error};
+use crate::conn::{evalsha_cmd, protocol_error, redis_failure};
 use crate::scripts;
 use crate::store::{decision_from, integers, same_slot, RedisBackend, RedisStore};
 use std::sync::Arc;
@@ -263,10 +263,12 @@ async fn run_many(
     let reply = conn
         .evalsha(script, &cmd)
         .await
-        .map_err(|e| store_error(format!("script call failed: {e}")))?;
+        .map_err(|e| redis_failure("script call failed", &e))?;
     let fields = integers(&reply)?;
     if fields.len() != 1 + 6 * prepared.count {
-        return Err(store_error(format!("malformed multi-key reply {fields:?}")));
+        return Err(protocol_error(format!(
+            "malformed multi-key reply {fields:?}"
+        )));
     }
     let decisions = fields[1..]
         .chunks(6)

@@ -133,7 +133,7 @@ async fn run(shared: Arc<Shared>, call: Call) -> Result<Vec<i64>, Error> {
     let reply = conn
         .invoke(&invocation)
         .await
-        .map_err(|e| crate::conn::store_error(format!("semaphore script failed: {e}")))?;
+        .map_err(|e| crate::conn::redis_failure("semaphore script failed", &e))?;
     match reply {
         redis::Value::Int(i) => Ok(vec![i]),
         other => integers(&other),

@@ -1,7 +1,7 @@
 //! [`RedisStore`], its builder, and the bound [`RedisBackend`].
 
 use crate::cache::DenialCache;
-use crate::conn::{evalsha_cmd, store_error, Shared, Target};
+use crate::conn::{evalsha_cmd, protocol_error, redis_failure, store_error, Shared, Target};
 use crate::scripts;
 use futures_util::future::BoxFuture;
 use redis::Value;
@@ -651,7 +651,7 @@ async fn run(shared: Arc<Shared>, call: Call) -> Result<(String, Value), Error> 
     let reply = conn
         .evalsha(scripts::single_script(call.algorithm), &call.cmd)
         .await
-        .map_err(|e| store_error(format!("script call failed: {e}")))?;
+        .map_err(|e| redis_failure("script call failed", &e))?;
     Ok((call.key, reply))
 }
 
@@ -693,19 +693,19 @@ pub(crate) fn integers(reply: &Value) -> Result<Vec<i64>, Error> {
             .iter()
             .map(|v| match v {
                 Value::Int(i) => Ok(*i),
-                other => Err(store_error(format!(
+                other => Err(protocol_error(format!(
                     "unexpected script reply item {other:?}"
                 ))),
             })
             .collect(),
-        other => Err(store_error(format!("unexpected script reply {other:?}"))),
+        other => Err(protocol_error(format!("unexpected script reply {other:?}"))),
     }
 }
 
 /// A decision from the 6 fields a script returns.
 pub(crate) fn decision_from(f: &[i64]) -> Result<Decision, Error> {
     if f.len() < 6 || f[1..5].iter().any(|&v| v < 0) {
-        return Err(store_error(format!("malformed decision {f:?}")));
+        return Err(protocol_error(format!("malformed decision {f:?}")));
     }
     Ok(Decision::from_parts(
         f[0] == 1,

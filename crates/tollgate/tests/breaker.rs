@@ -255,7 +255,7 @@ fn half_open_lets_exactly_one_probe_through_and_replaces_a_lost_one() {
 
 /// Starts a probe through a fail-open wrapper whose store never answers in time: the
 /// admission happens, the result never comes back (the future is leaked in a pending state).
-struct HalfOpenHolder(std::thread::JoinHandle<()>, Arc<AtomicBool>);
+struct HalfOpenHolder(Option<std::thread::JoinHandle<()>>, Arc<AtomicBool>);
 
 impl HalfOpenHolder {
     fn start(breaker: &Arc<CircuitBreaker>) -> Self {
@@ -288,13 +288,16 @@ impl HalfOpenHolder {
         while !started.load(Ordering::SeqCst) || breaker.state() != BreakerState::HalfOpen {
             std::thread::sleep(Duration::from_millis(1));
         }
-        HalfOpenHolder(thread, release)
+        HalfOpenHolder(Some(thread), release)
     }
 }
 
 impl Drop for HalfOpenHolder {
     fn drop(&mut self) {
         self.1.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.0.take() {
+            let _ = thread.join();
+        }
     }
 }
 

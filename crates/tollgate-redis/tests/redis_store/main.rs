@@ -6,5 +6,6 @@ mod concurrency;
 mod faults;
 mod features;
 mod long_quotas;
+mod outage;
 mod sharing;
 mod vectors;
