@@ -47,10 +47,24 @@ use std::sync::Arc;
 use std::time::Duration;
 use tollgate::store::{Backend, Op, Store};
 use tollgate::time::{Clock, Micros, SystemClock};
-use tollgate::{Decision, Error, Policy, StoreError};
+use tollgate::{Decision, Error, Policy, StoreError, StoreErrorKind};
 
 fn sqlite_error(context: &str, e: impl std::fmt::Display) -> Error {
-    Error::Store(StoreError::new("sqlite", format!("{context}: {e}")))
+    let message = e.to_string();
+    // SQLITE_BUSY / SQLITE_LOCKED after the busy timeout is a timeout; a file that cannot be
+    // opened is a connection failure.
+    let kind = if message.contains("database is locked") || message.contains("table is locked") {
+        StoreErrorKind::Timeout
+    } else if message.contains("unable to open database") {
+        StoreErrorKind::Connection
+    } else {
+        StoreErrorKind::Other
+    };
+    Error::Store(StoreError::with_kind(
+        "sqlite",
+        kind,
+        format!("{context}: {message}"),
+    ))
 }
 
 #[derive(Debug, Clone)]

@@ -53,7 +53,7 @@ use std::time::Duration;
 use tokio_postgres::{NoTls, Statement};
 use tollgate::store::{Backend, Op, Store};
 use tollgate::time::Micros;
-use tollgate::{Algorithm, Decision, Error, Policy, StoreError};
+use tollgate::{Algorithm, Decision, Error, Policy, StoreError, StoreErrorKind};
 
 mod multi;
 
@@ -61,6 +61,42 @@ const STORE: &str = "postgres";
 
 fn pg_error(context: &str, message: impl std::fmt::Display) -> Error {
     Error::Store(StoreError::new(STORE, format!("{context}: {message}")))
+}
+
+/// A driver error as a `StoreError` of the right kind (refused, connection, timeout, auth,
+/// missing function or table), with [`describe`]'s message.
+fn pg_driver_error(context: &str, e: &tokio_postgres::Error) -> Error {
+    Error::Store(StoreError::with_kind(
+        STORE,
+        pg_kind(e),
+        format!("{context}: {}", describe(e)),
+    ))
+}
+
+fn pg_kind(e: &tokio_postgres::Error) -> StoreErrorKind {
+    if let Some(db) = e.as_db_error() {
+        return match db.code().code() {
+            "28P01" | "28000" => StoreErrorKind::Auth,
+            "42883" | "42P01" => StoreErrorKind::ScriptMissing,
+            _ => StoreErrorKind::Other,
+        };
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => StoreErrorKind::ConnectionRefused,
+                std::io::ErrorKind::TimedOut => StoreErrorKind::Timeout,
+                _ => StoreErrorKind::Connection,
+            };
+        }
+        source = s.source();
+    }
+    if e.is_closed() {
+        StoreErrorKind::Connection
+    } else {
+        StoreErrorKind::Other
+    }
 }
 
 /// A readable message for a driver error: the server's message and SQLSTATE when there is
@@ -226,12 +262,12 @@ impl Shared {
 
     async fn get(&self) -> Result<managed::Object<PgManager>, Error> {
         self.pool.get().await.map_err(|e| match e {
-            managed::PoolError::Backend(e) => pg_error("cannot connect", describe(&e)),
-            managed::PoolError::Timeout(_) => {
-                let mut e = StoreError::new(STORE, "timed out waiting for a connection");
-                e.timeout = true;
-                Error::Store(e)
-            }
+            managed::PoolError::Backend(e) => pg_driver_error("cannot connect", &e),
+            managed::PoolError::Timeout(_) => Error::Store(StoreError::with_kind(
+                STORE,
+                StoreErrorKind::Timeout,
+                "timed out waiting for a connection",
+            )),
             other => pg_error("connection pool", other),
         })
     }
@@ -929,11 +965,11 @@ impl PgBackend {
                 let stmt = conn
                     .statement(&call.reset_sql)
                     .await
-                    .map_err(|e| pg_error("reset", describe(&e)))?;
+                    .map_err(|e| pg_driver_error("reset", &e))?;
                 conn.client
                     .execute(&stmt, &[&key])
                     .await
-                    .map_err(|e| pg_error("reset", describe(&e)))?;
+                    .map_err(|e| pg_driver_error("reset", &e))?;
                 return Ok(None);
             }
         };
@@ -947,7 +983,7 @@ impl PgBackend {
         let stmt = conn
             .statement(&call.decide_sql)
             .await
-            .map_err(|e| pg_error("prepare", describe(&e)))?;
+            .map_err(|e| pg_driver_error("prepare", &e))?;
         let row = conn
             .client
             .query_opt(
@@ -965,7 +1001,7 @@ impl PgBackend {
                 ],
             )
             .await
-            .map_err(|e| pg_error("decide", describe(&e)))?;
+            .map_err(|e| pg_driver_error("decide", &e))?;
         let Some(row) = row else {
             return Ok(None);
         };
