@@ -2,7 +2,7 @@
 //! redis-server this binary starts:
 //!
 //! 1. the ceiling: `redis-benchmark -P 32 -c 50` running EVALSHA of the acquire script, then
-//!    of the release script, with the arguments `RedisSemaphoreBackend` sends (the same six
+//!    of the release script, with the arguments `RedisSemaphoreBackend` sends (the same seven
 //!    keys, capacity, lease, queue TTL, server time, TTL margin); holder ids are drawn from
 //!    64 values (`-r 64`), so at most 64 holders exist, as with 64 tasks. Each pair is two
 //!    script calls, so the pair ceiling is `1 / (1/acquire_rate + 1/release_rate)`;
@@ -154,7 +154,7 @@ fn main() {
     );
     let common = ["-p", &port, "-P", "32", "-c", "50", "-n", &n, "-r", "64"];
     let mut acquire_args: Vec<&str> = common.to_vec();
-    acquire_args.extend(["EVALSHA", &acquire_sha, "6"]);
+    acquire_args.extend(["EVALSHA", &acquire_sha, "7"]);
     acquire_args.extend(keys.iter().map(String::as_str));
     // holder, permits, capacity, lease, queue TTL, now ('' = server TIME), margin
     acquire_args.extend([
@@ -167,7 +167,7 @@ fn main() {
         &margin,
     ]);
     let mut release_args: Vec<&str> = common.to_vec();
-    release_args.extend(["EVALSHA", &release_sha, "6"]);
+    release_args.extend(["EVALSHA", &release_sha, "7"]);
     release_args.extend(keys.iter().map(String::as_str));
     // holder, now, margin
     release_args.extend(["__rand_int__", "", &margin]);

@@ -27,30 +27,16 @@ end
 
 local used = in_use()
 local rank = redis.call('ZRANK', Q, id)
-local ahead_ids
-if rank then
-  if rank > 0 then
-    ahead_ids = redis.call('ZRANGE', Q, 0, rank - 1)
-  else
-    ahead_ids = {}
-  end
-else
-  ahead_ids = redis.call('ZRANGE', Q, 0, -1)
-end
 local ahead = 0
-if #ahead_ids > 0 then
-  for i = 1, #ahead_ids, 500 do
-    local wanted = redis.call('HMGET', N, unpack(ahead_ids, i, math.min(i + 499, #ahead_ids)))
-    for j = 1, #wanted do
-      ahead = ahead + (num(wanted[j]) or 0)
-    end
-  end
+if used + want <= capacity then
+  ahead = queued_ahead(rank, capacity - used - want)
 end
 
 if used + ahead + want <= capacity then
   local expires = now + lease
   redis.call('ZADD', H, str(expires), id)
   redis.call('HSET', P, id, str(want))
+  set_in_use(used + want)
   if rank then
     leave_queue(id)
   end

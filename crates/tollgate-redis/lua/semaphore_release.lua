@@ -10,7 +10,10 @@ local margin = num(ARGV[3])
 purge(now)
 local released = 0
 if redis.call('ZREM', H, id) == 1 then
+  local held = num(redis.call('HGET', P, id)) or 0
+  local total = in_use()
   redis.call('HDEL', P, id)
+  set_in_use(math.max(0, total - held))
   released = 1
 end
 leave_queue(id)

@@ -384,7 +384,10 @@ fn every_key_has_a_ttl_and_nothing_outlives_the_last_holder() {
         seen += 1;
         assert!(pttl > 0 && pttl <= 20_000, "{k}: PTTL {pttl}");
     }
-    assert_eq!(seen, 6, "holders, permits, queue, places, wanted, tickets");
+    assert_eq!(
+        seen, 7,
+        "holders, permits, queue, places, wanted, tickets, in use"
+    );
     drop(held);
     waiter.join().unwrap().unwrap().unwrap();
     for k in &keys {
