@@ -5,9 +5,24 @@
 
 use pyo3::prelude::*;
 
+mod errors;
+mod limiter;
+mod runtime;
+mod semaphore;
+mod store;
+mod types;
+
 /// The module `tollgate._tollgate`.
 #[pymodule]
 fn _tollgate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<types::PyRate>()?;
+    m.add_class::<types::PyDecision>()?;
+    m.add_class::<types::PyManualClock>()?;
+    m.add_class::<store::PyStore>()?;
+    m.add_class::<limiter::PyLimiter>()?;
+    m.add_class::<semaphore::PySemaphore>()?;
+    m.add_class::<semaphore::PyPermit>()?;
+    m.add_function(wrap_pyfunction!(runtime::_after_fork_in_child, m)?)?;
     Ok(())
 }

@@ -67,10 +67,12 @@ mod multi;
 mod scripts;
 mod semaphore;
 mod store;
+mod url;
 
 pub use multi::{KeyCheck, MultiDecision};
 pub use semaphore::{semaphore_script_source, RedisSemaphoreBackend};
 pub use store::{RedisBackend, RedisStore, RedisStoreBuilder, TimeSource};
+pub use url::RedisUrl;
 
 /// The Lua sources, for inspection or for loading them into Redis by other means.
 ///

@@ -1,0 +1,210 @@
+"""tollgate: exact, fast rate limits and concurrency limits for Python.
+
+The engine is tollgate's Rust library: the same pure integer algorithms and the same stores
+(memory, Redis standalone and Cluster, PostgreSQL, SQLite) as every other tollgate surface, so
+a decision here is the decision of the server, the tower layer and the golden vectors.
+
+>>> import tollgate
+>>> limiter = tollgate.Limiter("2/s")
+>>> limiter.check("alice").allowed, limiter.check("alice").remaining
+(True, 0)
+>>> bool(limiter.check("alice"))
+False
+
+See ``docs/python.md`` for the full guide.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from typing import Any, Callable, Optional, TypeVar, Union
+
+from . import _tollgate
+from ._errors import (
+    ConfigError,
+    CostExceedsCapacity,
+    InvalidCost,
+    InvalidKey,
+    InvalidRate,
+    LeaseExpired,
+    RateLimitExceeded,
+    SemaphoreError,
+    SemaphoreTimeout,
+    StoreError,
+    TollgateError,
+)
+from ._tollgate import Decision, ManualClock, Rate, Store
+
+__version__ = _tollgate.__version__
+
+if hasattr(os, "register_at_fork"):
+    # After fork() the child rebuilds the runtime and every Redis/SQL connection on first
+    # use (see docs/python.md, "Processes and fork").
+    os.register_at_fork(after_in_child=_tollgate._after_fork_in_child)
+
+F = TypeVar("F", bound=Callable[..., Any])
+KeyArg = Union[str, Callable[..., str], None]
+CostArg = Union[int, Callable[..., int]]
+
+
+class Limit:
+    """``with limiter.limit(key):`` / ``async with limiter.limit(key):``.
+
+    Entering waits (at most ``timeout`` seconds, ``None`` for as long as it takes) until
+    ``cost`` is admitted on ``key`` and gives the :class:`Decision`; a wait that runs out
+    raises :class:`RateLimitExceeded` and charges nothing. Leaving does nothing: the cost is
+    spent (use :meth:`Limiter.refund` to give back units you did not use).
+    """
+
+    __slots__ = ("_limiter", "_key", "_cost", "_timeout", "decision")
+
+    def __init__(self, limiter: "Limiter", key: str, cost: int, timeout: Optional[float]):
+        self._limiter = limiter
+        self._key = key
+        self._cost = cost
+        self._timeout = timeout
+        self.decision: Optional[Decision] = None
+
+    def __enter__(self) -> Decision:
+        self.decision = self._limiter.acquire(self._key, self._cost, self._timeout)
+        return self.decision
+
+    def __exit__(self, *exc: object) -> bool:
+        return False
+
+    async def __aenter__(self) -> Decision:
+        self.decision = await self._limiter.acquire_async(self._key, self._cost, self._timeout)
+        return self.decision
+
+    async def __aexit__(self, *exc: object) -> bool:
+        return False
+
+
+class Limiter(_tollgate.Limiter):
+    """A keyed rate limiter: ``Limiter(rates, algorithm="gcra", store=None, *, clock=None,
+    initial_tokens=None, on_allow=None, on_block=None, on_error=None, max_key_len=1024)``.
+
+    ``rates`` is a rate string (``"10/s"``, ``"5/s; 1000/hour"``, ``"10/s burst 20"``), a
+    :class:`Rate` or a list of them; all rates are enforced together, all-or-nothing.
+    ``algorithm`` is ``gcra`` (default), ``token_bucket``, ``sliding_log``,
+    ``sliding_window`` or ``fixed_window``. ``store`` is a :class:`Store` or a store URL
+    (``None``: a private in-memory store).
+
+    >>> limiter = Limiter("5/s; 100/minute", algorithm="sliding_log")
+    >>> d = limiter.check("user:1", cost=2)
+    >>> d.allowed, d.remaining, d.limit
+    (True, 3, 5)
+    """
+
+    def limit(self, key: str, cost: int = 1, timeout: Optional[float] = None) -> Limit:
+        """A context manager (sync and async) that waits for ``cost`` on ``key``.
+
+        >>> limiter = Limiter("10/s")
+        >>> with limiter.limit("api") as decision:
+        ...     decision.remaining
+        9
+        """
+        return Limit(self, key, cost, timeout)
+
+    def decorate(
+        self, key: KeyArg = None, *, cost: CostArg = 1, timeout: Optional[float] = None
+    ) -> Callable[[F], F]:
+        """A decorator for sync and async functions: every call first waits (at most
+        ``timeout`` seconds) for ``cost`` on ``key``.
+
+        ``key`` is a string, a function of the call's arguments returning the key, or
+        ``None`` (the function's qualified name); ``cost`` is an int or a function of the
+        call's arguments returning the weight.
+
+        >>> limiter = Limiter("100/s")
+        >>> @limiter.decorate(key=lambda user, **kw: f"user:{user}", cost=lambda user, n=1: n)
+        ... def fetch(user, n=1):
+        ...     return n
+        >>> fetch("alice", n=3)
+        3
+        """
+
+        def wrap(fn: F) -> F:
+            fixed = key if key is not None else f"{fn.__module__}.{fn.__qualname__}"
+
+            def key_of(args: tuple, kwargs: dict) -> str:
+                return fixed(*args, **kwargs) if callable(fixed) else fixed
+
+            def cost_of(args: tuple, kwargs: dict) -> int:
+                return cost(*args, **kwargs) if callable(cost) else cost
+
+            if inspect.iscoroutinefunction(fn):
+
+                @functools.wraps(fn)
+                async def awrapper(*args: Any, **kwargs: Any) -> Any:
+                    await self.acquire_async(key_of(args, kwargs), cost_of(args, kwargs), timeout)
+                    return await fn(*args, **kwargs)
+
+                return awrapper  # type: ignore[return-value]
+
+            @functools.wraps(fn)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                self.acquire(key_of(args, kwargs), cost_of(args, kwargs), timeout)
+                return fn(*args, **kwargs)
+
+            return wrapper  # type: ignore[return-value]
+
+        return wrap
+
+
+__all__ = [
+    "Limiter",
+    "Limit",
+    "Rate",
+    "Decision",
+    "Store",
+    "ManualClock",
+    "TollgateError",
+    "InvalidRate",
+    "ConfigError",
+    "InvalidCost",
+    "CostExceedsCapacity",
+    "InvalidKey",
+    "RateLimitExceeded",
+    "StoreError",
+    "SemaphoreError",
+    "SemaphoreTimeout",
+    "LeaseExpired",
+    "__version__",
+]
+
+
+class Semaphore(_tollgate.Semaphore):
+    """A named counting semaphore with leases: ``Semaphore(name, capacity, *, lease=30.0,
+    max_wait=None, store=None, clock=None)``.
+
+    Semaphores with the same name on the same store share their permits (through Redis, a
+    whole fleet does). A holder that crashes loses its permits when its lease ends; a late
+    release or extend is reported (:class:`LeaseExpired`) and never frees someone else's
+    permit. ``max_wait`` (seconds, ``None``: no limit) bounds every wait.
+
+    >>> sem = Semaphore("partner-api", 2, lease=10)
+    >>> with sem.acquire() as permit:
+    ...     sem.in_use()
+    1
+    >>> with sem:
+    ...     sem.in_use()
+    1
+    """
+
+    async def __aenter__(self) -> "Permit":
+        permit = await self.acquire_async()
+        self._push_entered(permit)
+        return permit
+
+    async def __aexit__(self, *exc: object) -> bool:
+        permit = self._pop_entered()
+        if permit is not None:
+            await permit.release_async()
+        return False
+
+
+Permit = _tollgate.Permit
+__all__ += ["Semaphore", "Permit"]

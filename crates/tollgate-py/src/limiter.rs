@@ -1,0 +1,397 @@
+//! `Limiter`: the library's `Limiter` on any store, with sync calls (the GIL released
+//! during store I/O and waits) and asyncio awaitables.
+
+use crate::errors;
+use crate::runtime::{self, fork_gen};
+use crate::store::{DynBackend, PyStore, StoreShared};
+use crate::types::{rates_from, PyDecision, PyManualClock, PyRate};
+use parking_lot::RwLock;
+use pyo3::prelude::*;
+use pyo3::types::PyString;
+use std::sync::Arc;
+use std::time::Duration;
+use tollgate::hooks::Hook;
+use tollgate::time::ManualClock;
+use tollgate::{Algorithm, Decision, Error, Limiter, Policy};
+
+/// "No timeout": about 136 years, far beyond any horizon a policy can have.
+const FOREVER: Duration = Duration::from_secs(u32::MAX as u64);
+
+struct Config {
+    policy: Policy,
+    store: Arc<StoreShared>,
+    clock: Option<ManualClock>,
+    hook: Option<Hook>,
+    max_key_len: usize,
+}
+
+struct Shared {
+    config: Config,
+    bound: RwLock<(u64, Limiter<DynBackend>)>,
+}
+
+impl std::ops::Deref for Shared {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl Config {
+    fn bind(&self) -> Result<Limiter<DynBackend>, Error> {
+        let backend = self.store.current()?.bind(&self.policy)?;
+        let mut builder = Limiter::builder(self.policy.clone()).max_key_len(self.max_key_len);
+        if let Some(clock) = &self.clock {
+            builder = builder.clock(clock.clone());
+        }
+        if let Some(hook) = &self.hook {
+            builder = builder.hook(hook.clone());
+        }
+        Ok(builder.build_on(backend))
+    }
+}
+
+impl Shared {
+    /// The limiter of this process (bound again after a `fork()` for stores that are not
+    /// in memory).
+    fn limiter(&self) -> Result<Limiter<DynBackend>, Error> {
+        let gen = fork_gen();
+        {
+            let bound = self.bound.read();
+            if bound.0 == gen || self.store.is_memory() {
+                return Ok(bound.1.clone());
+            }
+        }
+        let mut bound = self.bound.write();
+        if bound.0 != gen {
+            let fresh = self.bind()?;
+            let stale = std::mem::replace(&mut bound.1, fresh);
+            std::mem::forget(stale);
+            bound.0 = gen;
+        }
+        Ok(bound.1.clone())
+    }
+}
+
+/// Calls a Python hook with `args`; an exception in it is reported as unraisable and never
+/// changes the verdict.
+fn call_hook<'py>(py: Python<'py>, f: &Py<PyAny>, args: impl pyo3::call::PyCallArgs<'py>) {
+    if let Err(e) = f.call1(py, args) {
+        e.write_unraisable(py, Some(f.bind(py)));
+    }
+}
+
+fn hooks(
+    on_allow: Option<Py<PyAny>>,
+    on_block: Option<Py<PyAny>>,
+    on_error: Option<Py<PyAny>>,
+) -> Option<Hook> {
+    let mut all: Vec<Hook> = Vec::new();
+    if let Some(f) = on_allow {
+        all.push(Hook::on_allow(move |key, d| {
+            Python::attach(|py| call_hook(py, &f, (key, PyDecision::new(*d))))
+        }));
+    }
+    if let Some(f) = on_block {
+        all.push(Hook::on_block(move |key, d| {
+            Python::attach(|py| call_hook(py, &f, (key, PyDecision::new(*d))))
+        }));
+    }
+    if let Some(f) = on_error {
+        all.push(Hook::on_error(move |key, err| {
+            Python::attach(|py| {
+                let exc = errors::store(py, err).into_value(py);
+                call_hook(py, &f, (key, exc))
+            })
+        }));
+    }
+    all.into_iter().reduce(Hook::then)
+}
+
+fn cost_of(py: Python<'_>, cost: i64) -> PyResult<u64> {
+    u64::try_from(cost).map_err(|_| {
+        errors::new_err(
+            py,
+            "InvalidCost",
+            format!("the cost must be at least 1 (got {cost})"),
+            Vec::new(),
+        )
+    })
+}
+
+fn timeout_of(py: Python<'_>, timeout: Option<f64>) -> PyResult<Duration> {
+    match timeout {
+        None => Ok(FOREVER),
+        Some(t) if t.is_finite() && t >= 0.0 => {
+            Ok(Duration::from_secs_f64(t.min(FOREVER.as_secs_f64())))
+        }
+        Some(t) => Err(errors::config(
+            py,
+            format!("timeout must be None or a non-negative number of seconds (got {t})"),
+        )),
+    }
+}
+
+fn decision_to_py(py: Python<'_>, r: Result<Decision, Error>) -> PyResult<Py<PyAny>> {
+    match r {
+        Ok(d) => Ok(Py::new(py, PyDecision::new(d))?.into_any()),
+        Err(e) => Err(errors::limiter(py, e)),
+    }
+}
+
+fn unit_to_py(py: Python<'_>, r: Result<(), Error>) -> PyResult<Py<PyAny>> {
+    match r {
+        Ok(()) => Ok(py.None()),
+        Err(e) => Err(errors::limiter(py, e)),
+    }
+}
+
+/// A keyed rate limiter (see the `tollgate` package docs).
+#[pyclass(name = "Limiter", module = "tollgate", subclass, frozen)]
+pub(crate) struct PyLimiter {
+    shared: Arc<Shared>,
+}
+
+impl PyLimiter {
+    /// Runs `f` on this process's limiter: inline for the memory store (never blocks), with
+    /// the GIL released otherwise.
+    fn run<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&Limiter<DynBackend>) -> Result<T, Error> + Send,
+    ) -> PyResult<T> {
+        let shared = &self.shared;
+        let result = if shared.store.is_memory() {
+            shared.limiter().and_then(|l| f(&l))
+        } else {
+            py.detach(|| shared.limiter().and_then(|l| f(&l)))
+        };
+        result.map_err(|e| errors::limiter(py, e))
+    }
+
+    /// An awaitable of the running loop running `f` on this process's limiter.
+    fn spawn<'py, T, Fut>(
+        &self,
+        py: Python<'py>,
+        convert: fn(Python<'_>, Result<T, Error>) -> PyResult<Py<PyAny>>,
+        f: impl FnOnce(Limiter<DynBackend>) -> Fut,
+    ) -> PyResult<Bound<'py, PyAny>>
+    where
+        Fut: std::future::Future<Output = Result<T, Error>> + Send + 'static,
+        T: Send + 'static,
+    {
+        match self.shared.limiter() {
+            Ok(limiter) => runtime::spawn(py, f(limiter), convert),
+            Err(e) => runtime::ready(py, Err(errors::limiter(py, e))),
+        }
+    }
+}
+
+#[pymethods]
+impl PyLimiter {
+    #[new]
+    #[pyo3(signature = (rates, algorithm="gcra", store=None, *, clock=None, initial_tokens=None, on_allow=None, on_block=None, on_error=None, max_key_len=1024))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        rates: &Bound<'_, PyAny>,
+        algorithm: &str,
+        store: Option<&Bound<'_, PyAny>>,
+        clock: Option<PyRef<'_, PyManualClock>>,
+        initial_tokens: Option<u64>,
+        on_allow: Option<Py<PyAny>>,
+        on_block: Option<Py<PyAny>>,
+        on_error: Option<Py<PyAny>>,
+        max_key_len: usize,
+    ) -> PyResult<Self> {
+        let algorithm: Algorithm = algorithm.parse().map_err(|e| errors::quota(py, e))?;
+        let rates = rates_from(py, rates)?;
+        let mut policy = Policy::new(algorithm, rates).map_err(|e| errors::quota(py, e))?;
+        if let Some(n) = initial_tokens {
+            policy = policy
+                .with_initial_tokens(n)
+                .map_err(|e| errors::quota(py, e))?;
+        }
+        let store = match store {
+            None => StoreShared::memory(),
+            Some(s) => {
+                if let Ok(s) = s.cast::<PyStore>() {
+                    Arc::clone(&s.get().shared)
+                } else if let Ok(url) = s.cast::<PyString>() {
+                    let url = url.to_cow()?.into_owned();
+                    let store = Bound::new(py, PyStore::from_url(py, &url)?)?;
+                    Arc::clone(&store.get().shared)
+                } else {
+                    return Err(pyo3::exceptions::PyTypeError::new_err(
+                        "store must be a tollgate.Store, a store URL, or None (memory)",
+                    ));
+                }
+            }
+        };
+        let config = Config {
+            policy,
+            store,
+            clock: clock.map(|c| c.clock.clone()),
+            hook: hooks(on_allow, on_block, on_error),
+            max_key_len,
+        };
+        let limiter = py
+            .detach(|| config.bind())
+            .map_err(|e| errors::limiter(py, e))?;
+        Ok(PyLimiter {
+            shared: Arc::new(Shared {
+                config,
+                bound: RwLock::new((fork_gen(), limiter)),
+            }),
+        })
+    }
+
+    /// The algorithm's name.
+    #[getter]
+    fn algorithm(&self) -> &'static str {
+        self.shared.policy.algorithm().name()
+    }
+
+    /// The rates, in order (`Decision.denied_by` indexes this list).
+    #[getter]
+    fn rates(&self) -> Vec<PyRate> {
+        self.shared
+            .policy
+            .rates()
+            .iter()
+            .map(|r| PyRate { rate: *r })
+            .collect()
+    }
+
+    /// The largest cost one call can ever be admitted.
+    #[getter]
+    fn max_cost(&self) -> u64 {
+        self.shared.policy.max_cost()
+    }
+
+    /// Decides `cost` on `key` and charges it when admitted; a denial charges nothing.
+    #[pyo3(signature = (key, cost=1))]
+    fn check(&self, py: Python<'_>, key: &str, cost: i64) -> PyResult<PyDecision> {
+        let cost = cost_of(py, cost)?;
+        self.run(py, |l| l.check_n(key, cost)).map(PyDecision::new)
+    }
+
+    /// Decides `cost` on `key` without charging.
+    #[pyo3(signature = (key, cost=1))]
+    fn peek(&self, py: Python<'_>, key: &str, cost: i64) -> PyResult<PyDecision> {
+        let cost = cost_of(py, cost)?;
+        self.run(py, |l| l.peek(key, cost)).map(PyDecision::new)
+    }
+
+    /// Forgets `key`: it is fresh again.
+    fn reset(&self, py: Python<'_>, key: &str) -> PyResult<()> {
+        self.run(py, |l| l.reset(key))
+    }
+
+    /// Gives back `amount` unused units on `key` (never beyond fresh).
+    #[pyo3(signature = (key, amount=1))]
+    fn refund(&self, py: Python<'_>, key: &str, amount: i64) -> PyResult<()> {
+        let amount = cost_of(py, amount)?;
+        self.run(py, |l| l.refund(key, amount))
+    }
+
+    /// Waits (the GIL released) until `cost` is admitted on `key`, at most `timeout`
+    /// seconds (`None`: as long as it takes). Raises `RateLimitExceeded` when the wait
+    /// needed is longer than the time left, at once rather than after sleeping in vain.
+    #[pyo3(signature = (key, cost=1, timeout=None))]
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        key: &str,
+        cost: i64,
+        timeout: Option<f64>,
+    ) -> PyResult<PyDecision> {
+        let cost = cost_of(py, cost)?;
+        let max_wait = timeout_of(py, timeout)?;
+        let shared = &self.shared;
+        py.detach(|| {
+            shared
+                .limiter()
+                .and_then(|l| l.acquire(key, cost, max_wait))
+        })
+        .map(PyDecision::new)
+        .map_err(|e| errors::limiter(py, e))
+    }
+
+    /// Awaitable `check`.
+    #[pyo3(signature = (key, cost=1))]
+    fn check_async<'py>(
+        &self,
+        py: Python<'py>,
+        key: String,
+        cost: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let cost = cost_of(py, cost)?;
+        if self.shared.store.is_memory() {
+            // Never blocks: decide now, hand back a completed future.
+            let r = self.shared.limiter().and_then(|l| l.check_n(&key, cost));
+            return runtime::ready(py, decision_to_py(py, r));
+        }
+        self.spawn(py, decision_to_py, move |l| async move {
+            l.check_n_async(&key, cost).await
+        })
+    }
+
+    /// Awaitable `peek`.
+    #[pyo3(signature = (key, cost=1))]
+    fn peek_async<'py>(
+        &self,
+        py: Python<'py>,
+        key: String,
+        cost: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let cost = cost_of(py, cost)?;
+        self.spawn(py, decision_to_py, move |l| async move {
+            l.peek_async(&key, cost).await
+        })
+    }
+
+    /// Awaitable `reset`.
+    fn reset_async<'py>(&self, py: Python<'py>, key: String) -> PyResult<Bound<'py, PyAny>> {
+        self.spawn(
+            py,
+            unit_to_py,
+            move |l| async move { l.reset_async(&key).await },
+        )
+    }
+
+    /// Awaitable `refund`.
+    #[pyo3(signature = (key, amount=1))]
+    fn refund_async<'py>(
+        &self,
+        py: Python<'py>,
+        key: String,
+        amount: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let amount = cost_of(py, amount)?;
+        self.spawn(py, unit_to_py, move |l| async move {
+            l.refund_async(&key, amount).await
+        })
+    }
+
+    /// Awaitable `acquire`: waits without blocking the event loop (a wait on one key never
+    /// delays another); cancelling it charges nothing.
+    #[pyo3(signature = (key, cost=1, timeout=None))]
+    fn acquire_async<'py>(
+        &self,
+        py: Python<'py>,
+        key: String,
+        cost: i64,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let cost = cost_of(py, cost)?;
+        let max_wait = timeout_of(py, timeout)?;
+        self.spawn(py, decision_to_py, move |l| async move {
+            l.acquire_async(&key, cost, max_wait).await
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Limiter({:?})", self.shared.policy.to_string())
+    }
+}
