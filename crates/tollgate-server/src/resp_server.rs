@@ -61,9 +61,18 @@ impl Default for ConnSettings {
     }
 }
 
-/// The most commands one `MULTI` may queue.
+/// The most commands one `MULTI` may queue; one more is refused and aborts the transaction
+/// (`EXEC` answers `EXECABORT`), so a client cannot grow the server's memory without bound.
+///
+/// ```
+/// assert_eq!(tollgate_server::resp_server::MAX_QUEUED_COMMANDS, 10_000);
+/// ```
 pub const MAX_QUEUED_COMMANDS: usize = 10_000;
-/// The most bytes of commands one `MULTI` may queue.
+/// The most bytes of commands one `MULTI` may queue (as [`MAX_QUEUED_COMMANDS`]).
+///
+/// ```
+/// assert_eq!(tollgate_server::resp_server::MAX_QUEUED_BYTES, 8 * 1024 * 1024);
+/// ```
 pub const MAX_QUEUED_BYTES: usize = 8 << 20;
 
 enum Flow {

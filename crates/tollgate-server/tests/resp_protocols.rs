@@ -336,3 +336,23 @@ fn tg_extend_keeps_a_lease_alive_past_its_first_expiry() {
     assert!(err(&c.call(&["TG.EXTEND", "jobs", &lease, "0"])).contains("at least 1"));
     assert!(err(&c.call(&["TG.EXTEND", "jobs"])).contains("wrong number of arguments"));
 }
+
+#[test]
+fn a_transaction_queues_at_most_10000_commands() {
+    let server = server();
+    let mut c = Raw::connect(server.resp);
+    let mut batch = common::cmd(&["MULTI"]);
+    for _ in 0..10_001 {
+        batch.extend(common::cmd(&["PING"]));
+    }
+    batch.extend(common::cmd(&["EXEC"]));
+    c.send(&batch);
+    assert_eq!(c.reply3(), ok());
+    for _ in 0..10_000 {
+        assert_eq!(c.reply3(), R3::Simple("QUEUED".into()));
+    }
+    assert!(err(&c.reply3()).contains("at most 10000 commands"));
+    assert!(err(&c.reply3()).starts_with("EXECABORT"));
+    // the connection goes on
+    assert_eq!(c.call(&["PING"]), R3::Simple("PONG".into()));
+}
