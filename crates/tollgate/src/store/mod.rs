@@ -6,6 +6,7 @@
 
 pub mod failure;
 pub mod memory;
+pub mod multi;
 
 use crate::decision::Decision;
 use crate::error::Error;

@@ -62,11 +62,13 @@
 //! ```
 
 mod direct;
+mod multi;
 mod shard;
 mod slots;
 
 pub(crate) use direct::DirectSlot;
 
+use super::multi::{KeyCheck, MultiBackend, MultiDecision, MultiOp};
 use super::{validate_op, Backend, Op, Store};
 use crate::algorithm::{fixed_window, gcra, sliding_window, token_bucket, CompiledPolicy};
 use crate::decision::Decision;
@@ -325,6 +327,7 @@ macro_rules! dispatch {
         }
     };
 }
+use dispatch;
 
 /// The in-memory backend of one policy (made by [`MemoryStore`]'s [`Store::bind`]). Clones,
 /// and backends bound to the same store with the same policy or scope, share one table.
@@ -399,5 +402,25 @@ impl Backend for MemoryBackend {
         now: Micros,
     ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
         Box::pin(std::future::ready(self.execute(key, op, now)))
+    }
+}
+
+/// Atomic across keys: the shards of every key are write-locked in one global order (see
+/// [`crate::store::multi`]).
+impl MultiBackend for MemoryBackend {
+    fn execute_all(
+        items: &[KeyCheck<'_, Self>],
+        op: MultiOp,
+        now: Micros,
+    ) -> Result<MultiDecision, Error> {
+        multi::execute_all(items, op, now)
+    }
+
+    fn execute_all_async<'a>(
+        items: &'a [KeyCheck<'a, Self>],
+        op: MultiOp,
+        now: Micros,
+    ) -> BoxFuture<'a, Result<MultiDecision, Error>> {
+        Box::pin(std::future::ready(multi::execute_all(items, op, now)))
     }
 }

@@ -4,11 +4,11 @@ use super::{MemoryStore, MAX_SHARDS};
 use crate::time::Micros;
 use crossbeam_utils::CachePadded;
 use hashbrown::HashTable;
-use parking_lot::RwLock;
+use parking_lot::{RwLock, RwLockWriteGuard};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-struct Shard<V> {
+pub(super) struct Shard<V> {
     table: HashTable<(Box<str>, V)>,
     next_sweep: Micros,
 }
@@ -84,7 +84,45 @@ impl<V> ShardedMap<V> {
         if let Some(e) = guard.table.find(hash, |e| &*e.0 == key) {
             return on_existing(&e.1);
         }
-        let shard = &mut *guard;
+        let (slot, result) = make();
+        self.insert_locked(&mut guard, hash, key, now, &horizon, slot);
+        result
+    }
+
+    /// The address of the shard holding `hash`: the global lock order of multi-key calls.
+    #[inline]
+    pub(super) fn shard_addr(&self, hash: u64) -> usize {
+        self.shard(hash) as *const RwLock<Shard<V>> as usize
+    }
+
+    /// Write-locks the shard holding `hash` (multi-key calls: see `multi.rs`).
+    pub(super) fn lock_shard(&self, hash: u64) -> RwLockWriteGuard<'_, Shard<V>> {
+        self.shard(hash).write()
+    }
+
+    /// The slot of `key` in a locked shard, if stored.
+    pub(super) fn find_locked<'g>(shard: &'g Shard<V>, hash: u64, key: &str) -> Option<&'g V> {
+        shard.table.find(hash, |e| &*e.0 == key).map(|e| &e.1)
+    }
+
+    /// Removes `key` from a locked shard.
+    pub(super) fn remove_locked(shard: &mut Shard<V>, hash: u64, key: &str) {
+        if let Ok(entry) = shard.table.find_entry(hash, |e| &*e.0 == key) {
+            entry.remove();
+        }
+    }
+
+    /// Inserts `slot` for `key` (absent) into a locked shard, sweeping keys back to fresh
+    /// first when due or full and evicting when still full; returns the stored slot.
+    pub(super) fn insert_locked<'g>(
+        &self,
+        shard: &'g mut Shard<V>,
+        hash: u64,
+        key: &str,
+        now: Micros,
+        horizon: &impl Fn(&V) -> Micros,
+        slot: V,
+    ) -> &'g V {
         if now >= shard.next_sweep || shard.table.len() >= self.per_shard_cap {
             shard.next_sweep = now.saturating_add(self.sweep_interval);
             let before = shard.table.len();
@@ -93,14 +131,13 @@ impl<V> ShardedMap<V> {
                 .fetch_add((before - shard.table.len()) as u64, Ordering::Relaxed);
         }
         if shard.table.len() >= self.per_shard_cap {
-            self.evict(shard, &horizon);
+            self.evict(shard, horizon);
         }
-        let (slot, result) = make();
         let hasher = &self.hasher;
-        shard
+        let entry = shard
             .table
             .insert_unique(hash, (Box::from(key), slot), |e| hasher.hash_one(&*e.0));
-        result
+        &entry.into_mut().1
     }
 
     /// Evicts the 1/16 of the shard whose horizon comes soonest (at least one key).
@@ -126,10 +163,7 @@ impl<V> ShardedMap<V> {
     }
 
     pub(super) fn remove(&self, hash: u64, key: &str) {
-        let mut shard = self.shard(hash).write();
-        if let Ok(entry) = shard.table.find_entry(hash, |e| &*e.0 == key) {
-            entry.remove();
-        }
+        Self::remove_locked(&mut self.shard(hash).write(), hash, key);
     }
 
     pub(super) fn len(&self) -> usize {

@@ -22,6 +22,10 @@ pub(crate) trait SlotKind: Send + Sync + 'static {
     fn horizon(p: &Self::Params, slot: &Self::Slot) -> Micros;
     /// True when the slot holds the fresh state (nothing worth storing).
     fn is_fresh(p: &Self::Params, slot: &Self::Slot) -> bool;
+    /// What a check that is not charged persists (a multi-key call denied by another key):
+    /// the token bucket keeps its refill progress, as a single-key denial does; nothing
+    /// for the others.
+    fn settle(_p: &Self::Params, _slot: &Self::Slot, _now: Micros) {}
 }
 
 /// Single-rate GCRA: one atomic TAT, updated by compare-and-swap.
@@ -134,6 +138,12 @@ where
 
     fn is_fresh(_p: &Self::Params, slot: &Self::Slot) -> bool {
         slot.lock().iter().all(|s| *s == A::State::default())
+    }
+
+    fn settle(p: &Self::Params, slot: &Self::Slot, now: Micros) {
+        for (p, s) in p.iter().zip(slot.lock().iter_mut()) {
+            *s = A::settle(p, s, now);
+        }
     }
 }
 

@@ -1,0 +1,296 @@
+//! Several keys, one decision: a check over several `(backend, key, cost)` items — per-user
+//! *and* per-IP *and* global, each with its own policy and algorithm — that is all-or-nothing
+//! on every store. Either every key admits its cost and (for a check) every key is charged, or
+//! nothing is charged anywhere.
+//!
+//! This is the one definition of the capability; every store implements [`MultiBackend`]:
+//! the memory store (atomic across keys: the shards of every key are locked in one global
+//! order, so it cannot deadlock), Redis (one script call: one round trip; on a Cluster every
+//! key in one slot), PostgreSQL (one function call, rows locked in key order) and SQLite
+//! (one transaction). The tower layer, the server and the Python package build on it.
+//!
+//! ```
+//! use tollgate::{Policy, Rate};
+//! use tollgate::store::{Backend, Op, Store, memory::MemoryStore};
+//! use tollgate::store::multi::{KeyCheck, MultiBackend, MultiOp};
+//! let store = MemoryStore::new();
+//! let per_user = store.scope("user").bind(&Policy::gcra(Rate::per_second(5).unwrap()).unwrap()).unwrap();
+//! let global = store.scope("global").bind(&Policy::gcra(Rate::per_second(1).unwrap()).unwrap()).unwrap();
+//! let now = 1_000_000;
+//! let both = |user| [KeyCheck::new(&per_user, user, 1), KeyCheck::new(&global, "all", 1)];
+//! assert!(MultiBackend::execute_all(&both("alice"), MultiOp::Check, now).unwrap().allowed);
+//! // The global key is spent: bob is denied, and bob's own key is not charged.
+//! let d = MultiBackend::execute_all(&both("bob"), MultiOp::Check, now).unwrap();
+//! assert!(!d.allowed);
+//! assert_eq!(d.binding().unwrap().0, 1); // the second item (global) denied
+//! assert_eq!(per_user.execute("bob", Op::Peek(1), now).unwrap().unwrap().remaining, 4);
+//! ```
+
+use super::Backend;
+use crate::decision::Decision;
+use crate::error::Error;
+use crate::time::Micros;
+use futures_util::future::BoxFuture;
+
+/// One item of a multi-key call: `cost` units of `key` under `backend`'s policy.
+///
+/// ```
+/// use tollgate::{Policy, Rate, store::{Store, memory::MemoryStore, multi::KeyCheck}};
+/// let b = MemoryStore::new().bind(&Policy::gcra(Rate::per_second(5).unwrap()).unwrap()).unwrap();
+/// let item = KeyCheck::new(&b, "user:alice", 2);
+/// assert_eq!((item.key(), item.cost()), ("user:alice", 2));
+/// ```
+#[derive(Debug)]
+pub struct KeyCheck<'a, B: ?Sized> {
+    backend: &'a B,
+    key: &'a str,
+    cost: u64,
+}
+
+impl<B: ?Sized> Clone for KeyCheck<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: ?Sized> Copy for KeyCheck<'_, B> {}
+
+impl<'a, B: ?Sized> KeyCheck<'a, B> {
+    /// `cost` units of `key` under `backend`'s policy.
+    ///
+    /// ```
+    /// use tollgate::{Policy, Rate, store::{Store, memory::MemoryStore, multi::KeyCheck}};
+    /// let global = MemoryStore::new().bind(&Policy::gcra(Rate::per_second(9).unwrap()).unwrap()).unwrap();
+    /// let _item = KeyCheck::new(&global, "all", 1);
+    /// ```
+    pub fn new(backend: &'a B, key: &'a str, cost: u64) -> Self {
+        KeyCheck { backend, key, cost }
+    }
+
+    /// The backend (policy) the key is limited by.
+    ///
+    /// ```
+    /// use tollgate::{Policy, Rate, store::{Store, memory::MemoryStore, multi::KeyCheck}};
+    /// let b = MemoryStore::new().bind(&Policy::gcra(Rate::per_second(9).unwrap()).unwrap()).unwrap();
+    /// assert!(std::ptr::eq(KeyCheck::new(&b, "k", 1).backend(), &b));
+    /// ```
+    pub fn backend(&self) -> &'a B {
+        self.backend
+    }
+
+    /// The user key.
+    ///
+    /// ```
+    /// use tollgate::{Policy, Rate, store::{Store, memory::MemoryStore, multi::KeyCheck}};
+    /// let b = MemoryStore::new().bind(&Policy::gcra(Rate::per_second(9).unwrap()).unwrap()).unwrap();
+    /// assert_eq!(KeyCheck::new(&b, "ip:203.0.113.7", 1).key(), "ip:203.0.113.7");
+    /// ```
+    pub fn key(&self) -> &'a str {
+        self.key
+    }
+
+    /// The cost.
+    ///
+    /// ```
+    /// use tollgate::{Policy, Rate, store::{Store, memory::MemoryStore, multi::KeyCheck}};
+    /// let b = MemoryStore::new().bind(&Policy::gcra(Rate::per_second(9).unwrap()).unwrap()).unwrap();
+    /// assert_eq!(KeyCheck::new(&b, "k", 3).cost(), 3);
+    /// ```
+    pub fn cost(&self) -> u64 {
+        self.cost
+    }
+}
+
+/// What a multi-key call does.
+///
+/// ```
+/// assert_ne!(tollgate::store::multi::MultiOp::Check, tollgate::store::multi::MultiOp::Peek);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MultiOp {
+    /// Decide, and charge every key when every key admits.
+    Check,
+    /// Decide exactly as `Check` would now, charging nothing.
+    Peek,
+}
+
+/// The outcome of a multi-key call.
+///
+/// ```
+/// use tollgate::{Decision, store::multi::MultiDecision};
+/// let d = MultiDecision {
+///     allowed: false,
+///     decisions: vec![
+///         Decision::from_parts(true, 5, 4, 0, 200_000, None),
+///         Decision::from_parts(false, 1, 0, 900_000, 900_000, Some(0)),
+///     ],
+/// };
+/// assert_eq!(d.binding().unwrap().0, 1);
+/// ```
+#[must_use = "a MultiDecision says whether the request may proceed"]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MultiDecision {
+    /// Every key admitted its cost; for a check, every key was charged. When false, nothing
+    /// was charged anywhere.
+    pub allowed: bool,
+    /// Each key's own decision, in call order: what that key alone decides now (its
+    /// `allowed` may be true while the call was denied by another key). When the call was
+    /// allowed these are the charged decisions.
+    pub decisions: Vec<Decision>,
+}
+
+impl MultiDecision {
+    /// Combines per-key decisions: allowed iff every key allows.
+    ///
+    /// ```
+    /// use tollgate::{Decision, store::multi::MultiDecision};
+    /// let d = MultiDecision::from_decisions(vec![Decision::from_parts(true, 5, 4, 0, 1, None)]);
+    /// assert!(d.allowed);
+    /// ```
+    pub fn from_decisions(decisions: Vec<Decision>) -> Self {
+        MultiDecision {
+            allowed: decisions.iter().all(|d| d.allowed),
+            decisions,
+        }
+    }
+
+    /// The key to report for a denial: among the keys that denied, the one with the longest
+    /// `retry_after` (the first in call order on a tie) — after that wait every key admits
+    /// if nothing else happens. Its decision's `denied_by` says which rate of that key's
+    /// policy denied. `None` when allowed.
+    ///
+    /// ```
+    /// use tollgate::{Decision, store::multi::MultiDecision};
+    /// let d = MultiDecision::from_decisions(vec![Decision::from_parts(true, 5, 4, 0, 1, None)]);
+    /// assert!(d.binding().is_none());
+    /// ```
+    pub fn binding(&self) -> Option<(usize, &Decision)> {
+        let mut best: Option<(usize, &Decision)> = None;
+        for (i, d) in self.decisions.iter().enumerate() {
+            if !d.allowed && best.is_none_or(|(_, b)| d.retry_after > b.retry_after) {
+                best = Some((i, d));
+            }
+        }
+        best
+    }
+
+    /// The key with the least `remaining` when allowed (the first on a tie), else the
+    /// [`binding`](Self::binding) key: the one to report in `RateLimit` fields.
+    ///
+    /// ```
+    /// use tollgate::{Decision, store::multi::MultiDecision};
+    /// let d = MultiDecision::from_decisions(vec![
+    ///     Decision::from_parts(true, 5, 4, 0, 1, None),
+    ///     Decision::from_parts(true, 9, 2, 0, 1, None),
+    /// ]);
+    /// assert_eq!(d.tightest().unwrap().0, 1);
+    /// ```
+    pub fn tightest(&self) -> Option<(usize, &Decision)> {
+        if !self.allowed {
+            return self.binding();
+        }
+        self.decisions
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, d)| (d.remaining, *i))
+    }
+}
+
+/// A backend that decides several keys — of this backend type, possibly of different
+/// policies and algorithms — all-or-nothing.
+///
+/// Rules every implementation keeps (the shared tests in `tests/multi_key.rs` of each store
+/// check them): no item → [`Error::InvalidKey`]; the same key of the same backend twice →
+/// [`Error::InvalidKey`]; a cost of 0 or above a policy's capacity → the same error as a
+/// single-key call, before anything is decided; every backend from one store (else
+/// [`Error::InvalidKey`]); a denial charges nothing anywhere (a denied token bucket still keeps
+/// its refill progress, as a single-key denial does); per-key decisions equal what each key
+/// alone would decide.
+///
+/// ```
+/// use tollgate::{Policy, Rate};
+/// use tollgate::store::{Store, memory::MemoryStore, multi::{KeyCheck, MultiBackend, MultiOp}};
+/// let store = MemoryStore::new();
+/// let b = store.bind(&Policy::gcra(Rate::per_second(1).unwrap()).unwrap()).unwrap();
+/// let d = MultiBackend::execute_all(&[KeyCheck::new(&b, "a", 1), KeyCheck::new(&b, "b", 1)], MultiOp::Check, 0).unwrap();
+/// assert!(d.allowed && d.decisions.len() == 2);
+/// ```
+pub trait MultiBackend: Backend + Sized {
+    /// Decides every item together at `now` (the caller's clock; a distributed store may use
+    /// its own, as for single keys), blocking the thread for the store call.
+    fn execute_all(
+        items: &[KeyCheck<'_, Self>],
+        op: MultiOp,
+        now: Micros,
+    ) -> Result<MultiDecision, Error>;
+
+    /// [`execute_all`](Self::execute_all) without blocking the executor.
+    fn execute_all_async<'a>(
+        items: &'a [KeyCheck<'a, Self>],
+        op: MultiOp,
+        now: Micros,
+    ) -> BoxFuture<'a, Result<MultiDecision, Error>>;
+}
+
+/// Checks what every store checks before deciding: at least one item, and no key twice
+/// under one backend (`same` says whether two backends are the same table/scope).
+///
+/// ```
+/// use tollgate::store::multi::{validate_items, KeyCheck};
+/// let b = 7u8;
+/// assert!(validate_items(&[KeyCheck::new(&b, "a", 1), KeyCheck::new(&b, "a", 1)], |x, y| x == y).is_err());
+/// assert!(validate_items::<u8>(&[], |x, y| x == y).is_err());
+/// ```
+pub fn validate_items<B: ?Sized>(
+    items: &[KeyCheck<'_, B>],
+    same: impl Fn(&B, &B) -> bool,
+) -> Result<(), Error> {
+    if items.is_empty() {
+        return Err(Error::InvalidKey {
+            reason: "a multi-key call needs at least one key".into(),
+        });
+    }
+    for item in items {
+        if item.cost == 0 {
+            return Err(Error::InvalidCost);
+        }
+    }
+    for (i, a) in items.iter().enumerate() {
+        for b in &items[..i] {
+            if a.key == b.key && same(a.backend, b.backend) {
+                return Err(Error::InvalidKey {
+                    reason: format!("key {:?} appears twice in one multi-key call", a.key),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+impl<B: MultiBackend> MultiBackend for std::sync::Arc<B> {
+    fn execute_all(
+        items: &[KeyCheck<'_, Self>],
+        op: MultiOp,
+        now: Micros,
+    ) -> Result<MultiDecision, Error> {
+        let inner: Vec<KeyCheck<'_, B>> = items
+            .iter()
+            .map(|i| KeyCheck::new(&**i.backend, i.key, i.cost))
+            .collect();
+        B::execute_all(&inner, op, now)
+    }
+
+    fn execute_all_async<'a>(
+        items: &'a [KeyCheck<'a, Self>],
+        op: MultiOp,
+        now: Micros,
+    ) -> BoxFuture<'a, Result<MultiDecision, Error>> {
+        Box::pin(async move {
+            let inner: Vec<KeyCheck<'_, B>> = items
+                .iter()
+                .map(|i| KeyCheck::new(&**i.backend, i.key, i.cost))
+                .collect();
+            B::execute_all_async(&inner, op, now).await
+        })
+    }
+}
