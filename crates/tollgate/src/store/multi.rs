@@ -294,3 +294,122 @@ impl<B: MultiBackend> MultiBackend for std::sync::Arc<B> {
         })
     }
 }
+
+/// The object-safe form of [`MultiBackend`], for backends chosen at run time
+/// (`Arc<dyn DynMultiBackend>`: the server, the tower layer, the Python package). Every
+/// `MultiBackend` is one; a multi-key call over `dyn` items needs every item's backend to be
+/// of one concrete type (one store), else it fails with [`Error::InvalidKey`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use tollgate::{Policy, Rate};
+/// use tollgate::store::{Store, memory::MemoryStore, multi::{DynMultiBackend, KeyCheck, MultiOp}};
+/// let store = MemoryStore::new();
+/// let a: Arc<dyn DynMultiBackend> = Arc::new(store.scope("a").bind(&Policy::gcra(Rate::per_second(1).unwrap()).unwrap()).unwrap());
+/// let b: Arc<dyn DynMultiBackend> = Arc::new(store.scope("b").bind(&Policy::gcra(Rate::per_second(2).unwrap()).unwrap()).unwrap());
+/// let items = [KeyCheck::new(&*a, "k", 1), KeyCheck::new(&*b, "k", 1)];
+/// assert!(tollgate::store::multi::execute_all_dyn(&items, MultiOp::Check, 0).unwrap().allowed);
+/// assert!(!tollgate::store::multi::execute_all_dyn(&items, MultiOp::Check, 0).unwrap().allowed);
+/// ```
+pub trait DynMultiBackend: Backend {
+    /// The concrete backend, to check that every item of a call is of one type.
+    fn as_any(&self) -> &dyn std::any::Any;
+
+    /// [`MultiBackend::execute_all`] over items whose backends are `dyn`.
+    fn execute_all_dyn(
+        &self,
+        items: &[KeyCheck<'_, dyn DynMultiBackend>],
+        op: MultiOp,
+        now: Micros,
+    ) -> Result<MultiDecision, Error>;
+
+    /// [`MultiBackend::execute_all_async`] over items whose backends are `dyn`.
+    fn execute_all_dyn_async<'a>(
+        &'a self,
+        items: &'a [KeyCheck<'a, dyn DynMultiBackend>],
+        op: MultiOp,
+        now: Micros,
+    ) -> BoxFuture<'a, Result<MultiDecision, Error>>;
+}
+
+fn typed<'a, B: MultiBackend>(
+    items: &[KeyCheck<'a, dyn DynMultiBackend>],
+) -> Result<Vec<KeyCheck<'a, B>>, Error> {
+    items
+        .iter()
+        .map(|i| {
+            let backend: &'a dyn DynMultiBackend = i.backend;
+            backend
+                .as_any()
+                .downcast_ref::<B>()
+                .map(|b| KeyCheck::new(b, i.key, i.cost))
+                .ok_or_else(|| Error::InvalidKey {
+                    reason: "every backend of a multi-key call must come from one store".into(),
+                })
+        })
+        .collect()
+}
+
+impl<B: MultiBackend> DynMultiBackend for B {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn execute_all_dyn(
+        &self,
+        items: &[KeyCheck<'_, dyn DynMultiBackend>],
+        op: MultiOp,
+        now: Micros,
+    ) -> Result<MultiDecision, Error> {
+        B::execute_all(&typed::<B>(items)?, op, now)
+    }
+
+    fn execute_all_dyn_async<'a>(
+        &'a self,
+        items: &'a [KeyCheck<'a, dyn DynMultiBackend>],
+        op: MultiOp,
+        now: Micros,
+    ) -> BoxFuture<'a, Result<MultiDecision, Error>> {
+        Box::pin(async move {
+            let items = typed::<B>(items)?;
+            B::execute_all_async(&items, op, now).await
+        })
+    }
+}
+
+/// Decides `dyn` items together (see [`DynMultiBackend`]): the first item's backend runs the
+/// call.
+///
+/// ```
+/// use tollgate::store::multi::{execute_all_dyn, KeyCheck, MultiOp, DynMultiBackend};
+/// let none: [KeyCheck<'_, dyn DynMultiBackend>; 0] = [];
+/// assert!(execute_all_dyn(&none, MultiOp::Check, 0).is_err());
+/// ```
+pub fn execute_all_dyn(
+    items: &[KeyCheck<'_, dyn DynMultiBackend>],
+    op: MultiOp,
+    now: Micros,
+) -> Result<MultiDecision, Error> {
+    match items.first() {
+        Some(first) => first.backend.execute_all_dyn(items, op, now),
+        None => validate_items(items, |_, _| false).map(|()| MultiDecision::from_decisions(vec![])),
+    }
+}
+
+/// Async [`execute_all_dyn`].
+///
+/// ```
+/// use tollgate::store::multi::{execute_all_dyn_async, KeyCheck, MultiOp, DynMultiBackend};
+/// let none: [KeyCheck<'_, dyn DynMultiBackend>; 0] = [];
+/// assert!(futures_util::FutureExt::now_or_never(execute_all_dyn_async(&none, MultiOp::Check, 0)).unwrap().is_err());
+/// ```
+pub async fn execute_all_dyn_async<'a>(
+    items: &'a [KeyCheck<'a, dyn DynMultiBackend>],
+    op: MultiOp,
+    now: Micros,
+) -> Result<MultiDecision, Error> {
+    match items.first() {
+        Some(first) => first.backend.execute_all_dyn_async(items, op, now).await,
+        None => validate_items(items, |_, _| false).map(|()| MultiDecision::from_decisions(vec![])),
+    }
+}
