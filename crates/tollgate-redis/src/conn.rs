@@ -231,6 +231,11 @@ impl Conn {
         }
     }
 
+    /// `PING`.
+    pub(crate) async fn ping(&mut self) -> redis::RedisResult<()> {
+        self.query(&redis::cmd("PING")).await.map(|_| ())
+    }
+
     async fn query(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
         match self {
             Conn::Standalone(c) => cmd.query_async(c).await,

@@ -381,6 +381,34 @@ impl RedisStore {
         self.config.time
     }
 
+    /// Sends `PING` (on Cluster: to a node the client picks) with the store's timeout: the
+    /// readiness check of a service. A failure is a `StoreError` of the right kind
+    /// (refused, timeout, auth…).
+    ///
+    /// ```no_run
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let store = tollgate_redis::RedisStore::open("redis://127.0.0.1:6379/").unwrap();
+    /// match store.ping().await {
+    ///     Ok(()) => println!("ready"),
+    ///     Err(e) => println!("not ready: {e} ({})", e.kind),
+    /// }
+    /// # });
+    /// ```
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let shared = Arc::clone(&self.shared);
+        let call = async move {
+            let mut conn = shared.conn().await?;
+            conn.ping()
+                .await
+                .map_err(|e| crate::conn::redis_failure("PING failed", &e))
+        };
+        match self.shared.spawn(call).await {
+            Ok(()) => Ok(()),
+            Err(Error::Store(e)) => Err(e),
+            Err(other) => Err(StoreError::new("redis", other.to_string())),
+        }
+    }
+
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }

@@ -1,6 +1,12 @@
 //! The shared state behind both endpoints: policies bound to the store, key mapping, the
 //! failure policy, metrics.
 //!
+//! On Redis every store call goes through the library's failure policy
+//! (`tollgate::store::failure::FailSafe`, `FailSafeSemaphore`) with one circuit breaker for
+//! the store: after `breaker_failures` consecutive failures calls are answered by the failure
+//! policy at once, without waiting out the store timeout, until a probe succeeds.
+//! [`App::readiness`] tells whether the store answers.
+//!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 //! use tollgate_server::{app::App, config::Config};
@@ -15,18 +21,20 @@
 //! ```
 
 use crate::config::{Config, FailurePolicy, StoreUrl};
-use metrics::{Counter, Histogram};
+use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::RwLock;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tollgate::hooks::Hook;
 use tollgate::keys::KeyBuilder;
-use tollgate::semaphore::{MemorySemaphoreBackend, SemaphoreBackend};
-use tollgate::store::memory::{MemoryBackend, MemoryStore};
-use tollgate::store::{Backend, Store};
-use tollgate::{Decision, Error, Limiter, Policy};
+use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend, SemaphoreBackend};
+use tollgate::store::failure::{BreakerState, CircuitBreaker, FailSafe};
+use tollgate::store::memory::MemoryStore;
+use tollgate::store::{Backend, Op, Store};
+use tollgate::{Decision, Error, Limiter, Policy, StoreError};
 use tollgate_redis::{RedisSemaphoreBackend, RedisStore};
 
 /// A failed request, with the class that decides the HTTP status / RESP error prefix.
@@ -102,7 +110,6 @@ pub struct PolicyEntry {
     name: String,
     policy: Policy,
     limiter: Limiter<Arc<dyn Backend>>,
-    local: Option<Limiter<MemoryBackend>>,
     metrics: PolicyMetrics,
     rate_limit_policy: String,
 }
@@ -216,24 +223,73 @@ impl KeyMapper {
 /// Binds policies to the configured store.
 enum StoreFactory {
     Memory(MemoryStore),
-    Redis(RedisStore),
+    Redis(Box<RedisFactory>),
+}
+
+/// A Redis store behind the library's failure policy and one shared circuit breaker.
+struct RedisFactory {
+    store: RedisStore,
+    breaker: Arc<CircuitBreaker>,
+    failure: FailurePolicy,
+    hook: Hook,
+    max_keys: usize,
 }
 
 impl StoreFactory {
     /// Binds `policy`; `scope` names its keys in a shared store (`None`: the store derives a
     /// scope from the policy, so different policies never share state).
     fn bind(&self, scope: Option<&str>, policy: &Policy) -> Result<Arc<dyn Backend>, Error> {
-        match self {
-            StoreFactory::Memory(store) => Ok(Arc::new(match scope {
-                Some(s) => store.scope(s).bind(policy)?,
-                None => store.bind(policy)?,
-            })),
-            StoreFactory::Redis(store) => Ok(Arc::new(match scope {
-                Some(s) => store.scope(s).bind(policy)?,
-                None => store.bind(policy)?,
-            })),
-        }
+        let f = match self {
+            StoreFactory::Memory(store) => {
+                return Ok(Arc::new(match scope {
+                    Some(s) => store.scope(s).bind(policy)?,
+                    None => store.bind(policy)?,
+                }))
+            }
+            StoreFactory::Redis(f) => f,
+        };
+        let primary = match scope {
+            Some(s) => f.store.scope(s).bind(policy)?,
+            None => f.store.bind(policy)?,
+        };
+        // error and closed both get the store error (closed turns it into a denial in
+        // `App::decide`); open admits; local falls back to an in-memory limiter.
+        let guarded = match f.failure {
+            FailurePolicy::Open => FailSafe::fail_open(primary, policy),
+            FailurePolicy::Local => FailSafe::fallback(
+                primary,
+                MemoryStore::new().max_keys(f.max_keys).bind(policy)?,
+            ),
+            FailurePolicy::Error | FailurePolicy::Closed => FailSafe::fail_closed(primary),
+        };
+        Ok(Arc::new(
+            guarded
+                .with_breaker(Arc::clone(&f.breaker))
+                .hook(f.hook.clone()),
+        ))
     }
+}
+
+/// What `/ready` reports: whether the store answers now.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let app = tollgate_server::app::App::new(&tollgate_server::config::Config::default(), None).unwrap();
+/// let r = app.readiness().await;
+/// assert!(r.ready && r.breaker.is_none() && r.cause.is_none());
+/// # });
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Readiness {
+    /// The store answered (or needs no answer: the memory store).
+    pub ready: bool,
+    /// The store, without credentials.
+    pub store: String,
+    /// The store's circuit breaker (`None` for the memory store).
+    pub breaker: Option<BreakerState>,
+    /// Why it is not ready.
+    pub cause: Option<StoreError>,
 }
 
 /// CL.THROTTLE parameters: `(max_burst, count, period)`.
@@ -248,14 +304,13 @@ pub struct App {
     is_memory: bool,
     keys: KeyMapper,
     failure: FailurePolicy,
-    store_timeout: Duration,
     max_key_len: usize,
     max_dynamic: usize,
-    max_keys: usize,
     named: BTreeMap<String, Arc<PolicyEntry>>,
     inline: RwLock<HashMap<String, Arc<PolicyEntry>>>,
     cell: RwLock<HashMap<CellParams, Arc<PolicyEntry>>>,
     store_errors: Counter,
+    store_up: Gauge,
     metrics: Option<PrometheusHandle>,
 }
 
@@ -288,20 +343,44 @@ impl App {
             }
             builder.build()
         };
-        let (store, semaphores): (StoreFactory, Arc<dyn SemaphoreBackend>) = match &config.store {
-            StoreUrl::Memory => (
+        let store_up = metrics::gauge!("tollgate_store_up");
+        store_up.set(1.0);
+        let redis_store = match &config.store {
+            StoreUrl::Memory => None,
+            StoreUrl::Redis(url) => Some(redis(RedisStore::builder().url(url.clone()))?),
+            StoreUrl::RedisCluster(nodes) => {
+                Some(redis(RedisStore::builder().cluster(nodes.clone()))?)
+            }
+        };
+        let (store, semaphores): (StoreFactory, Arc<dyn SemaphoreBackend>) = match redis_store {
+            None => (
                 StoreFactory::Memory(MemoryStore::new().max_keys(config.max_keys)),
                 Arc::new(MemorySemaphoreBackend::new()),
             ),
-            StoreUrl::Redis(url) => {
-                let store = redis(RedisStore::builder().url(url.clone()))?;
-                let sem = RedisSemaphoreBackend::new(&store)?;
-                (StoreFactory::Redis(store), Arc::new(sem))
-            }
-            StoreUrl::RedisCluster(nodes) => {
-                let store = redis(RedisStore::builder().cluster(nodes.clone()))?;
-                let sem = RedisSemaphoreBackend::new(&store)?;
-                (StoreFactory::Redis(store), Arc::new(sem))
+            Some(store) => {
+                let breaker = CircuitBreaker::builder("redis")
+                    .failures(config.breaker_failures)
+                    .cool_down(config.breaker_cool_down)
+                    .build();
+                let up = store_up.clone();
+                let hook = Hook::on_breaker(move |t| {
+                    up.set(if t.to == BreakerState::Closed {
+                        1.0
+                    } else {
+                        0.0
+                    })
+                });
+                let sem = FailSafeSemaphore::fail_closed(RedisSemaphoreBackend::new(&store)?)
+                    .with_breaker(Arc::clone(&breaker))
+                    .hook(hook.clone());
+                let factory = RedisFactory {
+                    store,
+                    breaker,
+                    failure: config.failure,
+                    hook,
+                    max_keys: config.max_keys,
+                };
+                (StoreFactory::Redis(Box::new(factory)), Arc::new(sem))
             }
         };
         let is_memory = matches!(config.store, StoreUrl::Memory);
@@ -322,14 +401,13 @@ impl App {
             is_memory,
             keys,
             failure: config.failure,
-            store_timeout: config.store_timeout,
             max_key_len: config.max_key_len,
             max_dynamic: config.max_dynamic_policies,
-            max_keys: config.max_keys,
             named: BTreeMap::new(),
             inline: RwLock::new(HashMap::new()),
             cell: RwLock::new(HashMap::new()),
             store_errors: metrics::counter!("tollgate_server_store_errors_total"),
+            store_up,
             metrics,
         };
         for (name, policy) in &config.policies {
@@ -341,19 +419,12 @@ impl App {
 
     fn entry(&self, name: &str, scope: Option<&str>, policy: Policy) -> Result<PolicyEntry, Error> {
         let backend = self.store.bind(scope, &policy)?;
-        let local = (self.failure == FailurePolicy::Local && !self.is_memory).then(|| {
-            Limiter::builder(policy.clone())
-                .max_key_len(usize::MAX)
-                .build_with(&MemoryStore::new().max_keys(self.max_keys))
-                .expect("the memory store accepts every valid policy")
-        });
         Ok(PolicyEntry {
             name: name.to_string(),
             rate_limit_policy: rate_limit_policy_field(name, &policy),
             limiter: Limiter::builder(policy.clone())
                 .max_key_len(usize::MAX)
                 .build_on(backend),
-            local,
             metrics: PolicyMetrics::new(name),
             policy,
         })
@@ -367,6 +438,36 @@ impl App {
     /// ```
     pub fn store_description(&self) -> String {
         self.store_url.describe()
+    }
+
+    /// Whether the store answers now (`/ready`): the memory store always does; Redis is
+    /// sent a `PING` through the store's circuit breaker (while the breaker is open it is
+    /// not sent, and the cause is the last failure). Sets the `tollgate_store_up` gauge.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let app = tollgate_server::app::App::new(&tollgate_server::config::Config::default(), None).unwrap();
+    /// assert!(app.readiness().await.ready);
+    /// # });
+    /// ```
+    pub async fn readiness(&self) -> Readiness {
+        let store = self.store_description();
+        let StoreFactory::Redis(f) = &self.store else {
+            return Readiness {
+                ready: true,
+                store,
+                breaker: None,
+                cause: None,
+            };
+        };
+        let result = f.breaker.call_async(|| f.store.ping()).await;
+        self.store_up.set(if result.is_ok() { 1.0 } else { 0.0 });
+        Readiness {
+            ready: result.is_ok(),
+            store,
+            breaker: Some(f.breaker.state()),
+            cause: result.err(),
+        }
     }
 
     /// The Prometheus text exposition, when a recorder was installed.
@@ -549,34 +650,46 @@ impl App {
         }
         let started = Instant::now();
         let store_key = self.keys.map(key)?;
-        let result = if self.is_memory {
-            // The memory store never blocks: no timeout needed.
-            if charge {
+        let (result, failure) = if self.is_memory {
+            // The memory store never blocks and never fails.
+            let r = if charge {
                 entry.limiter.check_n(&store_key, cost)
             } else {
                 entry.limiter.peek(&store_key, cost)
-            }
-        } else {
-            let call = async {
-                if charge {
-                    entry.limiter.check_n_async(&store_key, cost).await
-                } else {
-                    entry.limiter.peek_async(&store_key, cost).await
-                }
             };
-            match tokio::time::timeout(self.store_timeout, call).await {
-                Ok(r) => r,
-                Err(_) => Err(tollgate::StoreError::timeout("store", self.store_timeout).into()),
-            }
+            (r, None)
+        } else {
+            // Through the library's failure policy and circuit breaker (the store applies
+            // its own call timeout); `failure` says when the policy answered instead.
+            let op = if charge {
+                Op::Check(cost)
+            } else {
+                Op::Peek(cost)
+            };
+            let mut failure = None;
+            let r = entry
+                .limiter
+                .backend()
+                .execute_observed_async(&store_key, op, now_us(), &mut failure)
+                .await
+                .and_then(|d| {
+                    d.ok_or_else(|| StoreError::new("store", "returned no decision").into())
+                });
+            (r, failure)
         };
         let outcome = match result {
-            Ok(decision) => Ok(Outcome {
-                decision,
-                store_error: None,
-            }),
+            Ok(decision) => {
+                if failure.is_some() {
+                    self.store_errors.increment(1);
+                }
+                Ok(Outcome {
+                    decision,
+                    store_error: failure.map(|f| f.error.to_string()),
+                })
+            }
             Err(Error::Store(e)) => {
                 self.store_errors.increment(1);
-                self.on_store_failure(entry, key, cost, charge, e.to_string())
+                self.on_store_failure(entry, e)
             }
             Err(e @ (Error::CostExceedsCapacity { .. } | Error::InvalidCost)) => {
                 Err(AppError::BadRequest(e.to_string()))
@@ -595,38 +708,20 @@ impl App {
         outcome
     }
 
-    fn on_store_failure(
-        &self,
-        entry: &PolicyEntry,
-        key: &str,
-        cost: u64,
-        charge: bool,
-        message: String,
-    ) -> Result<Outcome, AppError> {
-        let limit = entry.policy.max_cost();
-        let decision = match self.failure {
-            FailurePolicy::Error => return Err(AppError::StoreUnavailable(message)),
-            FailurePolicy::Open => Decision::fail_open(limit),
+    /// A store error that reached the server: `closed` turns it into a denial (retry in
+    /// 1 s); every other policy reports it (503 / `STOREERR`). (`open` and `local` were
+    /// answered by the library's failure policy before this.)
+    fn on_store_failure(&self, entry: &PolicyEntry, e: StoreError) -> Result<Outcome, AppError> {
+        match self.failure {
             FailurePolicy::Closed => {
-                Decision::from_parts(false, limit, 0, 1_000_000, 1_000_000, Some(0))
+                let limit = entry.policy.max_cost();
+                Ok(Outcome {
+                    decision: Decision::from_parts(false, limit, 0, 1_000_000, 1_000_000, Some(0)),
+                    store_error: Some(e.to_string()),
+                })
             }
-            FailurePolicy::Local => {
-                let local = entry
-                    .local
-                    .as_ref()
-                    .ok_or_else(|| AppError::StoreUnavailable(message.clone()))?;
-                let r = if charge {
-                    local.check_n(key, cost)
-                } else {
-                    local.peek(key, cost)
-                };
-                r.map_err(|e| AppError::BadRequest(e.to_string()))?
-            }
-        };
-        Ok(Outcome {
-            decision,
-            store_error: Some(message),
-        })
+            _ => Err(AppError::StoreUnavailable(e.to_string())),
+        }
     }
 
     /// Forgets `key` under a policy.
@@ -643,14 +738,7 @@ impl App {
     pub async fn reset(&self, entry: &PolicyEntry, key: &str) -> Result<(), AppError> {
         self.validate_key(key)?;
         let store_key = self.keys.map(key)?;
-        let r = tokio::time::timeout(self.store_timeout, entry.limiter.reset_async(&store_key))
-            .await
-            .unwrap_or_else(|_| {
-                Err(tollgate::StoreError::timeout("store", self.store_timeout).into())
-            });
-        if let Some(local) = &entry.local {
-            let _ = local.reset(key);
-        }
+        let r = entry.limiter.reset_async(&store_key).await;
         self.unit_result(r)
     }
 
@@ -676,12 +764,7 @@ impl App {
             return Err(AppError::BadRequest("the amount must be at least 1".into()));
         }
         let store_key = self.keys.map(key)?;
-        let r = tokio::time::timeout(
-            self.store_timeout,
-            entry.limiter.refund_async(&store_key, amount),
-        )
-        .await
-        .unwrap_or_else(|_| Err(tollgate::StoreError::timeout("store", self.store_timeout).into()));
+        let r = entry.limiter.refund_async(&store_key, amount).await;
         self.unit_result(r)
     }
 
@@ -826,13 +909,12 @@ impl App {
                 queue_ttl: (!remaining.is_zero()).then_some(2_000_000),
                 now,
             };
-            let outcome =
-                tokio::time::timeout(self.store_timeout, self.semaphores.try_acquire_async(&req))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(tollgate::StoreError::timeout("store", self.store_timeout))
-                    })
-                    .map_err(|e| self.sem_error(e))?;
+            // The store applies its own call timeout; the breaker fails fast while it is open.
+            let outcome = self
+                .semaphores
+                .try_acquire_async(&req)
+                .await
+                .map_err(|e| self.sem_error(e))?;
             match outcome {
                 tollgate::semaphore::AcquireOutcome::Granted { expires_at } => {
                     return Ok(SemAcquire::Granted {
@@ -882,13 +964,11 @@ impl App {
     pub async fn sem_release(&self, name: &str, lease_id: &str) -> Result<bool, AppError> {
         self.semaphore(name)?;
         let holder = Self::lease_id(lease_id)?;
-        let r = tokio::time::timeout(
-            self.store_timeout,
-            self.semaphores.release_async(name, holder, now_us()),
-        )
-        .await
-        .unwrap_or_else(|_| Err(tollgate::StoreError::timeout("store", self.store_timeout)))
-        .map_err(|e| self.sem_error(e))?;
+        let r = self
+            .semaphores
+            .release_async(name, holder, now_us())
+            .await
+            .map_err(|e| self.sem_error(e))?;
         Ok(r == tollgate::semaphore::ReleaseOutcome::Released)
     }
 
@@ -915,14 +995,11 @@ impl App {
         let holder = Self::lease_id(lease_id)?;
         let lease = lease.unwrap_or(spec.lease);
         let now = now_us();
-        let r = tokio::time::timeout(
-            self.store_timeout,
-            self.semaphores
-                .extend_async(name, holder, lease.as_micros() as u64, now),
-        )
-        .await
-        .unwrap_or_else(|_| Err(tollgate::StoreError::timeout("store", self.store_timeout)))
-        .map_err(|e| self.sem_error(e))?;
+        let r = self
+            .semaphores
+            .extend_async(name, holder, lease.as_micros() as u64, now)
+            .await
+            .map_err(|e| self.sem_error(e))?;
         Ok(match r {
             tollgate::semaphore::ExtendOutcome::Extended { expires_at } => {
                 Some(expires_at.saturating_sub(now))
@@ -946,12 +1023,9 @@ impl App {
         name: &str,
     ) -> Result<tollgate::semaphore::SemaphoreStatus, AppError> {
         self.semaphore(name)?;
-        tokio::time::timeout(
-            self.store_timeout,
-            self.semaphores.status_async(name, now_us()),
-        )
-        .await
-        .unwrap_or_else(|_| Err(tollgate::StoreError::timeout("store", self.store_timeout)))
-        .map_err(|e| self.sem_error(e))
+        self.semaphores
+            .status_async(name, now_us())
+            .await
+            .map_err(|e| self.sem_error(e))
     }
 }

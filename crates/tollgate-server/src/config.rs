@@ -143,6 +143,11 @@ pub struct StoreSection {
     pub timeout: Option<String>,
     /// What a decision is when the store fails: `error`, `open`, `closed`, `local`.
     pub failure: Option<String>,
+    /// Consecutive store failures that open the circuit breaker (default 5; 0 disables it).
+    pub breaker_failures: Option<u32>,
+    /// How long an open breaker answers by the failure policy before it probes the store
+    /// (`"1s"`).
+    pub breaker_cool_down: Option<String>,
 }
 
 /// `[keys]`.
@@ -339,6 +344,10 @@ pub struct Config {
     pub store_timeout: Duration,
     /// What to do when the store fails.
     pub failure: FailurePolicy,
+    /// Consecutive store failures that open the circuit breaker (default 5; 0: never open).
+    pub breaker_failures: u32,
+    /// How long an open breaker answers without the store before it probes (default 1 s).
+    pub breaker_cool_down: Duration,
     /// Key prefix for shared stores (default `tollgate`).
     pub namespace: String,
     /// HMAC secret for key hashing (`None`: keys are used as given).
@@ -365,6 +374,8 @@ impl Default for Config {
             max_keys: 1_000_000,
             store_timeout: Duration::from_millis(250),
             failure: FailurePolicy::Error,
+            breaker_failures: tollgate::store::failure::DEFAULT_BREAKER_FAILURES,
+            breaker_cool_down: tollgate::store::failure::DEFAULT_BREAKER_COOL_DOWN,
             namespace: "tollgate".into(),
             key_secret: None,
             policies: BTreeMap::new(),
@@ -538,6 +549,14 @@ impl Config {
                 .parse()
                 .map_err(|m: String| ConfigError::new("store.failure", m))?;
         }
+        if let Some(n) = st.breaker_failures {
+            c.breaker_failures = n;
+        }
+        duration(
+            "store.breaker_cool_down",
+            &st.breaker_cool_down,
+            &mut c.breaker_cool_down,
+        )?;
         if let Some(ns) = &file.keys.namespace {
             c.namespace =
                 validate_namespace(ns).map_err(|m| ConfigError::new("keys.namespace", m))?;

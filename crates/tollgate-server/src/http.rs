@@ -11,7 +11,8 @@
 //! | POST | `/v1/semaphore/release` | `{"name", "lease_id"}` | `{"released"}` |
 //! | POST | `/v1/semaphore/extend` | `{"name", "lease_id", "lease_ms"?}` | `{"extended", "expires_in_ms"}` |
 //! | GET | `/v1/semaphores` | | configured semaphores and their use |
-//! | GET | `/health` | | `{"status": "ok", …}` |
+//! | GET | `/health` | | `{"status": "ok", …}` (liveness) |
+//! | GET | `/ready` | | `{"status": "ready", …}`; 503 `{"status": "unavailable", "error": {"kind", "message"}, …}` when the store does not answer |
 //! | GET | `/metrics` | | Prometheus text |
 
 use crate::app::{rate_limit_field, App, AppError, Outcome, PolicyEntry};
@@ -149,6 +150,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/semaphore/extend", post(sem_extend))
         .route("/v1/semaphores", get(semaphores))
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state);
@@ -362,6 +364,28 @@ async fn health(State(state): State<HttpState>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
     }))
     .into_response()
+}
+
+/// Readiness: 200 when the store answers, 503 with the cause when it does not (or the
+/// store's circuit breaker is open). `/health` stays liveness.
+async fn ready(State(state): State<HttpState>) -> Response {
+    let r = state.app.readiness().await;
+    let breaker = r.breaker.map(|b| b.as_str());
+    match &r.cause {
+        None => {
+            Json(json!({ "status": "ready", "store": r.store, "breaker": breaker })).into_response()
+        }
+        Some(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "unavailable",
+                "store": r.store,
+                "breaker": breaker,
+                "error": { "kind": e.kind.as_str(), "message": e.to_string() },
+            })),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {

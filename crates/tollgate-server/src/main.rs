@@ -39,6 +39,12 @@ struct Cli {
     /// Store call timeout, e.g. 250ms.
     #[arg(long, env = "TOLLGATE_STORE_TIMEOUT", value_name = "DURATION")]
     store_timeout: Option<String>,
+    /// Consecutive store failures that open the circuit breaker (0: never) [default: 5].
+    #[arg(long, env = "TOLLGATE_BREAKER_FAILURES", value_name = "N")]
+    breaker_failures: Option<u32>,
+    /// How long an open breaker answers by the failure policy before probing, e.g. 1s.
+    #[arg(long, env = "TOLLGATE_BREAKER_COOL_DOWN", value_name = "DURATION")]
+    breaker_cool_down: Option<String>,
     /// Key prefix in shared stores [default: tollgate].
     #[arg(long, env = "TOLLGATE_NAMESPACE", value_name = "PREFIX")]
     namespace: Option<String>,
@@ -105,6 +111,20 @@ fn build_config(cli: &Cli) -> Result<Config, ConfigError> {
                 }
             })
             .map_err(|m| ConfigError::new("--store-timeout", m))?;
+    }
+    if let Some(n) = cli.breaker_failures {
+        c.breaker_failures = n;
+    }
+    if let Some(t) = &cli.breaker_cool_down {
+        c.breaker_cool_down = parse_duration(t)
+            .and_then(|d| {
+                if d.is_zero() {
+                    Err("must be greater than zero".into())
+                } else {
+                    Ok(d)
+                }
+            })
+            .map_err(|m| ConfigError::new("--breaker-cool-down", m))?;
     }
     if let Some(t) = &cli.idle_timeout {
         c.idle_timeout = parse_duration(t)

@@ -355,6 +355,43 @@ impl CircuitBreaker {
         self.inner.lock().last_error.clone()
     }
 
+    /// Runs one store call outside a failure wrapper (e.g. a readiness probe) through the
+    /// breaker: while it is open the call is not made and the `CircuitOpen` error is returned
+    /// at once; otherwise its result counts like any call's (a success as the probe closes
+    /// the breaker).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use tollgate::{StoreError, StoreErrorKind};
+    /// use tollgate::store::failure::{BreakerState, CircuitBreaker};
+    /// let b = CircuitBreaker::builder("redis").failures(1).build();
+    /// let down = || async { Err::<(), _>(StoreError::with_kind("redis", StoreErrorKind::ConnectionRefused, "ping")) };
+    /// assert_eq!(b.call_async(down).await.unwrap_err().kind, StoreErrorKind::ConnectionRefused);
+    /// assert_eq!(b.state(), BreakerState::Open);
+    /// let up = || async { Ok::<_, StoreError>(()) };
+    /// assert_eq!(b.call_async(up).await.unwrap_err().kind, StoreErrorKind::CircuitOpen);
+    /// # });
+    /// ```
+    pub async fn call_async<T, Fut>(&self, call: impl FnOnce() -> Fut) -> Result<T, StoreError>
+    where
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let probe = match self.admit() {
+            Admission::Reject(err) => return Err(err),
+            admission => admission.is_probe(),
+        };
+        let result = call().await;
+        match &result {
+            Ok(_) => {
+                self.record_success(probe);
+            }
+            Err(err) => {
+                self.record_failure(probe, err);
+            }
+        }
+        result
+    }
+
     /// Whether a call may go to the store now. Closed: yes (one atomic load). Open: no until
     /// the cool-down has passed, then this call becomes the probe.
     pub(crate) fn admit(&self) -> Admission {
