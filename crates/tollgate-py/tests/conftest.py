@@ -38,6 +38,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too, below 55536."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(30000, 45000)
+        if port_is_free(port) and port_is_free(port + 10000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 def redis_binary(name: str, env: str) -> str | None:
     return os.environ.get(env) or shutil.which(name) or shutil.which(name.replace("redis", "valkey"))
 
@@ -72,11 +92,11 @@ def resp(port: int, *args: str) -> bytes:
 
 
 class RedisServer:
-    def __init__(self, extra: List[str] | None = None, workdir: str | None = None):
+    def __init__(self, extra: List[str] | None = None, workdir: str | None = None, cluster: bool = False):
         binary = redis_binary("redis-server", "TOLLGATE_REDIS_SERVER")
         if binary is None:
             unavailable("redis-server")
-        self.port = free_port()
+        self.port = free_cluster_port() if cluster else free_port()
         self.dir = workdir or tempfile.mkdtemp(prefix="tollgate-py-redis-")
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", self.dir] + (extra or [])
@@ -109,7 +129,7 @@ def redis_cluster() -> Iterator[str]:
     for _ in range(3):
         d = tempfile.mkdtemp(prefix="tollgate-py-cluster-")
         nodes.append(RedisServer(["--cluster-enabled", "yes", "--cluster-config-file",
-                                  os.path.join(d, "nodes.conf")], workdir=d))
+                                  os.path.join(d, "nodes.conf")], workdir=d, cluster=True))
     addrs = [f"127.0.0.1:{n.port}" for n in nodes]
     subprocess.run([cli, "--cluster", "create", *addrs, "--cluster-replicas", "0",
                     "--cluster-yes"], check=True, stdout=subprocess.DEVNULL,

@@ -98,6 +98,32 @@ class Limiter(_tollgate.Limiter):
     (True, 3, 5)
     """
 
+    # The awaitables are coroutines (so ``asyncio.create_task`` takes them); each awaits a
+    # future that the native runtime completes, with no thread per call.
+
+    async def check_async(self, key: str, cost: int = 1) -> Decision:
+        """Awaitable :meth:`check`."""
+        return await super().check_async(key, cost)
+
+    async def peek_async(self, key: str, cost: int = 1) -> Decision:
+        """Awaitable :meth:`peek`."""
+        return await super().peek_async(key, cost)
+
+    async def reset_async(self, key: str) -> None:
+        """Awaitable :meth:`reset`."""
+        await super().reset_async(key)
+
+    async def refund_async(self, key: str, amount: int = 1) -> None:
+        """Awaitable :meth:`refund`."""
+        await super().refund_async(key, amount)
+
+    async def acquire_async(
+        self, key: str, cost: int = 1, timeout: Optional[float] = None
+    ) -> Decision:
+        """Awaitable :meth:`acquire`: never blocks the event loop, a wait on one key never
+        delays another, and cancelling it charges nothing."""
+        return await super().acquire_async(key, cost, timeout)
+
     def limit(self, key: str, cost: int = 1, timeout: Optional[float] = None) -> Limit:
         """A context manager (sync and async) that waits for ``cost`` on ``key``.
 
@@ -193,6 +219,11 @@ class Semaphore(_tollgate.Semaphore):
     ...     sem.in_use()
     1
     """
+
+    async def acquire_async(self, permits: int = 1, timeout: Optional[float] = None) -> "Permit":
+        """Awaitable :meth:`acquire`: never blocks the event loop; cancelling it leaks no
+        permit."""
+        return await super().acquire_async(permits, timeout)
 
     async def __aenter__(self) -> "Permit":
         permit = await self.acquire_async()
