@@ -1,0 +1,107 @@
+"""Several processes on one key never over-admit; a store created before fork() works in
+the child (pre-fork servers such as gunicorn)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+
+import pytest
+
+from tollgate import Limiter, Semaphore, Store
+
+
+def _hammer(url: str, namespace: str, n: int, queue) -> None:
+    limiter = Limiter("25/minute", algorithm="sliding_log", store=Store(url, namespace=namespace))
+    queue.put(sum(limiter.check("shared").allowed for _ in range(n)))
+
+
+@pytest.fixture(params=["redis", "sqlite", "postgres"])
+def shared_url(request, tmp_path):
+    if request.param == "redis":
+        return request.getfixturevalue("redis_server").url
+    if request.param == "postgres":
+        return request.getfixturevalue("database_url")
+    return f"sqlite://{tmp_path}/procs.db"
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_processes_on_one_key_never_over_admit(shared_url, unique, method):
+    ctx = multiprocessing.get_context(method)
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_hammer, args=(shared_url, unique, 15, queue)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    admitted = [queue.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    assert sum(admitted) == 25
+
+
+def in_child(fn) -> dict:
+    """Runs fn() in a forked child; returns what it returned (JSON), or its error."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            out = {"ok": fn()}
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            out = {"error": f"{type(e).__name__}: {e}"}
+        os.write(w, json.dumps(out).encode())
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    return json.loads(data)
+
+
+def test_redis_store_created_before_fork_works_in_the_child(redis_server, unique):
+    limiter = Limiter("3/minute", store=Store(redis_server.url, namespace=unique))
+    assert limiter.check("k").allowed  # connected and used in the parent
+
+    def child():
+        sync = limiter.check("k").remaining
+        d = asyncio.run(limiter.check_async("k"))  # a new runtime in the child too
+        return [sync, d.remaining]
+
+    assert in_child(child) == {"ok": [1, 0]}
+    assert not limiter.check("k").allowed  # the child's charges are in Redis, seen by all
+    assert limiter.check("other").allowed  # the parent's connection still works
+
+
+def test_sqlite_and_postgres_stores_created_before_fork(tmp_path, database_url, unique):
+    for url in (f"sqlite://{tmp_path}/fork.db", database_url):
+        limiter = Limiter("2/minute", store=Store(url, namespace=unique))
+        assert limiter.check("k").allowed
+        assert in_child(lambda: limiter.check("k").remaining) == {"ok": 0}
+        assert not limiter.check("k").allowed
+
+
+def test_memory_state_is_copied_at_fork_and_then_per_process():
+    limiter = Limiter("3/minute")
+    limiter.check("k")
+
+    def child():
+        return [limiter.check("k").remaining, limiter.check("k").remaining]
+
+    assert in_child(child) == {"ok": [1, 0]}  # the child starts from the parent's state
+    assert limiter.check("k").remaining == 1  # the child's charges stayed in the child
+
+
+def test_redis_semaphore_created_before_fork(redis_server, unique):
+    sem = Semaphore(unique, 1, max_wait=0, store=Store(redis_server.url, namespace=unique))
+    held = sem.acquire()
+
+    def child():
+        return sem.try_acquire() is None
+
+    assert in_child(child) == {"ok": True}  # the parent's permit is seen from the child
+    held.release()
