@@ -1,87 +1,15 @@
-//! Several keys, each with its own policy, decided all-or-nothing in one script call.
+//! Several keys, each with its own policy, decided all-or-nothing in one script call: the
+//! Redis implementation of [`tollgate::store::multi::MultiBackend`] (one round trip).
 
 use crate::conn::{evalsha_cmd, protocol_error, redis_failure};
 use crate::scripts;
 use crate::store::{decision_from, integers, same_slot, RedisBackend, RedisStore};
 use std::sync::Arc;
 use tollgate::time::{Clock, Micros, SystemClock};
-use tollgate::{Decision, Error};
+use tollgate::Error;
 
-/// One key of a multi-key call: the backend (policy) it is limited by, the user key, and
-/// the cost.
-///
-/// ```
-/// use tollgate::{Policy, Rate, store::Store};
-/// use tollgate_redis::{KeyCheck, RedisStore};
-/// let store = RedisStore::open("redis://127.0.0.1:6379/").unwrap();
-/// let per_user = store.scope("user").bind(&Policy::gcra(Rate::per_second(5).unwrap()).unwrap()).unwrap();
-/// let check = KeyCheck::new(&per_user, "alice", 1);
-/// # let _ = check;
-/// ```
-#[derive(Clone, Copy, Debug)]
-pub struct KeyCheck<'a> {
-    backend: &'a RedisBackend,
-    key: &'a str,
-    cost: u64,
-}
-
-impl<'a> KeyCheck<'a> {
-    /// `cost` units of `key` under `backend`'s policy.
-    ///
-    /// ```
-    /// use tollgate::{Policy, Rate, store::Store};
-    /// let store = tollgate_redis::RedisStore::open("redis://127.0.0.1:6379/").unwrap();
-    /// let global = store.scope("global").bind(&Policy::gcra(Rate::per_second(1000).unwrap()).unwrap()).unwrap();
-    /// let check = tollgate_redis::KeyCheck::new(&global, "all", 1);
-    /// # let _ = check;
-    /// ```
-    pub fn new(backend: &'a RedisBackend, key: &'a str, cost: u64) -> Self {
-        KeyCheck { backend, key, cost }
-    }
-}
-
-/// The outcome of a multi-key call.
-///
-/// ```
-/// let d = tollgate_redis::MultiDecision { allowed: false, decisions: vec![] };
-/// assert!(!d.allowed);
-/// ```
-#[must_use = "a MultiDecision says whether the request may proceed"]
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MultiDecision {
-    /// Every key admitted its cost; for a check, every key was charged. When false,
-    /// nothing was charged.
-    pub allowed: bool,
-    /// Each key's own decision, in call order: what that key alone would decide (its
-    /// `allowed` may be true while the call was denied by another key).
-    pub decisions: Vec<Decision>,
-}
-
-impl MultiDecision {
-    /// The first key (in call order) that denied, with the longest `retry_after` among the
-    /// denials: the key to report, and how long to wait before every key admits.
-    ///
-    /// ```
-    /// use tollgate::Decision;
-    /// let d = tollgate_redis::MultiDecision {
-    ///     allowed: false,
-    ///     decisions: vec![
-    ///         Decision::from_parts(true, 5, 4, 0, 200_000, None),
-    ///         Decision::from_parts(false, 1, 0, 900_000, 900_000, Some(0)),
-    ///     ],
-    /// };
-    /// assert_eq!(d.binding().unwrap().0, 1);
-    /// ```
-    pub fn binding(&self) -> Option<(usize, &Decision)> {
-        let mut best: Option<(usize, &Decision)> = None;
-        for (i, d) in self.decisions.iter().enumerate() {
-            if !d.allowed && best.is_none_or(|(_, b)| d.retry_after > b.retry_after) {
-                best = Some((i, d));
-            }
-        }
-        best
-    }
-}
+pub use tollgate::store::multi::{KeyCheck, MultiDecision};
+use tollgate::store::multi::{MultiBackend, MultiOp};
 
 struct Prepared {
     keys: Vec<String>,
@@ -92,14 +20,12 @@ struct Prepared {
 impl RedisStore {
     fn prepare_many(
         &self,
-        checks: &[KeyCheck<'_>],
+        checks: &[KeyCheck<'_, RedisBackend>],
         charge: bool,
         now: Micros,
     ) -> Result<Prepared, Error> {
         if checks.is_empty() {
-            return Err(Error::InvalidKey {
-                reason: "a multi-key call needs at least one key".into(),
-            });
+            return Err(no_keys());
         }
         let mut keys = Vec::with_capacity(checks.len());
         let mut args = vec![
@@ -108,14 +34,14 @@ impl RedisStore {
             self.margin_arg().to_string(),
         ];
         for check in checks {
-            let inner = check.backend.inner();
+            let inner = check.backend().inner();
             if !Arc::ptr_eq(inner.store.shared(), self.shared()) {
                 return Err(Error::InvalidKey {
                     reason: "every backend of a multi-key call must come from this store".into(),
                 });
             }
-            check.backend.check_cost(check.cost)?;
-            let key = check.backend.redis_key(check.key)?;
+            check.backend().check_cost(check.cost())?;
+            let key = check.backend().redis_key(check.key())?;
             if keys.contains(&key) {
                 return Err(Error::InvalidKey {
                     reason: format!("key {key:?} appears twice in one multi-key call"),
@@ -123,7 +49,7 @@ impl RedisStore {
             }
             keys.push(key);
             args.push(inner.algorithm.name().to_string());
-            args.push(check.cost.to_string());
+            args.push(check.cost().to_string());
             args.extend(inner.params.iter().cloned());
         }
         if self.is_cluster() {
@@ -151,7 +77,7 @@ impl RedisStore {
     /// let d = store.check_all(&[KeyCheck::new(&user, "alice", 1), KeyCheck::new(&ip, "203.0.113.7", 1)]).unwrap();
     /// assert!(d.allowed);
     /// ```
-    pub fn check_all(&self, checks: &[KeyCheck<'_>]) -> Result<MultiDecision, Error> {
+    pub fn check_all(&self, checks: &[KeyCheck<'_, RedisBackend>]) -> Result<MultiDecision, Error> {
         self.check_all_at(checks, SystemClock.now())
     }
 
@@ -168,12 +94,10 @@ impl RedisStore {
     /// ```
     pub fn check_all_at(
         &self,
-        checks: &[KeyCheck<'_>],
+        checks: &[KeyCheck<'_, RedisBackend>],
         now: Micros,
     ) -> Result<MultiDecision, Error> {
-        let prepared = self.prepare_many(checks, true, now)?;
-        let shared = Arc::clone(self.shared());
-        self.shared().block_on(run_many(shared, prepared))
+        self.run_all(checks, MultiOp::Check, now)
     }
 
     /// The decision [`check_all`](Self::check_all) would return, charging nothing.
@@ -186,7 +110,7 @@ impl RedisStore {
     /// let d = store.peek_all(&[KeyCheck::new(&user, "alice", 1)]).unwrap();
     /// # let _ = d;
     /// ```
-    pub fn peek_all(&self, checks: &[KeyCheck<'_>]) -> Result<MultiDecision, Error> {
+    pub fn peek_all(&self, checks: &[KeyCheck<'_, RedisBackend>]) -> Result<MultiDecision, Error> {
         self.peek_all_at(checks, SystemClock.now())
     }
 
@@ -202,12 +126,10 @@ impl RedisStore {
     /// ```
     pub fn peek_all_at(
         &self,
-        checks: &[KeyCheck<'_>],
+        checks: &[KeyCheck<'_, RedisBackend>],
         now: Micros,
     ) -> Result<MultiDecision, Error> {
-        let prepared = self.prepare_many(checks, false, now)?;
-        let shared = Arc::clone(self.shared());
-        self.shared().block_on(run_many(shared, prepared))
+        self.run_all(checks, MultiOp::Peek, now)
     }
 
     /// Async [`check_all`](Self::check_all).
@@ -222,7 +144,10 @@ impl RedisStore {
     /// # let _ = d;
     /// # }
     /// ```
-    pub async fn check_all_async(&self, checks: &[KeyCheck<'_>]) -> Result<MultiDecision, Error> {
+    pub async fn check_all_async(
+        &self,
+        checks: &[KeyCheck<'_, RedisBackend>],
+    ) -> Result<MultiDecision, Error> {
         self.check_all_at_async(checks, SystemClock.now()).await
     }
 
@@ -240,12 +165,69 @@ impl RedisStore {
     /// ```
     pub async fn check_all_at_async(
         &self,
-        checks: &[KeyCheck<'_>],
+        checks: &[KeyCheck<'_, RedisBackend>],
         now: Micros,
     ) -> Result<MultiDecision, Error> {
-        let prepared = self.prepare_many(checks, true, now)?;
+        self.run_all_async(checks, MultiOp::Check, now).await
+    }
+}
+
+impl RedisStore {
+    fn run_all(
+        &self,
+        checks: &[KeyCheck<'_, RedisBackend>],
+        op: MultiOp,
+        now: Micros,
+    ) -> Result<MultiDecision, Error> {
+        let prepared = self.prepare_many(checks, op == MultiOp::Check, now)?;
+        let shared = Arc::clone(self.shared());
+        self.shared().block_on(run_many(shared, prepared))
+    }
+
+    async fn run_all_async(
+        &self,
+        checks: &[KeyCheck<'_, RedisBackend>],
+        op: MultiOp,
+        now: Micros,
+    ) -> Result<MultiDecision, Error> {
+        let prepared = self.prepare_many(checks, op == MultiOp::Check, now)?;
         let shared = Arc::clone(self.shared());
         self.shared().spawn(run_many(shared, prepared)).await
+    }
+}
+
+fn no_keys() -> Error {
+    Error::InvalidKey {
+        reason: "a multi-key call needs at least one key".into(),
+    }
+}
+
+/// One `EVALSHA` of `lua/multi.lua` for the whole call (one round trip); every backend must
+/// come from one [`RedisStore`], and on a Cluster every key must be in one slot.
+impl MultiBackend for RedisBackend {
+    fn execute_all(
+        items: &[KeyCheck<'_, Self>],
+        op: MultiOp,
+        now: Micros,
+    ) -> Result<MultiDecision, Error> {
+        let first = items.first().ok_or_else(no_keys)?;
+        first.backend().inner().store.run_all(items, op, now)
+    }
+
+    fn execute_all_async<'a>(
+        items: &'a [KeyCheck<'a, Self>],
+        op: MultiOp,
+        now: Micros,
+    ) -> futures_util::future::BoxFuture<'a, Result<MultiDecision, Error>> {
+        Box::pin(async move {
+            let first = items.first().ok_or_else(no_keys)?;
+            first
+                .backend()
+                .inner()
+                .store
+                .run_all_async(items, op, now)
+                .await
+        })
     }
 }
 

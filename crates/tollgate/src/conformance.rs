@@ -217,4 +217,5 @@ fn check_step(
     Ok(())
 }
 
+pub mod multi;
 pub mod sharing;

@@ -316,3 +316,9 @@ fn single_key_calls_racing_multi_key_calls_share_the_capacity_exactly() {
     }
     assert_eq!(admitted.load(Ordering::Relaxed), GLOBAL_CAP);
 }
+
+#[test]
+fn the_shared_multi_key_rules_hold_on_the_memory_store() {
+    let store = MemoryStore::new();
+    tollgate::conformance::multi::check_multi_rules(|name| store.scope(name), NOW, "m:").unwrap();
+}

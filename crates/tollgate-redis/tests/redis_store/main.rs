@@ -6,6 +6,7 @@ mod concurrency;
 mod faults;
 mod features;
 mod long_quotas;
+mod multi_key;
 mod outage;
 mod sharing;
 mod vectors;
