@@ -228,15 +228,6 @@ impl Engine {
                 .map(|(p, s)| A::settle(p, s, now))
                 .collect();
             let decision = algorithm::combine(&verdicts);
-            let reset_uncharged = if decision.allowed {
-                verdicts
-                    .iter()
-                    .map(|v| v.reset_after_uncharged)
-                    .max()
-                    .unwrap_or(0)
-            } else {
-                micros(decision.reset_after)
-            };
             let changed = |next: &[A::State]| {
                 (next != states.as_slice()).then(|| {
                     let mut out = Vec::with_capacity(width * params.len());
@@ -248,7 +239,6 @@ impl Engine {
             };
             Ok(Evaluation {
                 decision,
-                reset_uncharged,
                 charged: changed(&charged),
                 settled: changed(&settled),
             })
@@ -293,19 +283,8 @@ impl Engine {
                 // The sliding log decides every rate together (one shared log): charge a
                 // copy, which is the state to write if the whole call is admitted.
                 let decision = sliding_log::decide(p, &mut log, now, cost, true)?;
-                // Without this call's charge the log is fresh from its newest entry plus the
-                // longest window, seen from `now` clamped to that entry (the uncharged
-                // reset of the longest rate, which is the largest of every rate's).
-                let newest = before.entries.back().map(|e| e.0);
-                let clamped = newest.map_or(now, |n| n.max(now));
-                let reset_uncharged = if decision.allowed {
-                    newest.map_or(0, |n| (n + p.max_window).saturating_sub(clamped))
-                } else {
-                    micros(decision.reset_after)
-                };
                 Ok(Evaluation {
                     decision,
-                    reset_uncharged,
                     charged: (log != before)
                         .then(|| log.entries.iter().flat_map(|&(t, w)| [t, w]).collect()),
                     // an uncharged check leaves the log as it is
@@ -375,16 +354,10 @@ impl Engine {
 pub(crate) struct Evaluation {
     /// What this key alone would decide.
     pub(crate) decision: Decision,
-    /// The key's `reset_after` (µs) without this call's charge.
-    pub(crate) reset_uncharged: Micros,
     /// The state to write when the whole call is admitted (`None`: unchanged).
     pub(crate) charged: Option<Vec<u64>>,
     /// The state to write when the call is not charged (`None`: unchanged).
     pub(crate) settled: Option<Vec<u64>>,
-}
-
-fn micros(d: std::time::Duration) -> Micros {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn decode_token_bucket(s: &[u64]) -> token_bucket::State {

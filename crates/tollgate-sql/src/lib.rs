@@ -1,4 +1,4 @@
-//! SQL stores for [tollgate](tollgate): PostgreSQL (a fleet) and SQLite (the processes of one
+//! SQL stores for [tollgate]: PostgreSQL (a fleet) and SQLite (the processes of one
 //! host).
 //!
 //! Both implement [`tollgate::store::Store`], so a [`tollgate::Limiter`] runs on them exactly

@@ -36,7 +36,7 @@
 //! ```
 
 use crate::engine::{decode_blob, encode_blob, Engine};
-use crate::multi::{check_keys, combine_keys, KeyCheck, KeyResult, MultiDecision};
+use crate::multi::{check_keys, KeyCheck, MultiDecision};
 use crate::table::TableName;
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
@@ -502,6 +502,14 @@ impl Store for SqliteStore {
 }
 
 impl SqliteBackend {
+    /// The store this backend belongs to (for multi-key calls).
+    pub(crate) fn store(&self) -> SqliteStore {
+        SqliteStore {
+            shared: Arc::clone(&self.shared),
+            scope: None,
+        }
+    }
+
     fn run(&self, key: &str, op: Op, now: Micros) -> Result<Option<Decision>, Error> {
         self.engine.validate(op)?;
         let key = format!("{}{key}", self.prefix);
@@ -608,16 +616,16 @@ impl SqliteStore {
     fn prepare_many(&self, checks: &[KeyCheck<'_, SqliteBackend>]) -> Result<PreparedMulti, Error> {
         let mut keys = Vec::with_capacity(checks.len());
         for check in checks {
-            if !Arc::ptr_eq(&check.backend.shared, &self.shared) {
+            if !Arc::ptr_eq(&check.backend().shared, &self.shared) {
                 return Err(Error::InvalidKey {
                     reason: "every backend of a multi-key call must come from this store".into(),
                 });
             }
-            check.backend.engine.validate(Op::Check(check.cost))?;
+            check.backend().engine.validate(Op::Check(check.cost()))?;
             keys.push((
-                format!("{}{}", check.backend.prefix, check.key),
-                check.backend.engine.clone(),
-                check.cost,
+                format!("{}{}", check.backend().prefix, check.key()),
+                check.backend().engine.clone(),
+                check.cost(),
             ));
         }
         let stored: Vec<String> = keys.iter().map(|k| k.0.clone()).collect();
@@ -682,19 +690,13 @@ impl SqliteStore {
                 write(&tx).map_err(|e| sqlite_error("cannot write state", e))?;
             }
             tx.commit().map_err(|e| sqlite_error("cannot commit", e))?;
-            Ok(combine_keys(
-                evaluations
-                    .into_iter()
-                    .map(|e| KeyResult {
-                        decision: e.decision,
-                        reset_uncharged: e.reset_uncharged,
-                    })
-                    .collect(),
+            Ok(MultiDecision::from_decisions(
+                evaluations.into_iter().map(|e| e.decision).collect(),
             ))
         })
     }
 
-    fn many(
+    pub(crate) fn many(
         &self,
         checks: &[KeyCheck<'_, SqliteBackend>],
         charge: bool,
@@ -704,7 +706,7 @@ impl SqliteStore {
         Self::run_many(&self.shared, &prepared, charge, now)
     }
 
-    async fn many_async(
+    pub(crate) async fn many_async(
         &self,
         checks: &[KeyCheck<'_, SqliteBackend>],
         charge: bool,
@@ -766,7 +768,7 @@ impl SqliteStore {
     /// assert!(store.check_all_at(&[KeyCheck::new(&user, "alice", 1), KeyCheck::new(&global, "all", 1)], t).unwrap().allowed);
     /// // the global window is full: denied, and alice is not charged
     /// let d = store.check_all_at(&[KeyCheck::new(&user, "alice", 1), KeyCheck::new(&global, "all", 1)], t).unwrap();
-    /// assert_eq!((d.allowed, d.denied_key), (false, Some(1)));
+    /// assert_eq!((d.allowed, d.binding().map(|(key, _)| key)), (false, Some(1)));
     /// assert_eq!(store.peek_all_at(&[KeyCheck::new(&user, "alice", 1)], t).unwrap().decisions[0].remaining, 3);
     /// ```
     pub fn check_all_at(

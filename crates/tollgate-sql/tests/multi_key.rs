@@ -165,7 +165,7 @@ fn denial_by_the_second_key_charges_nothing<S: MultiStore>(store: &S) {
     ];
     for expected_remaining in [2, 1] {
         let d = store.check_all_at(&both, T0).unwrap();
-        assert!(d.allowed && d.denied_key.is_none() && d.binding().is_none());
+        assert!(d.allowed && d.binding().is_none());
         assert_eq!(d.decisions[0].remaining, expected_remaining);
     }
     // alice has 1 unit left: a peek of 1 admits it, leaving 0
@@ -176,7 +176,6 @@ fn denial_by_the_second_key_charges_nothing<S: MultiStore>(store: &S) {
     // The global window is full: the call is denied by key 1, and alice is not charged.
     let d = store.check_all_at(&both, T0 + SEC).unwrap();
     assert!(!d.allowed);
-    assert_eq!(d.denied_key, Some(1));
     assert_eq!(d.binding().unwrap().0, 1);
     // alice alone would have admitted: her own decision says so, computed as if charged
     assert!(d.decisions[0].allowed);
@@ -184,11 +183,10 @@ fn denial_by_the_second_key_charges_nothing<S: MultiStore>(store: &S) {
     assert_eq!(us(d.decisions[0].reset_after), 180 * SEC - SEC);
     assert!(!d.decisions[1].allowed);
     assert_eq!(d.decisions[1].denied_by, Some(0));
-    // combined: the global key's limit/remaining/retry, its own rate index, and the longest
-    // reset WITHOUT this call's charge: alice's uncharged 120 s - 1 s beats the window's 59 s
+    // the binding key: the global window, its limit/remaining/retry and its own rate index
     assert_eq!(
-        d.decision,
-        Decision::from_parts(false, 2, 0, 59 * SEC, 119 * SEC, Some(0))
+        *d.binding().unwrap().1,
+        Decision::from_parts(false, 2, 0, 59 * SEC, 59 * SEC, Some(0))
     );
 
     // Peek shows alice exactly as before the denied call.
@@ -205,15 +203,18 @@ fn denial_by_the_second_key_charges_nothing<S: MultiStore>(store: &S) {
     // Order does not matter: the same call with the keys swapped is denied by key 0.
     let swapped = [both[1], both[0]];
     let d = store.check_all_at(&swapped, T0 + 3 * SEC).unwrap();
-    assert_eq!((d.allowed, d.denied_key), (false, Some(0)));
+    assert_eq!(
+        (d.allowed, d.binding().map(|(key, _)| key)),
+        (false, Some(0))
+    );
 
     // The next window admits both again, and alice is charged once more.
     let d = store.check_all_at(&both, T0 + 60 * SEC).unwrap();
     assert!(d.allowed);
     // alice: tat was T0 + 120 s; at T0 + 60 s it becomes T0 + 180 s: remaining 1
     assert_eq!(d.decisions[0].remaining, 1);
-    assert_eq!(d.decision.remaining, 1);
-    assert_eq!(d.decision.limit, 3);
+    let (_, tightest) = d.tightest().unwrap();
+    assert_eq!((tightest.remaining, tightest.limit), (1, 3));
 
     // A peek that admits charges nothing: two peeks see the same.
     let p = store.peek_all_at(&both, T0 + 61 * SEC).unwrap();
@@ -657,11 +658,14 @@ async fn postgres_async_api_and_database_clock() {
     let checks = [KeyCheck::new(&user, "u", 1), KeyCheck::new(&log, "g", 1)];
     let d = caller.check_all_at_async(&checks, T0).await.unwrap();
     assert!(d.allowed);
-    assert_eq!(d.decision.remaining, 1); // user: 2 - 1 (the log has 2 left)
+    assert_eq!(d.tightest().unwrap().1.remaining, 1); // user: 2 - 1 (the log has 2 left)
     let d = caller.check_all_at_async(&checks, T0).await.unwrap();
     assert!(d.allowed);
     let d = caller.check_all_at_async(&checks, T0).await.unwrap();
-    assert_eq!((d.allowed, d.denied_key), (false, Some(0)));
+    assert_eq!(
+        (d.allowed, d.binding().map(|(key, _)| key)),
+        (false, Some(0))
+    );
     let p = caller.peek_all_at_async(&checks[1..], T0).await.unwrap();
     assert_eq!(p.decisions[0].remaining, 0); // the log: 3 - 2 - this peek's 1
 
@@ -684,7 +688,10 @@ async fn postgres_async_api_and_database_clock() {
     ];
     assert!(db.check_all_async(&checks).await.unwrap().allowed);
     let d = db.check_all_async(&checks).await.unwrap();
-    assert_eq!((d.allowed, d.denied_key), (false, Some(1)));
+    assert_eq!(
+        (d.allowed, d.binding().map(|(key, _)| key)),
+        (false, Some(1))
+    );
     // denied by the fixed window: the user key kept its second unit
     let p = db.peek_all_async(&checks[..1]).await.unwrap();
     assert!(p.allowed && p.decisions[0].remaining == 0);
@@ -705,7 +712,10 @@ async fn sqlite_async_api() {
     let checks = [KeyCheck::new(&a, "a", 1), KeyCheck::new(&b, "b", 1)];
     assert!(store.check_all_at_async(&checks, T0).await.unwrap().allowed);
     let d = store.check_all_at_async(&checks, T0).await.unwrap();
-    assert_eq!((d.allowed, d.denied_key), (false, Some(1)));
+    assert_eq!(
+        (d.allowed, d.binding().map(|(key, _)| key)),
+        (false, Some(1))
+    );
     let p = store.peek_all_at_async(&checks[..1], T0).await.unwrap();
     assert_eq!(p.decisions[0].remaining, 0); // 2 - 1 charged - 1 peeked
     assert!(store.check_all_async(&checks[..1]).await.unwrap().allowed);
@@ -718,4 +728,24 @@ async fn sqlite_async_api() {
             .len()
             == 1
     );
+}
+
+/// The core multi-key rules (`tollgate::conformance::multi`), shared with every store.
+#[test]
+fn the_shared_multi_key_rules_hold_on_sqlite() {
+    let file = SqliteFile::new("rules");
+    let store = file.store();
+    tollgate::conformance::multi::check_multi_rules(|name| store.scope(name), T0, "s:").unwrap();
+}
+
+#[test]
+fn the_shared_multi_key_rules_hold_on_postgres() {
+    let Some(table) = PgTable::new("rules") else {
+        return;
+    };
+    for (caller_time, prefix) in [(false, "db:"), (true, "caller:")] {
+        let store = table.store(caller_time);
+        tollgate::conformance::multi::check_multi_rules(|name| store.scope(name), T0, prefix)
+            .unwrap();
+    }
 }

@@ -948,6 +948,14 @@ impl Store for PgStore {
 }
 
 impl PgBackend {
+    /// The store this backend belongs to (for multi-key calls).
+    pub(crate) fn store(&self) -> PgStore {
+        PgStore {
+            shared: Arc::clone(&self.shared),
+            scope: None,
+        }
+    }
+
     async fn run(
         shared: Arc<Shared>,
         call: Arc<Call>,

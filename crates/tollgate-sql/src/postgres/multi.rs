@@ -2,7 +2,7 @@
 //! function `<table>_check_all` (source: `sql/check_all.sql`).
 
 use super::{describe, join, pg_error, to_i64, PgBackend, PgStore, Shared, CHECK_ALL};
-use crate::multi::{check_keys, combine_keys, KeyCheck, KeyResult, MultiDecision};
+use crate::multi::{check_keys, KeyCheck, MultiDecision};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tollgate::store::Op;
@@ -35,17 +35,17 @@ impl PgStore {
             d: Vec::new(),
         };
         for check in checks {
-            let backend = check.backend;
+            let backend = check.backend();
             if !Arc::ptr_eq(&backend.shared, &self.shared) {
                 return Err(Error::InvalidKey {
                     reason: "every backend of a multi-key call must come from this store".into(),
                 });
             }
             let call = &backend.call;
-            call.engine.validate(Op::Check(check.cost))?;
-            p.keys.push(format!("{}{}", call.prefix, check.key));
+            call.engine.validate(Op::Check(check.cost()))?;
+            p.keys.push(format!("{}{}", call.prefix, check.key()));
             p.algorithms.push(call.algorithm);
-            p.costs.push(to_i64(check.cost));
+            p.costs.push(to_i64(check.cost()));
             let n = call.a.len();
             p.rates.push(i32::try_from(n).unwrap_or(i32::MAX));
             // every key contributes n entries to each array (0 where the algorithm has no
@@ -118,7 +118,7 @@ impl PgStore {
                 format!("{} rows for {} keys", rows.len(), prepared.keys.len()),
             ));
         }
-        let mut results: Vec<Option<KeyResult>> = (0..rows.len()).map(|_| None).collect();
+        let mut results: Vec<Option<Decision>> = (0..rows.len()).map(|_| None).collect();
         for row in &rows {
             let bad = |e: tokio_postgres::Error| pg_error("bad reply", describe(&e));
             let get = |i: usize| -> Result<u64, Error> {
@@ -133,26 +133,23 @@ impl PgStore {
                 .ok_or_else(|| pg_error("bad reply", format!("key index {index}")))?;
             let allowed: bool = row.try_get(1).map_err(bad)?;
             let denied_by: Option<i32> = row.try_get(6).map_err(bad)?;
-            *slot = Some(KeyResult {
-                decision: Decision::from_parts(
-                    allowed,
-                    get(2)?,
-                    get(3)?,
-                    get(4)?,
-                    get(5)?,
-                    denied_by.and_then(|d| usize::try_from(d).ok()),
-                ),
-                reset_uncharged: get(7)?,
-            });
+            *slot = Some(Decision::from_parts(
+                allowed,
+                get(2)?,
+                get(3)?,
+                get(4)?,
+                get(5)?,
+                denied_by.and_then(|d| usize::try_from(d).ok()),
+            ));
         }
         let results = results
             .into_iter()
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| pg_error("bad reply", "a key index is missing"))?;
-        Ok(combine_keys(results))
+        Ok(MultiDecision::from_decisions(results))
     }
 
-    fn many(
+    pub(crate) fn many(
         &self,
         checks: &[KeyCheck<'_, PgBackend>],
         charge: bool,
@@ -169,7 +166,7 @@ impl PgStore {
         self.shared.block_on("postgres multi-key call", fut)
     }
 
-    async fn many_async(
+    pub(crate) async fn many_async(
         &self,
         checks: &[KeyCheck<'_, PgBackend>],
         charge: bool,
@@ -214,8 +211,8 @@ impl PgStore {
     /// let user = store.bind(&Policy::gcra(Rate::per_second(5).unwrap()).unwrap()).unwrap();
     /// let global = store.bind(&Policy::sliding_window(Rate::per_second(1000).unwrap()).unwrap()).unwrap();
     /// let d = store.check_all(&[KeyCheck::new(&user, "user:alice", 1), KeyCheck::new(&global, "all", 1)]).unwrap();
-    /// if !d.allowed {
-    ///     println!("denied by key {:?}, retry in {:?}", d.denied_key, d.decision.retry_after);
+    /// if let Some((key, denial)) = d.binding() {
+    ///     println!("denied by key {key}, retry in {:?}", denial.retry_after);
     /// }
     /// ```
     pub fn check_all(&self, checks: &[KeyCheck<'_, PgBackend>]) -> Result<MultiDecision, Error> {
