@@ -91,7 +91,8 @@ impl Script {
 
 /// Semaphore leases on a [`RedisStore`] (standalone or Cluster), for
 /// [`tollgate::semaphore::Semaphore`]. Shares the store's connection, runtime, namespace,
-/// key hashing, timeout and clock. See the [module docs](self) for the key layout.
+/// key hashing, timeout and clock. The key layout (seven keys with the hash tag `{<name>}`)
+/// is in `docs/semaphore.md`.
 ///
 /// ```no_run
 /// use tollgate::semaphore::Semaphore;

@@ -82,8 +82,8 @@ enum Mode<F> {
     Fallback(F),
 }
 
-/// A [`SemaphoreBackend`] that applies a [`FailurePolicy`] to the failures of another (see
-/// the [module docs](self) for exactly what each policy does).
+/// A [`SemaphoreBackend`] that applies a [`FailurePolicy`] to the failures of another
+/// (`docs/semaphore.md` says exactly what each policy does).
 ///
 /// ```
 /// use std::sync::Arc;

@@ -40,7 +40,7 @@
 //!   waiter; a request for several permits is not starved). The in-memory backend wakes
 //!   waiters when a permit frees; remote backends poll with exponential backoff (1 → 50 ms)
 //!   and never later than the earliest lease end. The maximum wait covers the whole wait.
-//! - **Time**: leases are µs on the semaphore's [`Clock`](crate::time::Clock) for the memory
+//! - **Time**: leases are µs on the semaphore's [`Clock`] for the memory
 //!   backend (a [`ManualClock`](crate::time::ManualClock) expires them deterministically);
 //!   the Redis backend uses the server's `TIME`.
 

@@ -235,8 +235,10 @@ impl<B, F> FailSafe<B, F> {
         self
     }
 
-    /// Shows every store failure ([`Event::StoreFailure`]) and breaker transition
-    /// ([`Event::Breaker`]) to `hook`. A second hook is called after the first.
+    /// Shows every store failure
+    /// ([`Event::StoreFailure`](crate::hooks::Event::StoreFailure)) and breaker transition
+    /// ([`Event::Breaker`](crate::hooks::Event::Breaker)) to `hook`. A second hook is called
+    /// after the first.
     ///
     /// ```
     /// use tollgate::{Policy, Rate, hooks::Hook, store::{Store, memory::MemoryStore, failure::FailSafe}};
