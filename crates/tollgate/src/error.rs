@@ -111,7 +111,7 @@ pub enum QuotaError {
 /// assert!(matches!(limiter.check_n("k", 6), Err(Error::CostExceedsCapacity { cost: 6, capacity: 5 })));
 /// assert!(matches!(limiter.check_n("k", 0), Err(Error::InvalidCost)));
 /// ```
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The cost is larger than the policy can ever admit in one call; waiting would never help.

@@ -40,7 +40,10 @@ pub mod time;
 
 pub use decision::Decision;
 pub use error::{Error, QuotaError, StoreError, StoreErrorKind};
-pub use limiter::{DirectLimiter, Limiter, LimiterBuilder, DEFAULT_MAX_KEY_LEN, WAIT_FOREVER};
+pub use limiter::{
+    DirectLimiter, LimitCheck, Limiter, LimiterBuilder, DEFAULT_MAX_KEY_LEN, WAIT_FOREVER,
+};
 pub use policy::{Algorithm, Policy, PolicySpec, RateSpec, MAX_RATES};
 pub use quota::{parse_rates, Rate, MAX_HORIZON_US};
 pub use semaphore::{Permit, Semaphore, SemaphoreError};
+pub use store::multi::MultiDecision;

@@ -322,3 +322,94 @@ fn the_shared_multi_key_rules_hold_on_the_memory_store() {
     let store = MemoryStore::new();
     tollgate::conformance::multi::check_multi_rules(|name| store.scope(name), NOW, "m:").unwrap();
 }
+
+mod limiters {
+    use std::sync::{Arc, Mutex};
+    use tollgate::store::memory::MemoryStore;
+    use tollgate::{Error, Limiter, Policy, Rate};
+
+    fn limiter(store: &MemoryStore, scope: &str, per_hour: u64) -> Limiter {
+        Limiter::builder(Policy::gcra(Rate::per_hour(per_hour).unwrap()).unwrap())
+            .build_with(&store.scope(scope))
+            .unwrap()
+    }
+
+    #[test]
+    fn check_all_is_all_or_nothing_and_hooks_see_why() {
+        let store = MemoryStore::new();
+        let seen: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+        let log = Arc::clone(&seen);
+        let per_user = Limiter::builder(Policy::gcra(Rate::per_hour(5).unwrap()).unwrap())
+            .on_decision(move |e| {
+                let allowed = e.decision().is_some_and(|d| d.allowed);
+                log.lock().unwrap().push((e.key.to_string(), allowed));
+            })
+            .build_with(&store.scope("user"))
+            .unwrap();
+        let global = limiter(&store, "global", 1);
+        let d = Limiter::check_all(&[per_user.item("alice", 1), global.item("all", 1)]).unwrap();
+        assert!(d.allowed);
+        assert!(d.decisions.iter().all(|d| d.decided_at().is_some()));
+        let d = Limiter::check_all(&[per_user.item("bob", 1), global.item("all", 1)]).unwrap();
+        assert!(!d.allowed);
+        assert_eq!(d.binding().unwrap().0, 1);
+        // bob alone would have been admitted, but the hook is told he was blocked
+        assert!(d.decisions[0].allowed);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![("alice".to_string(), true), ("bob".to_string(), false)]
+        );
+        assert_eq!(per_user.peek("bob", 1).unwrap().remaining, 4);
+        // peek_all charges nothing
+        assert!(
+            Limiter::peek_all(&[per_user.item("carol", 5)])
+                .unwrap()
+                .allowed
+        );
+        assert!(per_user.check_n("carol", 5).unwrap().allowed);
+    }
+
+    #[test]
+    fn check_all_checks_keys_like_single_calls() {
+        let store = MemoryStore::new();
+        let short = Limiter::builder(Policy::gcra(Rate::per_hour(5).unwrap()).unwrap())
+            .max_key_len(4)
+            .build_with(&store)
+            .unwrap();
+        let global = limiter(&store, "global", 1);
+        assert!(matches!(
+            Limiter::check_all(&[global.item("all", 1), short.item("toolong", 1)]),
+            Err(Error::KeyTooLong { len: 7, max: 4 })
+        ));
+        assert!(global.check("all").unwrap().allowed, "nothing was charged");
+        assert!(matches!(
+            Limiter::<tollgate::store::memory::MemoryBackend>::check_all(&[]),
+            Err(Error::InvalidKey { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn check_all_async_decides_like_the_sync_call() {
+        let store = MemoryStore::new();
+        let a = limiter(&store, "a", 2);
+        let b = limiter(&store, "b", 1);
+        assert!(
+            Limiter::check_all_async(&[a.item("k", 1), b.item("k", 1)])
+                .await
+                .unwrap()
+                .allowed
+        );
+        let d = Limiter::check_all_async(&[a.item("k", 1), b.item("k", 1)])
+            .await
+            .unwrap();
+        assert_eq!(d.binding().map(|(i, _)| i), Some(1));
+        assert_eq!(
+            Limiter::peek_all_async(&[a.item("k", 1)])
+                .await
+                .unwrap()
+                .decisions[0]
+                .remaining,
+            0
+        );
+    }
+}
