@@ -34,6 +34,7 @@ use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend, SemaphoreBa
 use tollgate::store::failure::{BreakerState, CircuitBreaker, FailSafe};
 use tollgate::store::memory::MemoryStore;
 use tollgate::store::{Backend, Op, Store};
+use tollgate::store::multi::DynMultiBackend;
 use tollgate::{Decision, Error, Limiter, Policy, StoreError};
 use tollgate_redis::{RedisSemaphoreBackend, RedisStore};
 
@@ -233,6 +234,31 @@ struct RedisFactory {
     failure: FailurePolicy,
     hook: Hook,
     max_keys: usize,
+}
+
+impl StoreFactory {
+    /// [`bind`](Self::bind) for multi-key calls (the RLS service): the same store, key
+    /// scope and failure policy, as a backend that decides several keys in one call.
+    fn bind_multi(
+        &self,
+        scope: Option<&str>,
+        policy: &Policy,
+    ) -> Result<Arc<dyn DynMultiBackend>, Error> {
+        let f = match self {
+            StoreFactory::Memory(store) => {
+                return Ok(Arc::new(match scope {
+                    Some(s) => store.scope(s).bind(policy)?,
+                    None => store.bind(policy)?,
+                }))
+            }
+            StoreFactory::Redis(f) => f,
+        };
+        let primary = match scope {
+            Some(s) => f.store.scope(s).bind(policy)?,
+            None => f.store.bind(policy)?,
+        };
+        Ok(Arc::new(primary))
+    }
 }
 
 impl StoreFactory {
@@ -1027,5 +1053,57 @@ impl App {
             .status_async(name, now_us())
             .await
             .map_err(|e| self.sem_error(e))
+    }
+}
+
+/// What the RLS service (`crate::rls`) needs from the server's state: policies bound for
+/// multi-key calls on the configured store, the key mapping and the failure policy.
+impl App {
+    /// Binds `policy` for multi-key calls (`tollgate::store::multi`) on the configured store,
+    /// under the store's default scope for the policy (`tollgate::store::default_scope`).
+    ///
+    /// ```
+    /// use tollgate::store::multi::{execute_all_dyn, KeyCheck, MultiOp};
+    /// let app = tollgate_server::app::App::new(&tollgate_server::config::Config::default(), None).unwrap();
+    /// let b = app.bind_multi(&tollgate::Policy::parse(tollgate::Algorithm::FixedWindow, "1/min").unwrap()).unwrap();
+    /// assert!(execute_all_dyn(&[KeyCheck::new(&*b, "k", 1)], MultiOp::Check, 0).unwrap().allowed);
+    /// assert!(!execute_all_dyn(&[KeyCheck::new(&*b, "k", 1)], MultiOp::Check, 0).unwrap().allowed);
+    /// ```
+    pub fn bind_multi(&self, policy: &Policy) -> Result<Arc<dyn DynMultiBackend>, Error> {
+        self.store.bind_multi(None, policy)
+    }
+
+    /// Validates a user key (not empty, at most `max_key_len` bytes) and maps it to the key
+    /// given to the store (HMAC-hashed on the memory store when a secret is configured; the
+    /// Redis store hashes and namespaces by itself).
+    ///
+    /// ```
+    /// let app = tollgate_server::app::App::new(&tollgate_server::config::Config::default(), None).unwrap();
+    /// assert_eq!(app.store_key("user-1").unwrap(), "user-1");
+    /// assert!(app.store_key("").is_err());
+    /// ```
+    pub fn store_key<'a>(&self, key: &'a str) -> Result<Cow<'a, str>, AppError> {
+        self.validate_key(key)?;
+        self.keys.map(key)
+    }
+
+    /// The configured failure policy (what a store failure becomes).
+    ///
+    /// ```
+    /// let app = tollgate_server::app::App::new(&tollgate_server::config::Config::default(), None).unwrap();
+    /// assert_eq!(app.failure_policy(), tollgate_server::config::FailurePolicy::Error);
+    /// ```
+    pub fn failure_policy(&self) -> FailurePolicy {
+        self.failure
+    }
+
+    /// Counts a store error in `tollgate_server_store_errors_total`.
+    ///
+    /// ```
+    /// let app = tollgate_server::app::App::new(&tollgate_server::config::Config::default(), None).unwrap();
+    /// app.record_store_error();
+    /// ```
+    pub fn record_store_error(&self) {
+        self.store_errors.increment(1);
     }
 }

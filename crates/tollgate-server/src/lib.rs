@@ -11,7 +11,8 @@
 //! - [`app`]: policies bound to the store, key mapping, failure policy, metrics;
 //! - [`cell`]: redis-cell's `CL.THROTTLE` semantics and rounding;
 //! - [`resp`]: the RESP parser and encoder; [`resp_server`]: the RESP endpoint;
-//! - [`http`]: the axum router; [`server`]: listeners and graceful shutdown.
+//! - [`http`]: the axum router; [`server`]: listeners and graceful shutdown;
+//! - [`rls`]: Envoy's rate-limit service (RLS v3 gRPC) with envoyproxy/ratelimit's YAML.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
@@ -32,4 +33,5 @@ pub mod config;
 pub mod http;
 pub mod resp;
 pub mod resp_server;
+pub mod rls;
 pub mod server;

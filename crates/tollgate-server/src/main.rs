@@ -12,6 +12,7 @@ use tollgate_server::config::{
     load_file, parse_duration, parse_listen, validate_namespace, validate_secret, Config,
     ConfigError, StoreUrl,
 };
+use tollgate_server::rls::{RlsServer, RlsSettings};
 use tollgate_server::server::Server;
 
 /// The standalone tollgate rate-limit service: HTTP/JSON API, a redis-cell compatible RESP
@@ -69,6 +70,19 @@ struct Cli {
     /// Close connections idle this long, e.g. 300s.
     #[arg(long, env = "TOLLGATE_IDLE_TIMEOUT", value_name = "DURATION")]
     idle_timeout: Option<String>,
+    /// Envoy rate-limit service (RLS v3 gRPC): directory of envoyproxy/ratelimit YAML files
+    /// (one domain per file, reloaded on change). Without it RLS is off. See docs/rls.md.
+    #[arg(long, env = "TOLLGATE_RLS_CONFIG", value_name = "DIR")]
+    rls_config: Option<PathBuf>,
+    /// RLS gRPC listen address, or "off" [default: 127.0.0.1:8081].
+    #[arg(long, env = "TOLLGATE_RLS_ADDR", value_name = "ADDR")]
+    rls_addr: Option<String>,
+    /// Add the IETF RateLimit / RateLimit-Policy fields to RLS responses.
+    #[arg(long, env = "TOLLGATE_RLS_RESPONSE_HEADERS")]
+    rls_response_headers: bool,
+    /// How often the RLS configuration directory is checked for changes, e.g. 1s.
+    #[arg(long, env = "TOLLGATE_RLS_RELOAD_INTERVAL", value_name = "DURATION")]
+    rls_reload_interval: Option<String>,
     /// Check the configuration, print it, and exit.
     #[arg(long)]
     check_config: bool,
@@ -192,6 +206,31 @@ fn build_config(cli: &Cli) -> Result<Config, ConfigError> {
     Ok(c)
 }
 
+/// The RLS listener's settings from the flags (`None`: RLS is off).
+fn rls_settings(cli: &Cli) -> Result<Option<RlsSettings>, ConfigError> {
+    let addr = match &cli.rls_addr {
+        Some(a) => parse_listen(a).map_err(|m| ConfigError::new("--rls-addr", m))?,
+        None => Some(tollgate_server::rls::DEFAULT_RLS_ADDR.parse().expect("valid default")),
+    };
+    let (Some(dir), Some(addr)) = (&cli.rls_config, addr) else {
+        return Ok(None);
+    };
+    let mut s = RlsSettings::new(addr, dir.clone());
+    s.response_headers = cli.rls_response_headers;
+    if let Some(t) = &cli.rls_reload_interval {
+        s.reload_interval = parse_duration(t)
+            .and_then(|d| {
+                if d.is_zero() {
+                    Err("must be greater than zero".into())
+                } else {
+                    Ok(d)
+                }
+            })
+            .map_err(|m| ConfigError::new("--rls-reload-interval", m))?;
+    }
+    Ok(Some(s))
+}
+
 fn describe_policies(config: &Config) -> String {
     if config.policies.is_empty() {
         return "none configured (inline \"rates\" and CL.THROTTLE work; add --policy NAME=10/s or [policies.NAME] in --config)".into();
@@ -235,6 +274,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let rls = match rls_settings(&cli) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tollgate-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -262,10 +308,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config))
+    runtime.block_on(run(config, rls))
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(config: Config, rls: Option<RlsSettings>) -> ExitCode {
     let buckets = [
         0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
         0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -303,12 +349,25 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let rls = match rls {
+        Some(settings) => match RlsServer::start(settings, Arc::clone(&app)).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("tollgate-server: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let mut listening = Vec::new();
     if let Some(a) = server.http_addr() {
         listening.push(format!("http://{a} (HTTP/JSON)"));
     }
     if let Some(a) = server.resp_addr() {
         listening.push(format!("redis://{a} (RESP)"));
+    }
+    if let Some(r) = &rls {
+        listening.push(format!("grpc://{} (RLS)", r.addr()));
     }
     let mut stdout = std::io::stdout();
     let _ = writeln!(
@@ -327,7 +386,13 @@ async fn run(config: Config) -> ExitCode {
     );
     let _ = stdout.flush();
     server.shutdown();
+    if let Some(r) = &rls {
+        r.shutdown();
+    }
     server.wait().await;
+    if let Some(r) = rls {
+        r.wait().await;
+    }
     let _ = writeln!(stdout, "tollgate-server: stopped");
     let _ = stdout.flush();
     ExitCode::SUCCESS
