@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 
 mod errors;
 mod limiter;
+mod multi;
 mod runtime;
 mod semaphore;
 mod store;
@@ -23,6 +24,11 @@ fn _tollgate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<limiter::PyLimiter>()?;
     m.add_class::<semaphore::PySemaphore>()?;
     m.add_class::<semaphore::PyPermit>()?;
+    m.add_class::<multi::PyMultiDecision>()?;
+    m.add_function(wrap_pyfunction!(multi::check_all, m)?)?;
+    m.add_function(wrap_pyfunction!(multi::peek_all, m)?)?;
+    m.add_function(wrap_pyfunction!(multi::check_all_future, m)?)?;
+    m.add_function(wrap_pyfunction!(multi::peek_all_future, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_after_fork_in_child, m)?)?;
     Ok(())
 }

@@ -17,15 +17,15 @@ use tollgate::{Algorithm, Decision, Error, Limiter, Policy};
 /// "No timeout": about 136 years, far beyond any horizon a policy can have.
 const FOREVER: Duration = Duration::from_secs(u32::MAX as u64);
 
-struct Config {
+pub(crate) struct Config {
     policy: Policy,
-    store: Arc<StoreShared>,
+    pub(crate) store: Arc<StoreShared>,
     clock: Option<ManualClock>,
     hook: Option<Hook>,
     max_key_len: usize,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     config: Config,
     bound: RwLock<(u64, Limiter<DynBackend>)>,
 }
@@ -54,7 +54,7 @@ impl Config {
 impl Shared {
     /// The limiter of this process (bound again after a `fork()` for stores that are not
     /// in memory).
-    fn limiter(&self) -> Result<Limiter<DynBackend>, Error> {
+    pub(crate) fn limiter(&self) -> Result<Limiter<DynBackend>, Error> {
         let gen = fork_gen();
         {
             let bound = self.bound.read();
@@ -108,7 +108,7 @@ fn hooks(
     all.into_iter().reduce(Hook::then)
 }
 
-fn cost_of(py: Python<'_>, cost: i64) -> PyResult<u64> {
+pub(crate) fn cost_of(py: Python<'_>, cost: i64) -> PyResult<u64> {
     u64::try_from(cost).map_err(|_| {
         errors::new_err(
             py,
@@ -149,7 +149,7 @@ fn unit_to_py(py: Python<'_>, r: Result<(), Error>) -> PyResult<Py<PyAny>> {
 /// A keyed rate limiter (see the `tollgate` package docs).
 #[pyclass(name = "Limiter", module = "tollgate", subclass, frozen)]
 pub(crate) struct PyLimiter {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl PyLimiter {

@@ -16,23 +16,97 @@ use tollgate::keys::KeyBuilder;
 use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend, SemaphoreBackend};
 use tollgate::store::failure::{FailSafeStore, FailurePolicy};
 use tollgate::store::memory::MemoryStore;
+use tollgate::store::multi::{DynMultiBackend, KeyCheck, MultiBackend, MultiDecision, MultiOp};
 use tollgate::store::{Backend, Op, Store};
 use tollgate::time::Micros;
 use tollgate::{Decision, Error, Policy};
 use tollgate_redis::{RedisSemaphoreBackend, RedisStore, RedisUrl};
 use tollgate_sql::{PgStore, SqliteStore};
 
-/// A bound backend of any store.
-pub(crate) type DynBackend = Arc<dyn Backend>;
+/// A bound backend of any store: single keys and multi-key all-or-nothing calls.
+pub(crate) type DynBackend = Arc<dyn DynMultiBackend>;
 
 /// A store of any kind, bound at run time.
 trait AnyStore: Send + Sync {
     fn bind_dyn(&self, policy: &Policy) -> Result<DynBackend, Error>;
 }
 
-impl<S: Store + Send + Sync> AnyStore for S {
+impl<S: Store + Send + Sync> AnyStore for S
+where
+    S::Backend: MultiBackend,
+{
     fn bind_dyn(&self, policy: &Policy) -> Result<DynBackend, Error> {
         Ok(Arc::new(self.bind(policy)?))
+    }
+}
+
+/// A store whose backends decide single keys only: the library's failure wrapper
+/// (`FailSafe`) has no multi-key form yet, so a multi-key call on a store with a failure
+/// policy is refused (with a clear error) instead of bypassing the policy.
+struct SingleKeyOnly<S>(S);
+
+struct SingleKeyBackend<B>(B);
+
+impl<S: Store> Store for SingleKeyOnly<S> {
+    type Backend = SingleKeyBackend<S::Backend>;
+    fn bind(&self, policy: &Policy) -> Result<Self::Backend, Error> {
+        Ok(SingleKeyBackend(self.0.bind(policy)?))
+    }
+}
+
+/// The reason a multi-key call on a store with a failure policy is refused.
+pub(crate) const NO_MULTI_WITH_FAILURE: &str =
+    "check_all/peek_all are not available on a Store with a failure policy yet \
+     (the library's failure wrapper decides single keys only); use a Store without `failure=`";
+
+impl<B: Backend> Backend for SingleKeyBackend<B> {
+    fn execute(&self, key: &str, op: Op, now: Micros) -> Result<Option<Decision>, Error> {
+        self.0.execute(key, op, now)
+    }
+    fn execute_async<'a>(
+        &'a self,
+        key: &'a str,
+        op: Op,
+        now: Micros,
+    ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
+        self.0.execute_async(key, op, now)
+    }
+    fn execute_observed(
+        &self,
+        key: &str,
+        op: Op,
+        now: Micros,
+        failure: &mut Option<StoreFailure>,
+    ) -> Result<Option<Decision>, Error> {
+        self.0.execute_observed(key, op, now, failure)
+    }
+    fn execute_observed_async<'a>(
+        &'a self,
+        key: &'a str,
+        op: Op,
+        now: Micros,
+        failure: &'a mut Option<StoreFailure>,
+    ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
+        self.0.execute_observed_async(key, op, now, failure)
+    }
+}
+
+impl<B: Backend> MultiBackend for SingleKeyBackend<B> {
+    fn execute_all(
+        _items: &[KeyCheck<'_, Self>],
+        _op: MultiOp,
+        _now: Micros,
+    ) -> Result<MultiDecision, Error> {
+        Err(Error::InvalidKey {
+            reason: NO_MULTI_WITH_FAILURE.into(),
+        })
+    }
+    fn execute_all_async<'a>(
+        items: &'a [KeyCheck<'a, Self>],
+        op: MultiOp,
+        now: Micros,
+    ) -> BoxFuture<'a, Result<MultiDecision, Error>> {
+        Box::pin(async move { Self::execute_all(items, op, now) })
     }
 }
 
@@ -98,6 +172,45 @@ impl<B: Backend> Backend for KeyedBackend<B> {
     }
 }
 
+impl<B: MultiBackend> MultiBackend for KeyedBackend<B> {
+    fn execute_all(
+        items: &[KeyCheck<'_, Self>],
+        op: MultiOp,
+        now: Micros,
+    ) -> Result<MultiDecision, Error> {
+        let keys = built_keys(items)?;
+        B::execute_all(&inner_items(items, &keys), op, now)
+    }
+    fn execute_all_async<'a>(
+        items: &'a [KeyCheck<'a, Self>],
+        op: MultiOp,
+        now: Micros,
+    ) -> BoxFuture<'a, Result<MultiDecision, Error>> {
+        Box::pin(async move {
+            let keys = built_keys(items)?;
+            B::execute_all_async(&inner_items(items, &keys), op, now).await
+        })
+    }
+}
+
+fn built_keys<B>(items: &[KeyCheck<'_, KeyedBackend<B>>]) -> Result<Vec<String>, Error> {
+    items
+        .iter()
+        .map(|i| i.backend().keys.build(i.key()))
+        .collect()
+}
+
+fn inner_items<'a, B>(
+    items: &[KeyCheck<'a, KeyedBackend<B>>],
+    keys: &'a [String],
+) -> Vec<KeyCheck<'a, B>> {
+    items
+        .iter()
+        .zip(keys)
+        .map(|(i, k)| KeyCheck::new(&i.backend().inner, k, i.cost()))
+        .collect()
+}
+
 #[derive(Clone, Debug)]
 enum Kind {
     Memory,
@@ -144,6 +257,12 @@ impl StoreShared {
         matches!(self.spec.kind, Kind::Memory)
     }
 
+    /// Whether calls go through a failure policy (no multi-key calls: see
+    /// [`NO_MULTI_WITH_FAILURE`]).
+    pub(crate) fn has_failure_policy(&self) -> bool {
+        self.spec.failure.is_some()
+    }
+
     /// The built store of this process (rebuilt after a `fork()`, except in memory).
     pub(crate) fn current(&self) -> Result<Arc<Built>, Error> {
         let gen = fork_gen();
@@ -177,7 +296,7 @@ impl StoreShared {
 
 fn keyed<S: Store + Send + Sync + 'static>(inner: S, keys: Option<KeyBuilder>) -> Box<dyn AnyStore>
 where
-    S::Backend: 'static,
+    S::Backend: MultiBackend,
 {
     match keys {
         Some(keys) => Box::new(Keyed { inner, keys }),
@@ -189,10 +308,16 @@ fn with_failure<S: Store + Send + Sync + 'static>(
     inner: S,
     failure: Option<FailurePolicy>,
     keys: Option<KeyBuilder>,
-) -> Box<dyn AnyStore> {
+) -> Box<dyn AnyStore>
+where
+    S::Backend: MultiBackend,
+{
     match (failure, keys) {
-        (Some(p), Some(keys)) => Box::new(FailSafeStore::with_policy(Keyed { inner, keys }, p)),
-        (Some(p), None) => Box::new(FailSafeStore::with_policy(inner, p)),
+        (Some(p), Some(keys)) => Box::new(SingleKeyOnly(FailSafeStore::with_policy(
+            Keyed { inner, keys },
+            p,
+        ))),
+        (Some(p), None) => Box::new(SingleKeyOnly(FailSafeStore::with_policy(inner, p))),
         (None, keys) => keyed(inner, keys),
     }
 }

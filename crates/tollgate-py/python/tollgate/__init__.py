@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, Callable, Iterable, Optional, TypeVar, Union
 
 from . import _tollgate
 from ._errors import (
@@ -35,7 +35,7 @@ from ._errors import (
     StoreError,
     TollgateError,
 )
-from ._tollgate import Decision, ManualClock, Rate, Store
+from ._tollgate import Decision, ManualClock, MultiDecision, Rate, Store
 
 __version__ = _tollgate.__version__
 
@@ -180,7 +180,51 @@ class Limiter(_tollgate.Limiter):
         return wrap
 
 
+Item = Union["tuple[Limiter, str]", "tuple[Limiter, str, int]"]
+
+
+def check_all(items: "Iterable[Item]") -> MultiDecision:
+    """Decides several ``(limiter, key)`` / ``(limiter, key, cost)`` items together: every
+    key is charged, or none is. One store call (one round trip on Redis and PostgreSQL, one
+    transaction on SQLite, atomic across keys in memory); the limiters must share one store
+    (any in-memory limiters can be combined). ``binding`` says which item denied.
+
+    >>> per_user, global_ = Limiter("5/s"), Limiter("1/s")
+    >>> check_all([(per_user, "alice"), (global_, "all")]).allowed
+    True
+    >>> d = check_all([(per_user, "bob", 1), (global_, "all", 1)])
+    >>> d.allowed, d.binding, per_user.peek("bob").remaining  # bob was not charged
+    (False, 1, 4)
+    """
+    return _tollgate.check_all(items)
+
+
+def peek_all(items: "Iterable[Item]") -> MultiDecision:
+    """What :func:`check_all` would decide now, charging nothing.
+
+    >>> a = Limiter("1/s")
+    >>> peek_all([(a, "x"), (a, "y")]).allowed and peek_all([(a, "x")]).allowed
+    True
+    """
+    return _tollgate.peek_all(items)
+
+
+async def check_all_async(items: "Iterable[Item]") -> MultiDecision:
+    """Awaitable :func:`check_all` (never blocks the event loop)."""
+    return await _tollgate.check_all_future(items)
+
+
+async def peek_all_async(items: "Iterable[Item]") -> MultiDecision:
+    """Awaitable :func:`peek_all`."""
+    return await _tollgate.peek_all_future(items)
+
+
 __all__ = [
+    "check_all",
+    "peek_all",
+    "check_all_async",
+    "peek_all_async",
+    "MultiDecision",
     "Limiter",
     "Limit",
     "Rate",
