@@ -2,7 +2,7 @@
 //! and every other store in the response future. Both paths must answer identically: same
 //! statuses, same fields, same problem+json bodies, same metrics. These tests run the same
 //! request sequence over real HTTP against a memory-store layer (the synchronous path) and
-//! against the same policies on the same memory backend behind `Arc<dyn Backend>` (a type the
+//! against the same policies on the same memory backend behind `Arc<dyn DynMultiBackend>` (a type the
 //! layer cannot see through, so it takes the asynchronous path).
 
 mod common;
@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tollgate::store::memory::MemoryStore;
-use tollgate::store::{Backend, Store};
+use tollgate::store::multi::DynMultiBackend;
+use tollgate::store::Store;
 use tollgate::time::{ManualClock, Micros};
 use tollgate::{Limiter, Policy, Rate};
 use tollgate_tower::headers::HeaderOptions;
@@ -30,17 +31,17 @@ const T0: Micros = 1_700_000_000_000_000;
 enum Path {
     /// `Limiter<MemoryBackend>`: decided in `call`.
     InCall,
-    /// The same backend as `Arc<dyn Backend>`: decided in the response future.
+    /// The same backend as `Arc<dyn DynMultiBackend>`: decided in the response future.
     InFuture,
 }
 
-/// The memory backend behind `Arc<dyn Backend>`: decided in the response future.
+/// The memory backend behind `Arc<dyn DynMultiBackend>`: decided in the response future.
 fn dyn_limiter(
     policy: Policy,
     clock: &ManualClock,
     max_key_len: usize,
-) -> Limiter<Arc<dyn Backend>> {
-    let backend: Arc<dyn Backend> = Arc::new(MemoryStore::new().bind(&policy).unwrap());
+) -> Limiter<Arc<dyn DynMultiBackend>> {
+    let backend: Arc<dyn DynMultiBackend> = Arc::new(MemoryStore::new().bind(&policy).unwrap());
     Limiter::builder(policy)
         .clock(clock.clone())
         .max_key_len(max_key_len)
@@ -163,7 +164,7 @@ async fn both_decision_paths_answer_identically() {
 #[tokio::test]
 async fn the_memory_store_is_decided_in_call() {
     // Calling the service (without polling its future) already charged the memory limiter;
-    // behind `Arc<dyn Backend>` nothing is charged until the future runs.
+    // behind `Arc<dyn DynMultiBackend>` nothing is charged until the future runs.
     use tower::Service;
     let clock = ManualClock::new(T0);
     let gcra = || Policy::gcra(Rate::per_minute(3).unwrap()).unwrap();

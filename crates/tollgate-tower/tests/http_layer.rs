@@ -8,6 +8,7 @@ use common::{client, client_from, header, serve};
 use futures_util::future::BoxFuture;
 use http::Method;
 use std::time::Duration;
+use tollgate::store::multi::{KeyCheck, MultiBackend, MultiDecision, MultiOp};
 use tollgate::store::{Backend, Op};
 use tollgate::time::{ManualClock, Micros};
 use tollgate::{Decision, Error, Limiter, Policy, Rate, StoreError};
@@ -483,6 +484,39 @@ impl Backend for DenyOnCheck {
         Box::pin(async move { self.execute(key, op, now) })
     }
 }
+
+/// Test backends decide a multi-key call key by key (not atomic: they are fakes).
+macro_rules! key_by_key_multi {
+    ($backend:ty) => {
+        impl MultiBackend for $backend {
+            fn execute_all(
+                items: &[KeyCheck<'_, Self>],
+                op: MultiOp,
+                now: Micros,
+            ) -> Result<MultiDecision, Error> {
+                let mut decisions = Vec::new();
+                for item in items {
+                    let single = match op {
+                        MultiOp::Check => Op::Check(item.cost()),
+                        _ => Op::Peek(item.cost()),
+                    };
+                    let d = item.backend().execute(item.key(), single, now)?;
+                    decisions.push(d.expect("check and peek decide"));
+                }
+                Ok(MultiDecision::from_decisions(decisions))
+            }
+            fn execute_all_async<'a>(
+                items: &'a [KeyCheck<'a, Self>],
+                op: MultiOp,
+                now: Micros,
+            ) -> BoxFuture<'a, Result<MultiDecision, Error>> {
+                Box::pin(async move { Self::execute_all(items, op, now) })
+            }
+        }
+    };
+}
+key_by_key_multi!(DenyOnCheck);
+key_by_key_multi!(DownStore);
 
 /// A store that is down.
 struct DownStore;

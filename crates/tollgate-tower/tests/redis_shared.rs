@@ -78,3 +78,102 @@ async fn redis_down_answers_503() {
     assert_eq!(r.status(), 503);
     assert_eq!(header(&r, "content-type"), "application/problem+json");
 }
+
+/// EVALSHA calls the server has run so far (`INFO commandstats`).
+fn evalsha_calls(redis: &RedisServer) -> u64 {
+    let mut c = tollgate_testkit::RespClient::connect(redis.port()).unwrap();
+    let info = c
+        .call(&["INFO", "commandstats"])
+        .unwrap()
+        .as_text()
+        .unwrap_or_default();
+    info.lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn several_policies_on_redis_are_one_atomic_round_trip() {
+    let Some(redis) = must_have("redis-server", RedisServer::start()) else {
+        return;
+    };
+    let store = RedisStore::builder()
+        .url(redis.url())
+        .namespace("tower-multi")
+        .build()
+        .unwrap();
+    let per_user = Limiter::builder(Policy::gcra(Rate::per_hour(3).unwrap()).unwrap())
+        .build_with(&store.scope("user"))
+        .unwrap();
+    let global = Limiter::builder(Policy::fixed_window(Rate::per_hour(10).unwrap()).unwrap())
+        .build_with(&store.scope("global"))
+        .unwrap();
+    let layer = RateLimitLayer::builder()
+        .policy(HttpPolicy::new(
+            "per-user",
+            per_user.clone(),
+            tollgate_tower::key::Header::named("x-user").unwrap(),
+        ))
+        .policy(HttpPolicy::new(
+            "global",
+            global.clone(),
+            tollgate_tower::key::Global,
+        ))
+        .build()
+        .unwrap();
+    let base = serve(
+        Router::new()
+            .route("/", get(|| async { "ok" }))
+            .layer(layer),
+    )
+    .await;
+    let c = client();
+    // Warm up (loads the script), then count: one EVALSHA per request, two policies each.
+    let r = c
+        .get(format!("{base}/"))
+        .header("x-user", "u0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let before = evalsha_calls(&redis);
+    // 40 concurrent requests from 8 users: the global 10/hour admits exactly 9 more, each
+    // user at most 3, and a denied request charges nothing anywhere.
+    let mut requests = Vec::new();
+    for i in 0..40 {
+        let req = c
+            .get(format!("{base}/"))
+            .header("x-user", format!("u{}", i % 8));
+        requests.push(tokio::spawn(async move {
+            req.send().await.unwrap().status().as_u16()
+        }));
+    }
+    let mut admitted = 0;
+    for r in requests {
+        if r.await.unwrap() == 200 {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 9);
+    assert_eq!(
+        evalsha_calls(&redis) - before,
+        40,
+        "one script call per request"
+    );
+    let charged: u64 = (0..8)
+        .map(|u| {
+            3 - per_user
+                .peek(&format!("u{u}"), 1)
+                .map(|d| if d.allowed { d.remaining + 1 } else { 0 })
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(
+        charged, 10,
+        "the users were charged exactly the admitted requests"
+    );
+    assert!(!global.peek("global", 1).unwrap().allowed);
+}

@@ -6,16 +6,18 @@
 //! layer finds the policies that apply, extracts their keys and decides:
 //!
 //! - **one policy**: one atomic `check` on its limiter;
-//! - **several policies** (e.g. per-user *and* global): *all-or-nothing per request*. First
-//!   every limiter is peeked (nothing charged); if any would deny, the request is denied and
-//!   nothing is charged anywhere. Otherwise every limiter is checked in order; if a later
-//!   check denies (another request took the last unit between the peek and the check), the
-//!   earlier charges are refunded. With the memory store the refund makes the outcome
-//!   all-or-nothing for this request; concurrent requests may briefly see the units that are
-//!   about to be refunded as taken (they are denied a little early, never admitted beyond a
-//!   limit). A store that offers a multi-key atomic check (the Redis store's single-script
-//!   multi-key check) avoids even that window.
-//!
+//! - **several policies** (e.g. per-user *and* global): *all-or-nothing per request*, in **one
+//!   multi-key call** ([`tollgate::Limiter::check_all`], the store capability
+//!   [`tollgate::store::multi`]) when the policies' limiters share a backend type (every
+//!   tollgate store: memory, Redis — one script call, one round trip —, PostgreSQL, SQLite;
+//!   `Arc<dyn DynMultiBackend>` for stores chosen at run time, which must then be one store):
+//!   every key admits and is charged, or nothing is charged anywhere, atomically. Limiters of
+//!   *different* backend types in one layer cannot share a call: the layer then peeks every
+//!   limiter, checks them in order and refunds the earlier charges if a later check denies
+//!   (a concurrent request may briefly see the units about to be refunded as taken: denied a
+//!   little early, never admitted beyond a limit). A denial reports the `RateLimit` fields of
+//!   the policies that denied (the others were not charged).
+
 //! Denials answer `429 Too Many Requests` with `Retry-After`, the IETF `RateLimit` /
 //! `RateLimit-Policy` fields (see [`crate::headers`]) and an RFC 9457 problem+json body. A
 //! store failure that reaches the layer (`Err(tollgate::Error::Store)`: the limiter's failure
@@ -58,12 +60,13 @@ use futures_util::future::BoxFuture;
 use http::header::HeaderValue;
 use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
-use std::any::TypeId;
+use std::any::{Any, TypeId};
 use std::borrow::Cow;
 use std::sync::Arc;
 use tollgate::store::memory::MemoryBackend;
+use tollgate::store::multi::{MultiBackend, MultiDecision};
 use tollgate::store::Backend;
-use tollgate::{Decision, Error, Limiter, Policy};
+use tollgate::{Decision, Error, LimitCheck, Limiter, Policy};
 
 /// A limiter of any store, behind one object type (so one layer can mix stores).
 ///
@@ -79,6 +82,34 @@ pub(crate) trait ErasedLimiter: Send + Sync + 'static {
     fn check<'a>(&'a self, key: &'a str, cost: u64) -> BoxFuture<'a, Result<Decision, Error>>;
     fn peek<'a>(&'a self, key: &'a str, cost: u64) -> BoxFuture<'a, Result<Decision, Error>>;
     fn refund<'a>(&'a self, key: &'a str, amount: u64) -> BoxFuture<'a, Result<(), Error>>;
+    /// The limiter itself, to find the other limiters of a multi-key call of one type.
+    fn as_any(&self) -> &dyn Any;
+    /// [`Limiter::check_all`] over `items`, run by this limiter's backend type, when every
+    /// item's limiter is of that type (`None` otherwise: the layer then falls back to peek,
+    /// check and refund).
+    fn check_all_now(&self, items: &[Item<'_>]) -> Option<Result<MultiDecision, Error>>;
+    /// Async [`check_all_now`](Self::check_all_now).
+    fn check_all<'a>(
+        &'a self,
+        items: &'a [Item<'a>],
+    ) -> Option<BoxFuture<'a, Result<MultiDecision, Error>>>;
+}
+
+/// One item of a multi-key call: a limiter, a key, a cost.
+pub(crate) type Item<'a> = (&'a dyn ErasedLimiter, &'a str, u64);
+
+/// The items as [`LimitCheck`]s of `Limiter<B>`, if every limiter is one.
+fn typed<'a, B: MultiBackend>(items: &[Item<'a>]) -> Option<Vec<LimitCheck<'a, B>>> {
+    items
+        .iter()
+        .map(|(limiter, key, cost)| {
+            let limiter: &'a dyn ErasedLimiter = *limiter;
+            limiter
+                .as_any()
+                .downcast_ref::<Limiter<B>>()
+                .map(|l| l.item(key, *cost))
+        })
+        .collect()
 }
 
 /// Whether `B` is the memory store's backend, whose operations never wait on I/O (a short
@@ -90,7 +121,7 @@ fn is_in_process_backend<B: Backend>() -> bool {
         || id == TypeId::of::<Box<MemoryBackend>>()
 }
 
-impl<B: Backend> ErasedLimiter for Limiter<B> {
+impl<B: MultiBackend> ErasedLimiter for Limiter<B> {
     fn policy(&self) -> &Policy {
         Limiter::policy(self)
     }
@@ -114,6 +145,21 @@ impl<B: Backend> ErasedLimiter for Limiter<B> {
     }
     fn refund<'a>(&'a self, key: &'a str, amount: u64) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(self.refund_async(key, amount))
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn check_all_now(&self, items: &[Item<'_>]) -> Option<Result<MultiDecision, Error>> {
+        typed::<B>(items).map(|items| Limiter::check_all(&items))
+    }
+    fn check_all<'a>(
+        &'a self,
+        items: &'a [Item<'a>],
+    ) -> Option<BoxFuture<'a, Result<MultiDecision, Error>>> {
+        let items = typed::<B>(items)?;
+        Some(Box::pin(
+            async move { Limiter::check_all_async(&items).await },
+        ))
     }
 }
 
@@ -232,7 +278,7 @@ impl HttpPolicy {
     /// let global = HttpPolicy::new("global", Limiter::memory(Policy::gcra(Rate::per_second(1000).unwrap()).unwrap()), Global);
     /// assert_eq!(global.name(), "global");
     /// ```
-    pub fn new<B: Backend>(
+    pub fn new<B: MultiBackend>(
         name: impl Into<String>,
         limiter: Limiter<B>,
         extractor: impl KeyExtractor,
@@ -665,6 +711,10 @@ impl Gate {
                 Err(e) => self.on_error(*i, e),
             };
         }
+        let items = self.items(work);
+        if let Some(call) = items[0].0.check_all(&items) {
+            return self.finish_multi(work, call.await);
+        }
         let mut decisions: Vec<Decision> = Vec::with_capacity(work.len());
         for (i, key) in work {
             let p = &self.policies[*i];
@@ -710,6 +760,10 @@ impl Gate {
                 Err(e) => self.on_error(*i, e),
             };
         }
+        let items = self.items(work);
+        if let Some(outcome) = items[0].0.check_all_now(&items) {
+            return self.finish_multi(work, outcome);
+        }
         let mut decisions: Vec<Decision> = Vec::with_capacity(work.len());
         for (i, key) in work {
             let p = &self.policies[*i];
@@ -742,6 +796,25 @@ impl Gate {
             }
         }
         self.finish(work, &decisions)
+    }
+
+    /// The (limiter, key, cost) items of `work`, for a multi-key call.
+    fn items<'a>(&'a self, work: &'a [Pair<'_>]) -> Vec<Item<'a>> {
+        work.iter()
+            .map(|(i, key)| {
+                let p = &self.policies[*i];
+                (&*p.limiter, key.as_ref(), p.cost)
+            })
+            .collect()
+    }
+
+    /// The verdict of a multi-key call: every policy's decision, or the store error
+    /// (attributed to the first policy of the request).
+    fn finish_multi(&self, work: &[Pair<'_>], outcome: Result<MultiDecision, Error>) -> Verdict {
+        match outcome {
+            Ok(d) => self.finish(work, &d.decisions),
+            Err(e) => self.on_error(work[0].0, e),
+        }
     }
 
     /// Refunds the charges of the first `n` pairs (a later check denied or failed).
@@ -799,11 +872,14 @@ impl Gate {
     }
 
     fn finish(&self, work: &[Pair<'_>], decisions: &[Decision]) -> Verdict {
-        let denied = decisions
-            .iter()
-            .zip(work)
-            .find(|(d, _)| !d.allowed)
-            .map(|(d, (i, key))| (d, *i, key));
+        // The denial to report: the longest retry_after (the first on a tie), after which
+        // every policy admits (a multi-key call may return several denials).
+        let mut denied: Option<(&Decision, usize, &Cow<'_, str>)> = None;
+        for (d, (i, key)) in decisions.iter().zip(work) {
+            if !d.allowed && denied.is_none_or(|(best, _, _)| d.retry_after > best.retry_after) {
+                denied = Some((d, *i, key));
+            }
+        }
         match denied {
             None => {
                 for (i, _) in &work[..decisions.len()] {
@@ -830,9 +906,12 @@ impl Gate {
                         permit: None,
                     };
                 }
+                // Only the policies that denied: the others were not charged, and their
+                // decisions describe a charge that did not happen.
                 let reports: Vec<PolicyReport<'_>> = decisions
                     .iter()
                     .zip(work)
+                    .filter(|(d, _)| !d.allowed)
                     .map(|(d, (i, _))| {
                         let p = &self.policies[*i];
                         PolicyReport {

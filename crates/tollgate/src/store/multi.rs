@@ -413,3 +413,45 @@ pub async fn execute_all_dyn_async<'a>(
         None => validate_items(items, |_, _| false).map(|()| MultiDecision::from_decisions(vec![])),
     }
 }
+
+/// A backend chosen at run time is a [`MultiBackend`] too, so `Limiter<Arc<dyn
+/// DynMultiBackend>>` has [`Limiter::check_all`](crate::Limiter::check_all); every item's
+/// backend must be of one concrete type (one store) at run time.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tollgate::{Limiter, Policy, Rate};
+/// use tollgate::store::{Store, memory::MemoryStore, multi::DynMultiBackend};
+/// let store = MemoryStore::new();
+/// let policy = Policy::gcra(Rate::per_second(1).unwrap()).unwrap();
+/// let backend: Arc<dyn DynMultiBackend> = Arc::new(store.bind(&policy).unwrap());
+/// let limiter = Limiter::builder(policy).build_on(backend);
+/// assert!(Limiter::check_all(&[limiter.item("a", 1), limiter.item("b", 1)]).unwrap().allowed);
+/// ```
+impl MultiBackend for std::sync::Arc<dyn DynMultiBackend> {
+    fn execute_all(
+        items: &[KeyCheck<'_, Self>],
+        op: MultiOp,
+        now: Micros,
+    ) -> Result<MultiDecision, Error> {
+        let inner: Vec<KeyCheck<'_, dyn DynMultiBackend>> = items
+            .iter()
+            .map(|i| KeyCheck::new(&**i.backend, i.key, i.cost))
+            .collect();
+        execute_all_dyn(&inner, op, now)
+    }
+
+    fn execute_all_async<'a>(
+        items: &'a [KeyCheck<'a, Self>],
+        op: MultiOp,
+        now: Micros,
+    ) -> BoxFuture<'a, Result<MultiDecision, Error>> {
+        Box::pin(async move {
+            let inner: Vec<KeyCheck<'_, dyn DynMultiBackend>> = items
+                .iter()
+                .map(|i| KeyCheck::new(&**i.backend, i.key, i.cost))
+                .collect();
+            execute_all_dyn_async(&inner, op, now).await
+        })
+    }
+}
