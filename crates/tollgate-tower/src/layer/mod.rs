@@ -17,7 +17,7 @@
 //!   (a concurrent request may briefly see the units about to be refunded as taken: denied a
 //!   little early, never admitted beyond a limit). A denial reports the `RateLimit` fields of
 //!   the policies that denied (the others were not charged).
-
+//!
 //! Denials answer `429 Too Many Requests` with `Retry-After`, the IETF `RateLimit` /
 //! `RateLimit-Policy` fields (see [`crate::headers`]) and an RFC 9457 problem+json body. A
 //! store failure that reaches the layer (`Err(tollgate::Error::Store)`: the limiter's failure
