@@ -84,14 +84,26 @@ fn report_name(limit: &Limit) -> String {
     }
 }
 
-fn store_error(app: &App, e: &Error) -> Option<Status> {
+/// What a failed store call becomes: the gRPC status to answer with, or (failure policy
+/// `open` / `closed`) the verdict to give every key of the call.
+enum Failed {
+    Status(Status),
+    Verdict(bool),
+}
+
+fn store_error(app: &App, e: &Error) -> Failed {
     match e {
         Error::Store(e) => {
             app.record_store_error();
-            (app.failure_policy() != FailurePolicy::Closed)
-                .then(|| Status::unavailable(format!("store unavailable: {e}")))
+            match app.failure_policy() {
+                FailurePolicy::Closed => Failed::Verdict(false),
+                FailurePolicy::Open => Failed::Verdict(true),
+                // `error` (and `local`, which has no multi-key form yet): Envoy's
+                // failure_mode_deny decides.
+                _ => Failed::Status(Status::unavailable(format!("store unavailable: {e}"))),
+            }
         }
-        other => Some(Status::invalid_argument(other.to_string())),
+        other => Failed::Status(Status::invalid_argument(other.to_string())),
     }
 }
 
@@ -179,7 +191,7 @@ pub(crate) async fn should_rate_limit(
             if let Some(b) = m.limit.backend() {
                 let now = super::now_us();
                 if let Err(e) = b.execute_async(&key, Op::Refund(n), now).await {
-                    if let Some(s) = store_error(app, &e) {
+                    if let Failed::Status(s) = store_error(app, &e) {
                         return Err(s);
                     }
                 }
@@ -346,13 +358,18 @@ async fn run(
     match execute_all_dyn_async(&checks, op, now).await {
         Ok(d) => Ok(d.decisions),
         Err(e) => match store_error(app, &e) {
-            Some(status) => Err(status),
-            // Failure policy `closed`: every key denies (retry in 1 s), nothing charged.
-            None => Ok(picked
+            Failed::Status(status) => Err(status),
+            // Failure policy `closed`: every key denies (retry in 1 s); `open`: every key
+            // admits. Nothing was charged.
+            Failed::Verdict(allowed) => Ok(picked
                 .iter()
                 .map(|&i| {
                     let limit = u64::from(slots[i].limit.requests_per_unit());
-                    Decision::from_parts(false, limit, 0, 1_000_000, 1_000_000, Some(0))
+                    if allowed {
+                        Decision::fail_open(limit)
+                    } else {
+                        Decision::from_parts(false, limit, 0, 1_000_000, 1_000_000, Some(0))
+                    }
                 })
                 .collect()),
         },
