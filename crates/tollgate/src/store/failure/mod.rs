@@ -70,6 +70,7 @@
 
 pub mod breaker;
 mod guard;
+mod multi;
 mod store;
 
 pub use breaker::{

@@ -1,0 +1,203 @@
+//! Multi-key calls through a failure policy: the primary store decides every key in one call;
+//! when it fails (or the breaker is open), the items' failure policies answer together.
+
+use super::{FailSafe, FailureOutcome, Mode};
+use crate::decision::Decision;
+use crate::error::{Error, StoreError};
+use crate::store::multi::{KeyCheck, MultiBackend, MultiDecision, MultiOp};
+use crate::time::Micros;
+use futures_util::future::BoxFuture;
+
+/// What the failure policies answer when the primary store failed with `err`.
+enum Plan<'a, F> {
+    /// Some item fails closed: the call fails with the store error.
+    Fail,
+    /// Each item: `Ok(decision)` admitted by its open policy, or `Err(fallback backend)`.
+    Answer(Vec<Result<Decision, &'a F>>),
+}
+
+fn no_keys() -> Error {
+    Error::InvalidKey {
+        reason: "a multi-key call needs at least one key".into(),
+    }
+}
+
+fn plan<'a, B, F>(items: &[KeyCheck<'a, FailSafe<B, F>>]) -> Plan<'a, F> {
+    let mut answers = Vec::with_capacity(items.len());
+    for item in items {
+        match &item.backend().mode {
+            Mode::Closed => return Plan::Fail,
+            Mode::Open { limit } => answers.push(Ok(Decision::fail_open(*limit))),
+            Mode::Fallback(f) => answers.push(Err(f)),
+        }
+    }
+    Plan::Answer(answers)
+}
+
+fn outcome_of<F>(
+    answer: &Result<Decision, &F>,
+    fallback: &Result<MultiDecision, Error>,
+) -> FailureOutcome {
+    match (answer, fallback) {
+        (Ok(_), _) => FailureOutcome::Admitted,
+        (Err(_), Ok(_)) => FailureOutcome::FellBack,
+        (Err(_), Err(_)) => FailureOutcome::FallbackFailed,
+    }
+}
+
+impl<B: MultiBackend, F: MultiBackend> FailSafe<B, F> {
+    /// The items on their primary backends.
+    fn primary_items<'a>(items: &[KeyCheck<'a, Self>]) -> Vec<KeyCheck<'a, B>> {
+        items
+            .iter()
+            .map(|i| KeyCheck::new(&i.backend().primary, i.key(), i.cost()))
+            .collect()
+    }
+
+    /// Records the primary's answer on the first item's guard; the store error if it failed.
+    fn settle_all(
+        first: &Self,
+        probe: bool,
+        result: Result<MultiDecision, Error>,
+    ) -> Result<Result<MultiDecision, Error>, StoreError> {
+        match result {
+            Err(Error::Store(err)) => {
+                first.guard.failed(probe, &err);
+                Err(err)
+            }
+            other => {
+                first.guard.answered(probe, other.is_ok());
+                Ok(other)
+            }
+        }
+    }
+
+    /// Merges the open policies' answers with the fallback call's, and reports each item.
+    fn merge(
+        items: &[KeyCheck<'_, Self>],
+        err: &StoreError,
+        answers: Vec<Result<Decision, &F>>,
+        fallback: Result<MultiDecision, Error>,
+    ) -> Result<MultiDecision, Error> {
+        for (item, answer) in items.iter().zip(&answers) {
+            let b = item.backend();
+            b.guard.observe(
+                "rate-limit store",
+                err,
+                b.policy(),
+                outcome_of(answer, &fallback),
+                None,
+            );
+        }
+        let mut from_fallback = match fallback {
+            Ok(d) => d.decisions.into_iter(),
+            Err(e) => return Err(e),
+        };
+        let decisions = answers
+            .into_iter()
+            .map(|a| match a {
+                Ok(d) => Ok(d),
+                Err(_) => from_fallback
+                    .next()
+                    .ok_or_else(|| Error::Store(StoreError::new("fallback", "missing a decision"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(MultiDecision::from_decisions(decisions))
+    }
+
+    fn report_closed(items: &[KeyCheck<'_, Self>], err: StoreError) -> Error {
+        for item in items {
+            let b = item.backend();
+            b.guard.observe(
+                "rate-limit store",
+                &err,
+                b.policy(),
+                FailureOutcome::Rejected,
+                None,
+            );
+        }
+        Error::Store(err)
+    }
+}
+
+/// The primary decides every key in one call; when it fails or the breaker (the first item's)
+/// is open, an item with the closed policy fails the call, open items are admitted, and the
+/// fallback items are decided together on their fallback backends (one all-or-nothing call).
+impl<B: MultiBackend, F: MultiBackend> MultiBackend for FailSafe<B, F> {
+    fn execute_all(
+        items: &[KeyCheck<'_, Self>],
+        op: MultiOp,
+        now: Micros,
+    ) -> Result<MultiDecision, Error> {
+        let first = items.first().ok_or_else(no_keys)?.backend();
+        let err = match first.guard.breaker.admit() {
+            super::breaker::Admission::Reject(err) => err,
+            admission => {
+                let result = B::execute_all(&Self::primary_items(items), op, now);
+                match Self::settle_all(first, admission.is_probe(), result) {
+                    Ok(answered) => return answered,
+                    Err(err) => err,
+                }
+            }
+        };
+        let answers = match plan(items) {
+            Plan::Fail => return Err(Self::report_closed(items, err)),
+            Plan::Answer(a) => a,
+        };
+        let fallback_items: Vec<KeyCheck<'_, F>> = items
+            .iter()
+            .zip(&answers)
+            .filter_map(|(i, a)| {
+                a.as_ref()
+                    .err()
+                    .map(|f| KeyCheck::new(*f, i.key(), i.cost()))
+            })
+            .collect();
+        let fallback = if fallback_items.is_empty() {
+            Ok(MultiDecision::from_decisions(vec![]))
+        } else {
+            F::execute_all(&fallback_items, op, now)
+        };
+        Self::merge(items, &err, answers, fallback)
+    }
+
+    fn execute_all_async<'a>(
+        items: &'a [KeyCheck<'a, Self>],
+        op: MultiOp,
+        now: Micros,
+    ) -> BoxFuture<'a, Result<MultiDecision, Error>> {
+        Box::pin(async move {
+            let first = items.first().ok_or_else(no_keys)?.backend();
+            let err = match first.guard.breaker.admit() {
+                super::breaker::Admission::Reject(err) => err,
+                admission => {
+                    let primary = Self::primary_items(items);
+                    let result = B::execute_all_async(&primary, op, now).await;
+                    match Self::settle_all(first, admission.is_probe(), result) {
+                        Ok(answered) => return answered,
+                        Err(err) => err,
+                    }
+                }
+            };
+            let answers = match plan(items) {
+                Plan::Fail => return Err(Self::report_closed(items, err)),
+                Plan::Answer(a) => a,
+            };
+            let fallback_items: Vec<KeyCheck<'_, F>> = items
+                .iter()
+                .zip(&answers)
+                .filter_map(|(i, a)| {
+                    a.as_ref()
+                        .err()
+                        .map(|f| KeyCheck::new(*f, i.key(), i.cost()))
+                })
+                .collect();
+            let fallback = if fallback_items.is_empty() {
+                Ok(MultiDecision::from_decisions(vec![]))
+            } else {
+                F::execute_all_async(&fallback_items, op, now).await
+            };
+            Self::merge(items, &err, answers, fallback)
+        })
+    }
+}
