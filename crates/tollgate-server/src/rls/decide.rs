@@ -249,13 +249,11 @@ pub(crate) async fn should_rate_limit(
 
 /// Runs the store calls; true when the request is over the limit.
 async fn decide_slots(app: &App, slots: &mut [Slot]) -> Result<bool, Status> {
-    // A cost above what a limit can ever admit is a denial of its own (no store call).
+    // A cost above what a limit can ever admit is a denial of its own (no store call);
+    // `requests_per_unit: 0` (no policy) admits nothing.
     let mut denied = false;
     for s in slots.iter_mut() {
-        let max = s
-            .limit
-            .policy()
-            .map_or(u64::MAX, tollgate::Policy::max_cost);
+        let max = s.limit.policy().map_or(0, tollgate::Policy::max_cost);
         if s.hits > max {
             let limit = s.limit.requests_per_unit();
             s.decision = Some(Decision::from_parts(

@@ -60,8 +60,14 @@ impl Limit {
         requests_per_unit: u32,
         stat_key: String,
     ) -> Result<Limit, String> {
-        let policy = super::yaml::build_policy(unit, requests_per_unit, None, None)?;
-        let backend = app.bind_multi(&policy).map_err(|e| e.to_string())?;
+        let policy = match requests_per_unit {
+            0 => None,
+            n => Some(super::yaml::build_policy(unit, n, None, None)?),
+        };
+        let backend = match &policy {
+            Some(p) => Some(app.bind_multi(p).map_err(|e| e.to_string())?),
+            None => None,
+        };
         Ok(Limit {
             name: None,
             unit: Some(unit),
@@ -70,8 +76,8 @@ impl Limit {
             shadow_mode: false,
             detailed_metric: false,
             replaces: Vec::new(),
-            policy: Some(policy),
-            backend: Some(backend),
+            policy,
+            backend,
             domain: domain.to_string(),
             stats: Stats::new(domain, &stat_key),
             stat_key,
@@ -108,7 +114,7 @@ impl Limit {
         &self.replaces
     }
 
-    /// The policy (`None` when unlimited).
+    /// The policy (`None` when unlimited, and for `requests_per_unit: 0`: deny all).
     pub fn policy(&self) -> Option<&Policy> {
         self.policy.as_ref()
     }

@@ -195,7 +195,8 @@ pub struct RateLimitSpec {
     /// Names of the limits this one replaces when both match one request.
     pub replaces: Vec<String>,
     /// The policy: a clock-aligned fixed window per unit unless `algorithm` / `burst` say
-    /// otherwise (`None` when `unlimited`).
+    /// otherwise (`None` when `unlimited`, and for `requests_per_unit: 0`, which denies
+    /// every request).
     pub policy: Option<Policy>,
 }
 
@@ -507,14 +508,19 @@ fn parse_rate_limit(ctx: &Ctx<'_>, v: &Value, path: &str) -> Result<RateLimitSpe
     }
     let unit = unit.ok_or_else(|| ctx.err(&join(path, "unit"), "missing"))?;
     let rpu = rpu.ok_or_else(|| ctx.err(&join(path, "requests_per_unit"), "missing"))?;
-    let policy = build_policy(unit, rpu, algorithm, burst).map_err(|m| ctx.err(path, m))?;
+    // requests_per_unit: 0 denies every request (the reference server's block list).
+    let policy = if rpu == 0 {
+        None
+    } else {
+        Some(build_policy(unit, rpu, algorithm, burst).map_err(|m| ctx.err(path, m))?)
+    };
     Ok(RateLimitSpec {
         unit: Some(unit),
         requests_per_unit: rpu,
         unlimited,
         name,
         replaces,
-        policy: Some(policy),
+        policy,
     })
 }
 
