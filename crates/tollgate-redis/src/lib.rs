@@ -63,6 +63,7 @@
 
 mod cache;
 mod conn;
+mod log;
 mod multi;
 mod scripts;
 mod semaphore;

@@ -35,6 +35,8 @@
 //! assert!(!limiter.check("alice").unwrap().allowed);
 //! ```
 
+mod log;
+
 use crate::engine::{decode_blob, encode_blob, Engine};
 use crate::multi::{check_keys, KeyCheck, MultiDecision};
 use crate::table::TableName;

@@ -217,5 +217,6 @@ fn check_step(
     Ok(())
 }
 
+pub mod log;
 pub mod multi;
 pub mod sharing;

@@ -55,6 +55,7 @@ use tollgate::store::{Backend, Op, Store};
 use tollgate::time::Micros;
 use tollgate::{Algorithm, Decision, Error, Policy, StoreError, StoreErrorKind};
 
+mod log;
 mod multi;
 
 const STORE: &str = "postgres";

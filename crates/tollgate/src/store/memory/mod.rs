@@ -62,6 +62,7 @@
 //! ```
 
 mod direct;
+mod log;
 mod multi;
 mod shard;
 mod slots;
