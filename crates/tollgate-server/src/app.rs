@@ -110,7 +110,7 @@ impl PolicyMetrics {
 pub struct PolicyEntry {
     name: String,
     policy: Policy,
-    limiter: Limiter<Arc<dyn Backend>>,
+    limiter: Limiter<Arc<dyn DynMultiBackend>>,
     metrics: PolicyMetrics,
     rate_limit_policy: String,
 }
@@ -237,34 +237,26 @@ struct RedisFactory {
 }
 
 impl StoreFactory {
-    /// [`bind`](Self::bind) for multi-key calls (the RLS service): the same store, key
-    /// scope and failure policy, as a backend that decides several keys in one call.
+    /// [`bind`](Self::bind) for multi-key calls (the RLS service): the same backend, with
+    /// the same store, key scope, failure policy and breaker (`FailSafe` decides multi-key
+    /// calls too).
     fn bind_multi(
         &self,
         scope: Option<&str>,
         policy: &Policy,
     ) -> Result<Arc<dyn DynMultiBackend>, Error> {
-        let f = match self {
-            StoreFactory::Memory(store) => {
-                return Ok(Arc::new(match scope {
-                    Some(s) => store.scope(s).bind(policy)?,
-                    None => store.bind(policy)?,
-                }))
-            }
-            StoreFactory::Redis(f) => f,
-        };
-        let primary = match scope {
-            Some(s) => f.store.scope(s).bind(policy)?,
-            None => f.store.bind(policy)?,
-        };
-        Ok(Arc::new(primary))
+        self.bind(scope, policy)
     }
 }
 
 impl StoreFactory {
     /// Binds `policy`; `scope` names its keys in a shared store (`None`: the store derives a
     /// scope from the policy, so different policies never share state).
-    fn bind(&self, scope: Option<&str>, policy: &Policy) -> Result<Arc<dyn Backend>, Error> {
+    fn bind(
+        &self,
+        scope: Option<&str>,
+        policy: &Policy,
+    ) -> Result<Arc<dyn DynMultiBackend>, Error> {
         let f = match self {
             StoreFactory::Memory(store) => {
                 return Ok(Arc::new(match scope {
