@@ -7,18 +7,24 @@
 -- ARGV[1]     'c' check or 'p' peek
 -- ARGV[2]     now in µs since the UNIX epoch, or '' for the server clock (TIME)
 -- ARGV[3]     margin in ms added to every expiry
+-- ARGV[4]     the call's deadline in server-clock µs, or '' for none (see late() in
+--             prelude.lua)
 -- then, for each key in KEYS order:
 --   algorithm name ('gcra', 'token_bucket', 'sliding_log', 'sliding_window',
 --   'fixed_window'), cost, n (rates), and the algorithm's parameters rate by rate
 --
 -- Returns {allowed (1/0), then for each key its own 6 decision fields as single.lua returns
 -- them}: a key's fields are what that key alone would decide (its `allowed` may be 1 while
--- the whole call is denied; then nothing was charged).
+-- the whole call is denied; then nothing was charged). A call past its deadline returns the
+-- integer LATE (-1) and changes nothing.
 
+if late(ARGV[4]) then
+  return LATE
+end
 local now = clock(ARGV[2])
 local margin = num(ARGV[3])
 local op = ARGV[1]
-local i = 4
+local i = 5
 local calls = {}
 local all = 1
 for k = 1, #KEYS do

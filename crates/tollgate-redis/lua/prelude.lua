@@ -94,13 +94,31 @@ local function muldiv(a, b, c)
   return q
 end
 
+-- The server's clock in µs (TIME, read once per script run).
+local server_us = nil
+local function server_now()
+  if server_us == nil then
+    local t = redis.call('TIME')
+    server_us = num(t[1]) * 1000000 + num(t[2])
+  end
+  return server_us
+end
+
 -- The time of the decision in µs: the caller's (ARGV) or the server's clock.
 local function clock(arg)
   if arg == '' then
-    local t = redis.call('TIME')
-    return num(t[1]) * 1000000 + num(t[2])
+    return server_now()
   end
   return num(arg)
+end
+
+-- The late marker: a script whose call carries a deadline (server-clock µs, '' for none)
+-- and reaches Redis after it returns LATE and changes nothing. The client has given up on
+-- such a call (or is about to) and reports it failed, so it must not charge the key: a
+-- caller told "failed" is never charged (docs/semantics.md).
+local LATE = -1
+local function late(deadline)
+  return deadline ~= '' and server_now() > num(deadline)
 end
 
 -- Expiry in ms for a state that is fresh from `horizon` on: the horizon rounded UP to the

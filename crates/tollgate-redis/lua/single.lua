@@ -7,15 +7,20 @@
 -- ARGV[3]  check/peek: the cost (1 <= cost <= the capacity of every rate; checked by the
 --          client); refund: the amount (>= 1); reset: ignored
 -- ARGV[4]  margin in ms added to every expiry (0 with the server clock)
--- ARGV[5]  n, the number of rates
--- ARGV[6…] the algorithm's parameters, rate by rate
+-- ARGV[5]  the call's deadline in server-clock µs, or '' for none (see late() in prelude.lua)
+-- ARGV[6]  n, the number of rates
+-- ARGV[7…] the algorithm's parameters, rate by rate
 --
 -- Returns, for check and peek, integers (times in µs):
 --   {allowed (1/0), limit, remaining, retry_after, reset_after, denied_by (0-based, -1 = none)}
--- and an empty array for refund and reset.
+-- and an empty array for refund and reset; the integer LATE (-1) for a call past its
+-- deadline, whatever the operation (then nothing was read or written).
 
 local key = KEYS[1]
 local op = ARGV[1]
+if late(ARGV[5]) then
+  return LATE
+end
 if op == 'x' then
   redis.call('DEL', key)
   return {}
@@ -23,7 +28,7 @@ end
 local now = clock(ARGV[2])
 local cost = num(ARGV[3])
 local margin = num(ARGV[4])
-local p = THIS.parse(ARGV, 6, num(ARGV[5]))
+local p = THIS.parse(ARGV, 7, num(ARGV[6]))
 local s = THIS.load(key, p)
 if op == 'r' then
   THIS.refund(key, p, s, now, cost, margin)

@@ -4,7 +4,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 use tollgate::{Error, StoreError, StoreErrorKind};
 
@@ -28,7 +29,22 @@ pub(crate) struct Shared {
     target: Target,
     conn: OnceCell<Conn>,
     pub(crate) timeout: Duration,
+    /// The server's clock as seen from this process (see [`Shared::deadline_arg`]).
+    server_clock: Mutex<Option<Anchor>>,
 }
+
+/// A reading of the server's clock: `server_us` (its `TIME`) was current no later than the
+/// local instant `at` (the reply came back after `TIME` ran), so `server_us + (t - at)` is a
+/// lower bound of the server's time at any local instant `t`.
+#[derive(Clone, Copy)]
+struct Anchor {
+    at: Instant,
+    server_us: u64,
+}
+
+/// How often the reading of the server clock is renewed (so a stepped or drifting clock, or a
+/// failover to another node, is followed).
+const CLOCK_REFRESH: Duration = Duration::from_secs(10);
 
 impl Drop for Shared {
     fn drop(&mut self) {
@@ -102,7 +118,94 @@ impl Shared {
             target,
             conn: OnceCell::new(),
             timeout,
+            server_clock: Mutex::new(None),
         })
+    }
+
+    /// The deadline argument of a script call that started at the local instant `start`: the
+    /// server-clock µs after which the script refuses to run (returns the late marker, see
+    /// `lua/prelude.lua`), or '' while the server's clock is unknown.
+    ///
+    /// The deadline is `start + timeout / 2` on the server's clock, estimated from a lower
+    /// bound of that clock (so it errs early): a script that reaches Redis when the caller has
+    /// given up, or is about to, charges nothing. The other half of the timeout is the margin
+    /// for the reply's trip back and for clock reading errors.
+    pub(crate) fn deadline_arg(&self, start: Instant) -> String {
+        let anchor = *self.server_clock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(anchor) = anchor else {
+            return String::new();
+        };
+        let half = (self.timeout / 2).as_micros() as u64;
+        let at_start = if start >= anchor.at {
+            anchor
+                .server_us
+                .saturating_add(start.duration_since(anchor.at).as_micros() as u64)
+        } else {
+            anchor
+                .server_us
+                .saturating_sub(anchor.at.duration_since(start).as_micros() as u64)
+        };
+        at_start.saturating_add(half).to_string()
+    }
+
+    /// True when the server's clock has not been read yet or the reading is older than
+    /// [`CLOCK_REFRESH`].
+    fn clock_stale(&self) -> bool {
+        let anchor = *self.server_clock.lock().unwrap_or_else(|p| p.into_inner());
+        anchor.is_none_or(|a| a.at.elapsed() >= CLOCK_REFRESH)
+    }
+
+    /// Reads the server's clock (`TIME`) on `conn` and keeps the reading. A failure (a
+    /// server that forbids `TIME`, an outage) keeps the previous reading.
+    async fn read_clock(&self, conn: &mut Conn) {
+        let reply = conn.query(&redis::cmd("TIME")).await;
+        let at = Instant::now();
+        if let Ok(redis::Value::Array(parts)) = reply {
+            let field = |i: usize| match parts.get(i) {
+                Some(redis::Value::BulkString(b)) => {
+                    std::str::from_utf8(b).ok()?.parse::<u64>().ok()
+                }
+                Some(redis::Value::Int(n)) => u64::try_from(*n).ok(),
+                _ => None,
+            };
+            if let (Some(secs), Some(us)) = (field(0), field(1)) {
+                let server_us = secs.saturating_mul(1_000_000).saturating_add(us);
+                *self.server_clock.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Anchor { at, server_us });
+            }
+        }
+    }
+
+    /// The connection for a script call: reads the server's clock first when the reading is
+    /// missing (so the call carries a deadline) and renews a stale one in the background.
+    pub(crate) async fn conn_for_call(self: &std::sync::Arc<Self>) -> Result<Conn, Error> {
+        let mut conn = self.conn().await?;
+        if self.clock_stale() {
+            let first = self
+                .server_clock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none();
+            if first {
+                self.read_clock(&mut conn).await;
+            } else {
+                // renew at most once per period: mark the reading fresh-ish by taking it now
+                let this = std::sync::Arc::clone(self);
+                let mut c = conn.clone();
+                {
+                    let mut guard = self.server_clock.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(a) = guard.as_mut() {
+                        // keep the estimate, postpone the next renewal by one period
+                        let elapsed = a.at.elapsed();
+                        a.server_us = a.server_us.saturating_add(elapsed.as_micros() as u64);
+                        a.at += elapsed;
+                    }
+                }
+                self.handle
+                    .spawn(async move { this.read_clock(&mut c).await });
+            }
+        }
+        Ok(conn)
     }
 
     pub(crate) fn is_cluster(&self) -> bool {

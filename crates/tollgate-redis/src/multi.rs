@@ -3,8 +3,11 @@
 
 use crate::conn::{evalsha_cmd, protocol_error, redis_failure};
 use crate::scripts;
-use crate::store::{decision_from, integers, same_slot, RedisBackend, RedisStore};
+use crate::store::{
+    decision_from, integers, late_error, same_slot, RedisBackend, RedisStore, LATE,
+};
 use std::sync::Arc;
+use std::time::Instant;
 use tollgate::time::{Clock, Micros, SystemClock};
 use tollgate::Error;
 
@@ -13,8 +16,10 @@ use tollgate::store::multi::{MultiBackend, MultiOp};
 
 struct Prepared {
     keys: Vec<String>,
+    /// Every argument; the deadline (ARGV[4]) is filled in when the call is sent.
     args: Vec<String>,
     count: usize,
+    started: Instant,
 }
 
 impl RedisStore {
@@ -32,6 +37,7 @@ impl RedisStore {
             if charge { "c" } else { "p" }.to_string(),
             self.now_arg(now),
             self.margin_arg().to_string(),
+            String::new(),
         ];
         for check in checks {
             let inner = check.backend().inner();
@@ -59,6 +65,7 @@ impl RedisStore {
             keys,
             args,
             count: checks.len(),
+            started: Instant::now(),
         })
     }
 
@@ -233,9 +240,10 @@ impl MultiBackend for RedisBackend {
 
 async fn run_many(
     shared: Arc<crate::conn::Shared>,
-    prepared: Prepared,
+    mut prepared: Prepared,
 ) -> Result<MultiDecision, Error> {
-    let mut conn = shared.conn().await?;
+    let mut conn = shared.conn_for_call().await?;
+    prepared.args[3] = shared.deadline_arg(prepared.started);
     let script = scripts::multi_script();
     let cmd = evalsha_cmd(
         script,
@@ -246,6 +254,9 @@ async fn run_many(
         .evalsha(script, &cmd)
         .await
         .map_err(|e| redis_failure("script call failed", &e))?;
+    if reply == redis::Value::Int(LATE) {
+        return Err(late_error(shared.timeout));
+    }
     let fields = integers(&reply)?;
     if fields.len() != 1 + 6 * prepared.count {
         return Err(protocol_error(format!(

@@ -533,11 +533,13 @@ impl fmt::Debug for RedisBackend {
     }
 }
 
-/// A prepared call: the command, owned, so it can run on the store's runtime.
+/// A prepared call, owned, so it can run on the store's runtime: the script's arguments
+/// before (`head`) and after (`params`) the deadline, which is set when the call is sent.
 struct Call {
     key: String,
-    cmd: redis::Cmd,
-    algorithm: Algorithm,
+    head: [String; 4],
+    started: Instant,
+    backend: Arc<BackendInner>,
     wants_decision: bool,
 }
 
@@ -622,25 +624,17 @@ impl RedisBackend {
                 _ => cache.remove(&redis_key),
             }
         }
-        let now_arg = inner.store.now_arg(now);
-        let amount = amount.to_string();
         let head = [
-            code,
-            now_arg.as_str(),
-            amount.as_str(),
-            inner.store.margin_arg(),
+            code.to_string(),
+            inner.store.now_arg(now),
+            amount.to_string(),
+            inner.store.margin_arg().to_string(),
         ];
-        let keys = std::slice::from_ref(&redis_key);
-        let cmd = evalsha_cmd(
-            scripts::single_script(inner.algorithm),
-            keys,
-            head.into_iter()
-                .chain(inner.params.iter().map(String::as_str)),
-        );
         Ok(Ok(Call {
             key: redis_key,
-            cmd,
-            algorithm: inner.algorithm,
+            head,
+            started: Instant::now(),
+            backend: Arc::clone(inner),
             wants_decision: matches!(op, Op::Check(_) | Op::Peek(_)),
         }))
     }
@@ -664,6 +658,9 @@ impl RedisBackend {
         reply: Value,
         wants_decision: bool,
     ) -> Result<Option<Decision>, Error> {
+        if reply == Value::Int(LATE) {
+            return Err(late_error(self.inner.store.shared().timeout));
+        }
         if !wants_decision {
             return Ok(None);
         }
@@ -674,10 +671,38 @@ impl RedisBackend {
     }
 }
 
+/// The reply of a script that reached Redis after its call's deadline and changed nothing
+/// (`LATE` in `lua/prelude.lua`).
+pub(crate) const LATE: i64 = -1;
+
+/// The error of a call whose script came too late to run: a timeout, like the client's own.
+pub(crate) fn late_error(timeout: Duration) -> Error {
+    Error::Store(StoreError::with_kind(
+        "redis",
+        tollgate::StoreErrorKind::Timeout,
+        format!(
+            "timed out: the call reached Redis more than {:?} (half the store timeout) after \
+             it started, so it was not run and charged nothing",
+            timeout / 2
+        ),
+    ))
+}
+
 async fn run(shared: Arc<Shared>, call: Call) -> Result<(String, Value), Error> {
-    let mut conn = shared.conn().await?;
+    let mut conn = shared.conn_for_call().await?;
+    let deadline = shared.deadline_arg(call.started);
+    let script = scripts::single_script(call.backend.algorithm);
+    let cmd = evalsha_cmd(
+        script,
+        std::slice::from_ref(&call.key),
+        call.head
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once(deadline.as_str()))
+            .chain(call.backend.params.iter().map(String::as_str)),
+    );
     let reply = conn
-        .evalsha(scripts::single_script(call.algorithm), &call.cmd)
+        .evalsha(script, &cmd)
         .await
         .map_err(|e| redis_failure("script call failed", &e))?;
     Ok((call.key, reply))

@@ -5,6 +5,7 @@ mod common;
 mod concurrency;
 mod faults;
 mod features;
+mod late;
 mod log;
 mod long_quotas;
 mod multi_key;
