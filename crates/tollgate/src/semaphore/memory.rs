@@ -5,7 +5,10 @@
 //! waiters when a permit of that shard frees: no polling. A name with no holder and no waiter
 //! is removed at once, and each shard sweeps names whose leases all ended when a new name is
 //! added (at most once per second of the callers' clock), so memory stays bounded by the
-//! number of live holders and waiters.
+//! number of live holders and waiters. A lease that ends frees its permits without any call,
+//! so a waiter never sleeps past the next lease end of its name: it is woken then and tries
+//! again (a waiter behind a holder that died gets the permit when the lease ends, not when its
+//! own maximum wait runs out).
 
 use super::backend::{
     AcquireOutcome, AcquireRequest, ExtendOutcome, HolderId, ReleaseOutcome, SemaphoreBackend,
@@ -60,6 +63,8 @@ struct NameState {
     holders: HashMap<HolderId, Held>,
     in_use: u64,
     queue: VecDeque<Queued>,
+    /// The latest `now` of a call on this name (the callers' clock): leases end relative to it.
+    seen: Micros,
 }
 
 struct Held {
@@ -100,6 +105,21 @@ impl NameState {
             .map(|h| h.expires_at.saturating_sub(now))
             .min()
     }
+
+    /// Purges at `now` and records it as the latest time seen.
+    fn purge_at(&mut self, now: Micros) -> bool {
+        self.seen = self.seen.max(now);
+        self.purge(now)
+    }
+}
+
+/// The longest a waiter on `name` sleeps: `max`, or less when a lease of the name ends
+/// sooner (measured from the latest time a call on the name saw).
+fn wake_bound(st: &ShardState, name: &str, max: Duration) -> Duration {
+    st.names
+        .get(name)
+        .and_then(|ns| ns.next_expiry_in(ns.seen))
+        .map_or(max, |us| max.min(Duration::from_micros(us.max(1))))
 }
 
 impl Default for MemorySemaphoreBackend {
@@ -202,7 +222,7 @@ impl SemaphoreBackend for MemorySemaphoreBackend {
             .names
             .get_mut(req.name)
             .ok_or_else(|| StoreError::new("memory", "semaphore state vanished"))?;
-        let mut changed = ns.purge(req.now);
+        let mut changed = ns.purge_at(req.now);
         let mut ahead: u64 = 0;
         let mut position = None;
         for (i, q) in ns.queue.iter().enumerate() {
@@ -296,7 +316,7 @@ impl SemaphoreBackend for MemorySemaphoreBackend {
         let Some(ns) = st.names.get_mut(name) else {
             return Ok(ReleaseOutcome::NotHeld);
         };
-        let mut changed = ns.purge(now);
+        let mut changed = ns.purge_at(now);
         let outcome = match ns.holders.remove(&holder) {
             Some(held) => {
                 ns.in_use -= held.permits;
@@ -342,7 +362,7 @@ impl SemaphoreBackend for MemorySemaphoreBackend {
         let Some(ns) = st.names.get_mut(name) else {
             return Ok(ExtendOutcome::NotHeld);
         };
-        let changed = ns.purge(now);
+        let changed = ns.purge_at(now);
         let outcome = match ns.holders.get_mut(&holder) {
             Some(held) => {
                 held.expires_at = now.saturating_add(lease);
@@ -403,6 +423,7 @@ impl SemaphoreBackend for MemorySemaphoreBackend {
         if st.epoch != epoch {
             return;
         }
+        let max = wake_bound(&st, name, max);
         let _ = shard.changed.wait_for(&mut st, max);
     }
 
@@ -418,9 +439,13 @@ impl SemaphoreBackend for MemorySemaphoreBackend {
             let notified = shard.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if shard.state.lock().epoch != epoch {
-                return;
-            }
+            let max = {
+                let st = shard.state.lock();
+                if st.epoch != epoch {
+                    return;
+                }
+                wake_bound(&st, name, max)
+            };
             let _ = tokio::time::timeout(max, notified).await;
         })
     }
