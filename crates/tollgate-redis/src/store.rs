@@ -8,7 +8,7 @@ use redis::Value;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tollgate::algorithm::gcra;
+use tollgate::algorithm::CompiledPolicy;
 use tollgate::keys::{cluster_slot, KeyBuilder, DEFAULT_MAX_STORED_KEY_LEN};
 use tollgate::store::{Backend, Op, Store};
 use tollgate::time::Micros;
@@ -452,40 +452,15 @@ impl Store for RedisStore {
             .map_err(|e| Error::InvalidKey {
                 reason: e.to_string(),
             })?;
-        let rates = policy.rates();
-        let mut params = vec![rates.len().to_string()];
-        let mut capacities = Vec::with_capacity(rates.len());
-        for (i, rate) in rates.iter().enumerate() {
-            match algorithm {
-                Algorithm::Gcra => {
-                    let p = gcra::Params::new(rate);
-                    params.extend([
-                        p.emission_interval.to_string(),
-                        p.tolerance.to_string(),
-                        p.burst.to_string(),
-                    ]);
-                    capacities.push(p.burst);
-                }
-                Algorithm::TokenBucket => {
-                    params.extend([
-                        rate.burst().to_string(),
-                        rate.limit().to_string(),
-                        rate.period_us().to_string(),
-                        policy.initial_tokens(i).to_string(),
-                    ]);
-                    capacities.push(rate.burst());
-                }
-                Algorithm::SlidingLog | Algorithm::SlidingWindow | Algorithm::FixedWindow => {
-                    params.extend([rate.limit().to_string(), rate.period_us().to_string()]);
-                    capacities.push(rate.limit());
-                }
-                other => {
-                    return Err(store_error(format!(
-                        "the Redis store has no script for the {other} algorithm"
-                    )))
-                }
-            }
+        // Every rate's parameters in the layout the scripts read (defined once, by
+        // `RateAlgorithm::script_params`), after the rate count.
+        let compiled = CompiledPolicy::new(policy);
+        let rows = compiled.script_params();
+        let mut params = vec![rows.len().to_string()];
+        for row in &rows {
+            params.extend(row.iter().map(u64::to_string));
         }
+        let capacities = compiled.capacities();
         Ok(RedisBackend {
             inner: Arc::new(BackendInner {
                 store: self.clone(),

@@ -41,12 +41,30 @@ impl Engine {
 
     /// Each rate's capacity, in policy order.
     pub(crate) fn capacities(&self) -> Vec<u64> {
+        fn each<A: RateAlgorithm>(p: &[A::Params]) -> Vec<u64> {
+            p.iter().map(A::capacity).collect()
+        }
         match self {
-            Engine::Gcra(p) => p.iter().map(|p| p.burst).collect(),
-            Engine::TokenBucket(p) => p.iter().map(|p| p.capacity).collect(),
-            Engine::FixedWindow(p) => p.iter().map(|p| p.limit).collect(),
-            Engine::SlidingWindow(p) => p.iter().map(|p| p.limit).collect(),
+            Engine::Gcra(p) => each::<gcra::Gcra>(p),
+            Engine::TokenBucket(p) => each::<token_bucket::TokenBucket>(p),
+            Engine::FixedWindow(p) => each::<fixed_window::FixedWindow>(p),
+            Engine::SlidingWindow(p) => each::<sliding_window::SlidingWindow>(p),
             Engine::SlidingLog(p) => p.rates.iter().map(|r| r.limit).collect(),
+        }
+    }
+
+    /// Every rate's parameters as the PL/pgSQL functions take them (one array per position,
+    /// see `tollgate::algorithm::RateAlgorithm::script_params`).
+    pub(crate) fn script_params(&self) -> Vec<Vec<u64>> {
+        fn each<A: RateAlgorithm>(p: &[A::Params]) -> Vec<Vec<u64>> {
+            p.iter().map(A::script_params).collect()
+        }
+        match self {
+            Engine::Gcra(p) => each::<gcra::Gcra>(p),
+            Engine::TokenBucket(p) => each::<token_bucket::TokenBucket>(p),
+            Engine::FixedWindow(p) => each::<fixed_window::FixedWindow>(p),
+            Engine::SlidingWindow(p) => each::<sliding_window::SlidingWindow>(p),
+            Engine::SlidingLog(p) => p.rates.iter().map(|r| vec![r.limit, r.window]).collect(),
         }
     }
 
@@ -79,16 +97,8 @@ impl Engine {
             state: Option<&[u64]>,
             now: Micros,
             op: Op,
-            decode: impl Fn(&[u64]) -> A::State,
-            encode: impl Fn(&A::State, &mut Vec<u64>),
-            width: usize,
         ) -> Result<(Option<Decision>, Option<Vec<u64>>), Error> {
-            let mut states: Vec<A::State> = match state {
-                Some(s) if s.len() == width * params.len() => {
-                    s.chunks_exact(width).map(&decode).collect()
-                }
-                _ => vec![A::State::default(); params.len()],
-            };
+            let mut states = decode_rates::<A>(params, state);
             let before = states.clone();
             let decision = match op {
                 Op::Check(cost) => Some(algorithm::decide_rates::<A>(
@@ -117,59 +127,15 @@ impl Engine {
             if states == before {
                 return Ok((decision, None));
             }
-            let mut out = Vec::with_capacity(width * params.len());
-            for s in &states {
-                encode(s, &mut out);
-            }
-            Ok((decision, Some(out)))
+            Ok((decision, Some(encode_rates::<A>(&states))))
         }
         match self {
-            Engine::Gcra(p) => {
-                rates::<gcra::Gcra>(p, state, now, op, |s| s[0], |s, out| out.push(*s), 1)
-            }
-            Engine::TokenBucket(p) => rates::<token_bucket::TokenBucket>(
-                p,
-                state,
-                now,
-                op,
-                |s| token_bucket::State {
-                    present: s[0] != 0,
-                    tokens: s[1],
-                    last: s[2],
-                },
-                |s, out| out.extend([u64::from(s.present), s.tokens, s.last]),
-                3,
-            ),
-            Engine::FixedWindow(p) => rates::<fixed_window::FixedWindow>(
-                p,
-                state,
-                now,
-                op,
-                |s| fixed_window::State {
-                    window_start: s[0],
-                    count: s[1],
-                },
-                |s, out| out.extend([s.window_start, s.count]),
-                2,
-            ),
-            Engine::SlidingWindow(p) => rates::<sliding_window::SlidingWindow>(
-                p,
-                state,
-                now,
-                op,
-                |s| sliding_window::State {
-                    window_start: s[0],
-                    prev: s[1],
-                    curr: s[2],
-                },
-                |s, out| out.extend([s.window_start, s.prev, s.curr]),
-                3,
-            ),
+            Engine::Gcra(p) => rates::<gcra::Gcra>(p, state, now, op),
+            Engine::TokenBucket(p) => rates::<token_bucket::TokenBucket>(p, state, now, op),
+            Engine::FixedWindow(p) => rates::<fixed_window::FixedWindow>(p, state, now, op),
+            Engine::SlidingWindow(p) => rates::<sliding_window::SlidingWindow>(p, state, now, op),
             Engine::SlidingLog(p) => {
-                let mut log = sliding_log::Log::default();
-                if let Some(s) = state.filter(|s| s.len() % 2 == 0) {
-                    log.entries = s.chunks_exact(2).map(|e| (e[0], e[1])).collect();
-                }
+                let mut log = state.and_then(sliding_log::decode_log).unwrap_or_default();
                 let before = log.clone();
                 let decision = match op {
                     Op::Check(cost) => Some(sliding_log::decide(p, &mut log, now, cost, true)?),
@@ -186,8 +152,7 @@ impl Engine {
                 if log == before {
                     return Ok((decision, None));
                 }
-                let out = log.entries.iter().flat_map(|&(t, w)| [t, w]).collect();
-                Ok((decision, Some(out)))
+                Ok((decision, Some(sliding_log::encode_log(&log))))
             }
         }
     }
@@ -205,16 +170,8 @@ impl Engine {
             state: Option<&[u64]>,
             now: Micros,
             cost: u64,
-            decode: impl Fn(&[u64]) -> A::State,
-            encode: impl Fn(&A::State, &mut Vec<u64>),
-            width: usize,
         ) -> Result<Evaluation, Error> {
-            let states: Vec<A::State> = match state {
-                Some(s) if s.len() == width * params.len() => {
-                    s.chunks_exact(width).map(&decode).collect()
-                }
-                _ => vec![A::State::default(); params.len()],
-            };
+            let states = decode_rates::<A>(params, state);
             let mut verdicts = Vec::with_capacity(params.len());
             let mut charged = Vec::with_capacity(params.len());
             for (p, s) in params.iter().zip(&states) {
@@ -227,66 +184,28 @@ impl Engine {
                 .zip(&states)
                 .map(|(p, s)| A::settle(p, s, now))
                 .collect();
-            let decision = algorithm::combine(&verdicts);
-            let changed = |next: &[A::State]| {
-                (next != states.as_slice()).then(|| {
-                    let mut out = Vec::with_capacity(width * params.len());
-                    for s in next {
-                        encode(s, &mut out);
-                    }
-                    out
-                })
-            };
+            let changed =
+                |next: &[A::State]| (next != states.as_slice()).then(|| encode_rates::<A>(next));
             Ok(Evaluation {
-                decision,
+                decision: algorithm::combine(&verdicts),
                 charged: changed(&charged),
                 settled: changed(&settled),
             })
         }
         match self {
-            Engine::Gcra(p) => {
-                rates::<gcra::Gcra>(p, state, now, cost, |s| s[0], |s, out| out.push(*s), 1)
-            }
-            Engine::TokenBucket(p) => rates::<token_bucket::TokenBucket>(
-                p,
-                state,
-                now,
-                cost,
-                decode_token_bucket,
-                |s, out| out.extend([u64::from(s.present), s.tokens, s.last]),
-                3,
-            ),
-            Engine::FixedWindow(p) => rates::<fixed_window::FixedWindow>(
-                p,
-                state,
-                now,
-                cost,
-                decode_fixed_window,
-                |s, out| out.extend([s.window_start, s.count]),
-                2,
-            ),
-            Engine::SlidingWindow(p) => rates::<sliding_window::SlidingWindow>(
-                p,
-                state,
-                now,
-                cost,
-                decode_sliding_window,
-                |s, out| out.extend([s.window_start, s.prev, s.curr]),
-                3,
-            ),
+            Engine::Gcra(p) => rates::<gcra::Gcra>(p, state, now, cost),
+            Engine::TokenBucket(p) => rates::<token_bucket::TokenBucket>(p, state, now, cost),
+            Engine::FixedWindow(p) => rates::<fixed_window::FixedWindow>(p, state, now, cost),
+            Engine::SlidingWindow(p) => rates::<sliding_window::SlidingWindow>(p, state, now, cost),
             Engine::SlidingLog(p) => {
-                let mut log = sliding_log::Log::default();
-                if let Some(s) = state.filter(|s| s.len() % 2 == 0) {
-                    log.entries = s.chunks_exact(2).map(|e| (e[0], e[1])).collect();
-                }
+                let mut log = state.and_then(sliding_log::decode_log).unwrap_or_default();
                 let before = log.clone();
                 // The sliding log decides every rate together (one shared log): charge a
                 // copy, which is the state to write if the whole call is admitted.
                 let decision = sliding_log::decide(p, &mut log, now, cost, true)?;
                 Ok(Evaluation {
                     decision,
-                    charged: (log != before)
-                        .then(|| log.entries.iter().flat_map(|&(t, w)| [t, w]).collect()),
+                    charged: (log != before).then(|| sliding_log::encode_log(&log)),
                     // an uncharged check leaves the log as it is
                     settled: None,
                 })
@@ -296,58 +215,41 @@ impl Engine {
 
     /// The time from which the encoded `state` is equivalent to fresh.
     pub(crate) fn horizon(&self, state: &[u64]) -> Micros {
+        fn rates<A: RateAlgorithm>(params: &[A::Params], state: &[u64]) -> Micros {
+            let states = decode_rates::<A>(params, Some(state));
+            algorithm::horizon_rates::<A>(params, &states)
+        }
         match self {
-            Engine::Gcra(_) => state.iter().copied().max().unwrap_or(0),
-            Engine::TokenBucket(p) => p
-                .iter()
-                .zip(state.chunks_exact(3))
-                .map(|(p, s)| {
-                    token_bucket::TokenBucket::horizon(
-                        p,
-                        &token_bucket::State {
-                            present: s[0] != 0,
-                            tokens: s[1],
-                            last: s[2],
-                        },
-                    )
-                })
-                .max()
-                .unwrap_or(0),
-            Engine::FixedWindow(p) => p
-                .iter()
-                .zip(state.chunks_exact(2))
-                .map(|(p, s)| {
-                    fixed_window::FixedWindow::horizon(
-                        p,
-                        &fixed_window::State {
-                            window_start: s[0],
-                            count: s[1],
-                        },
-                    )
-                })
-                .max()
-                .unwrap_or(0),
-            Engine::SlidingWindow(p) => p
-                .iter()
-                .zip(state.chunks_exact(3))
-                .map(|(p, s)| {
-                    sliding_window::SlidingWindow::horizon(
-                        p,
-                        &sliding_window::State {
-                            window_start: s[0],
-                            prev: s[1],
-                            curr: s[2],
-                        },
-                    )
-                })
-                .max()
-                .unwrap_or(0),
+            Engine::Gcra(p) => rates::<gcra::Gcra>(p, state),
+            Engine::TokenBucket(p) => rates::<token_bucket::TokenBucket>(p, state),
+            Engine::FixedWindow(p) => rates::<fixed_window::FixedWindow>(p, state),
+            Engine::SlidingWindow(p) => rates::<sliding_window::SlidingWindow>(p, state),
             Engine::SlidingLog(p) => {
-                let newest = state.chunks_exact(2).last().map(|e| e[0]);
-                newest.map_or(0, |n| n + p.max_window)
+                sliding_log::decode_log(state).map_or(0, |log| sliding_log::horizon(p, &log))
             }
         }
     }
+}
+
+/// Decodes every rate's state (`RateAlgorithm::decode_state`); a missing or malformed state
+/// is fresh.
+fn decode_rates<A: RateAlgorithm>(params: &[A::Params], state: Option<&[u64]>) -> Vec<A::State> {
+    match state {
+        Some(s) if s.len() == A::STATE_WIDTH * params.len() => s
+            .chunks_exact(A::STATE_WIDTH)
+            .map(A::decode_state)
+            .collect(),
+        _ => vec![A::State::default(); params.len()],
+    }
+}
+
+/// Encodes every rate's state (`RateAlgorithm::encode_state`), in policy order.
+fn encode_rates<A: RateAlgorithm>(states: &[A::State]) -> Vec<u64> {
+    let mut out = Vec::with_capacity(A::STATE_WIDTH * states.len());
+    for s in states {
+        A::encode_state(s, &mut out);
+    }
+    out
 }
 
 /// One key decided without writing ([`Engine::evaluate`]).
@@ -358,29 +260,6 @@ pub(crate) struct Evaluation {
     pub(crate) charged: Option<Vec<u64>>,
     /// The state to write when the call is not charged (`None`: unchanged).
     pub(crate) settled: Option<Vec<u64>>,
-}
-
-fn decode_token_bucket(s: &[u64]) -> token_bucket::State {
-    token_bucket::State {
-        present: s[0] != 0,
-        tokens: s[1],
-        last: s[2],
-    }
-}
-
-fn decode_fixed_window(s: &[u64]) -> fixed_window::State {
-    fixed_window::State {
-        window_start: s[0],
-        count: s[1],
-    }
-}
-
-fn decode_sliding_window(s: &[u64]) -> sliding_window::State {
-    sliding_window::State {
-        window_start: s[0],
-        prev: s[1],
-        curr: s[2],
-    }
 }
 
 /// Encodes a state as little-endian `u64`s (the SQLite blob).

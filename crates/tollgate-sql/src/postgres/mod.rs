@@ -53,7 +53,7 @@ use std::time::Duration;
 use tokio_postgres::{NoTls, Statement};
 use tollgate::store::{Backend, Op, Store};
 use tollgate::time::Micros;
-use tollgate::{Algorithm, Decision, Error, Policy, StoreError, StoreErrorKind};
+use tollgate::{Decision, Error, Policy, StoreError, StoreErrorKind};
 
 mod log;
 mod multi;
@@ -668,7 +668,7 @@ impl PgStore {
     ///
     /// ```
     /// let err = tollgate_sql::PgStore::connect("postgres://u@127.0.0.1:1/db").unwrap_err();
-    /// assert!(err.to_string().contains("postgres: cannot connect"));
+    /// assert!(err.to_string().contains("postgres: connection refused: cannot connect"));
     /// ```
     pub fn connect(url: &str) -> Result<PgStore, Error> {
         Self::builder(url).connect()
@@ -891,36 +891,17 @@ impl Store for PgStore {
     /// to run [`PgStore::migrate`]).
     fn bind(&self, policy: &Policy) -> Result<PgBackend, Error> {
         let engine = Engine::new(policy)?;
-        let rates = policy.rates();
-        let i = |v: u64| to_i64(v);
-        let (name, a, b, c, d): (&'static str, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) =
-            match &engine {
-                Engine::Gcra(p) => (
-                    "gcra",
-                    p.iter().map(|p| i(p.emission_interval)).collect(),
-                    p.iter().map(|p| i(p.tolerance)).collect(),
-                    p.iter().map(|p| i(p.burst)).collect(),
-                    vec![],
-                ),
-                Engine::TokenBucket(p) => (
-                    "token_bucket",
-                    p.iter().map(|p| i(p.capacity)).collect(),
-                    p.iter().map(|p| i(p.refill_amount)).collect(),
-                    p.iter().map(|p| i(p.refill_interval)).collect(),
-                    p.iter().map(|p| i(p.initial_tokens)).collect(),
-                ),
-                Engine::FixedWindow(_) | Engine::SlidingWindow(_) | Engine::SlidingLog(_) => (
-                    match policy.algorithm() {
-                        Algorithm::FixedWindow => "fixed_window",
-                        Algorithm::SlidingWindow => "sliding_window",
-                        _ => "sliding_log",
-                    },
-                    rates.iter().map(|r| i(r.limit())).collect(),
-                    rates.iter().map(|r| i(r.period_us())).collect(),
-                    vec![],
-                    vec![],
-                ),
-            };
+        let name = policy.algorithm().name();
+        // One parameter array per position of the algorithm's script parameters
+        // (`RateAlgorithm::script_params`: the layout shared with the Lua scripts); unused
+        // positions are empty arrays.
+        let rows = engine.script_params();
+        let column = |k: usize| -> Vec<i64> {
+            rows.iter()
+                .filter_map(|r| r.get(k).copied().map(to_i64))
+                .collect()
+        };
+        let (a, b, c, d) = (column(0), column(1), column(2), column(3));
         let t = &self.shared.table;
         Ok(PgBackend {
             shared: self.shared.clone(),

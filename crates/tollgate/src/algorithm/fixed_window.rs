@@ -87,4 +87,25 @@ impl RateAlgorithm for FixedWindow {
     fn horizon(p: &Params, s: &State) -> Micros {
         s.window_start + p.window
     }
+
+    fn capacity(p: &Params) -> u64 {
+        p.limit
+    }
+
+    fn script_params(p: &Params) -> Vec<u64> {
+        vec![p.limit, p.window]
+    }
+
+    const STATE_WIDTH: usize = 2;
+
+    fn encode_state(s: &State, out: &mut Vec<u64>) {
+        out.extend([s.window_start, s.count]);
+    }
+
+    fn decode_state(s: &[u64]) -> State {
+        State {
+            window_start: s[0],
+            count: s[1],
+        }
+    }
 }

@@ -94,6 +94,24 @@ impl RateAlgorithm for Gcra {
     fn horizon(_p: &Params, tat: &State) -> Micros {
         *tat
     }
+
+    fn capacity(p: &Params) -> u64 {
+        p.burst
+    }
+
+    fn script_params(p: &Params) -> Vec<u64> {
+        vec![p.emission_interval, p.tolerance, p.burst]
+    }
+
+    const STATE_WIDTH: usize = 1;
+
+    fn encode_state(state: &State, out: &mut Vec<u64>) {
+        out.push(*state);
+    }
+
+    fn decode_state(s: &[u64]) -> State {
+        s[0]
+    }
 }
 
 #[cfg(test)]

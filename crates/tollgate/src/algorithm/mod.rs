@@ -71,6 +71,50 @@ impl CompiledPolicy {
             Algorithm::SlidingLog => CompiledPolicy::SlidingLog(sliding_log::Params::new(rates)),
         }
     }
+
+    /// Each rate's capacity (the largest cost it can ever admit), in policy order.
+    ///
+    /// ```
+    /// use tollgate::{Algorithm, Policy, algorithm::CompiledPolicy};
+    /// let p = Policy::parse(Algorithm::Gcra, "5/s burst 8; 100/min").unwrap();
+    /// assert_eq!(CompiledPolicy::new(&p).capacities(), vec![8, 100]);
+    /// ```
+    pub fn capacities(&self) -> Vec<u64> {
+        fn each<A: RateAlgorithm>(p: &[A::Params]) -> Vec<u64> {
+            p.iter().map(A::capacity).collect()
+        }
+        match self {
+            CompiledPolicy::Gcra(p) => each::<gcra::Gcra>(p),
+            CompiledPolicy::TokenBucket(p) => each::<token_bucket::TokenBucket>(p),
+            CompiledPolicy::FixedWindow(p) => each::<fixed_window::FixedWindow>(p),
+            CompiledPolicy::SlidingWindow(p) => each::<sliding_window::SlidingWindow>(p),
+            CompiledPolicy::SlidingLog(p) => p.rates.iter().map(|r| r.limit).collect(),
+        }
+    }
+
+    /// Every rate's parameters as the distributed stores take them (see
+    /// [`RateAlgorithm::script_params`]), in policy order.
+    ///
+    /// ```
+    /// use tollgate::{Policy, Rate, algorithm::CompiledPolicy};
+    /// let p = Policy::gcra(Rate::per_second(4).unwrap()).unwrap();
+    /// // emission interval, tolerance, burst
+    /// assert_eq!(CompiledPolicy::new(&p).script_params(), vec![vec![250_000, 1_000_000, 4]]);
+    /// ```
+    pub fn script_params(&self) -> Vec<Vec<u64>> {
+        fn each<A: RateAlgorithm>(p: &[A::Params]) -> Vec<Vec<u64>> {
+            p.iter().map(A::script_params).collect()
+        }
+        match self {
+            CompiledPolicy::Gcra(p) => each::<gcra::Gcra>(p),
+            CompiledPolicy::TokenBucket(p) => each::<token_bucket::TokenBucket>(p),
+            CompiledPolicy::FixedWindow(p) => each::<fixed_window::FixedWindow>(p),
+            CompiledPolicy::SlidingWindow(p) => each::<sliding_window::SlidingWindow>(p),
+            CompiledPolicy::SlidingLog(p) => {
+                p.rates.iter().map(|r| vec![r.limit, r.window]).collect()
+            }
+        }
+    }
 }
 
 /// One rate's verdict, in microseconds.
@@ -118,6 +162,25 @@ pub trait RateAlgorithm {
 
     /// From this time on, `state` is equivalent to fresh and may be dropped.
     fn horizon(p: &Self::Params, state: &Self::State) -> Micros;
+
+    /// The capacity one call can never exceed under this rate.
+    fn capacity(p: &Self::Params) -> u64;
+
+    /// The rate's parameters as the distributed stores take them, in order: the Lua script's
+    /// ARGV after the rate count, and the PL/pgSQL function's parameter arrays (`p_a`, `p_b`,
+    /// …, one value per array). The one place this layout is defined.
+    fn script_params(p: &Self::Params) -> Vec<u64>;
+
+    /// How many integers one rate's state takes where a store persists it as numbers (the
+    /// SQL stores' arrays and blobs; the Lua scripts' comma lists use the same order).
+    const STATE_WIDTH: usize;
+
+    /// Appends `state` as [`STATE_WIDTH`](Self::STATE_WIDTH) integers.
+    fn encode_state(state: &Self::State, out: &mut Vec<u64>);
+
+    /// The state written by [`encode_state`](Self::encode_state); `s` holds exactly
+    /// [`STATE_WIDTH`](Self::STATE_WIDTH) integers.
+    fn decode_state(s: &[u64]) -> Self::State;
 }
 
 /// Combines per-rate verdicts all-or-nothing (see "Several rates on one key" in

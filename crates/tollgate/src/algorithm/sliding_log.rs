@@ -157,6 +157,34 @@ pub fn refund(p: &Params, log: &mut Log, now: Micros, amount: u64) {
     }
 }
 
+/// The log as integers where a store persists it as numbers: `ts, weight` per entry, oldest
+/// first (the SQL stores' arrays and blobs; the Lua script's comma list uses the same order).
+///
+/// ```
+/// use tollgate::algorithm::sliding_log::{decode_log, encode_log, Log};
+/// let mut log = Log::default();
+/// log.entries.push_back((10, 2));
+/// assert_eq!(encode_log(&log), vec![10, 2]);
+/// assert_eq!(decode_log(&[10, 2]), Some(log));
+/// ```
+pub fn encode_log(log: &Log) -> Vec<u64> {
+    log.entries.iter().flat_map(|&(t, w)| [t, w]).collect()
+}
+
+/// The log written by [`encode_log`]; `None` for an odd number of integers.
+///
+/// ```
+/// assert!(tollgate::algorithm::sliding_log::decode_log(&[1]).is_none());
+/// ```
+pub fn decode_log(s: &[u64]) -> Option<Log> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    Some(Log {
+        entries: s.chunks_exact(2).map(|e| (e[0], e[1])).collect(),
+    })
+}
+
 /// From this time on the log is empty for every window.
 pub fn horizon(p: &Params, log: &Log) -> Micros {
     log.newest().map_or(0, |n| n + p.max_window)

@@ -160,6 +160,28 @@ impl RateAlgorithm for SlidingWindow {
             0
         }
     }
+
+    fn capacity(p: &Params) -> u64 {
+        p.limit
+    }
+
+    fn script_params(p: &Params) -> Vec<u64> {
+        vec![p.limit, p.window]
+    }
+
+    const STATE_WIDTH: usize = 3;
+
+    fn encode_state(s: &State, out: &mut Vec<u64>) {
+        out.extend([s.window_start, s.prev, s.curr]);
+    }
+
+    fn decode_state(s: &[u64]) -> State {
+        State {
+            window_start: s[0],
+            prev: s[1],
+            curr: s[2],
+        }
+    }
 }
 
 /// `floor(a * b / c)` computed exactly in 128 bits (saturating at `u64::MAX`).

@@ -133,4 +133,31 @@ impl RateAlgorithm for TokenBucket {
             s.last + (p.capacity - s.tokens).div_ceil(p.refill_amount) * p.refill_interval
         }
     }
+
+    fn capacity(p: &Params) -> u64 {
+        p.capacity
+    }
+
+    fn script_params(p: &Params) -> Vec<u64> {
+        vec![
+            p.capacity,
+            p.refill_amount,
+            p.refill_interval,
+            p.initial_tokens,
+        ]
+    }
+
+    const STATE_WIDTH: usize = 3;
+
+    fn encode_state(s: &State, out: &mut Vec<u64>) {
+        out.extend([u64::from(s.present), s.tokens, s.last]);
+    }
+
+    fn decode_state(s: &[u64]) -> State {
+        State {
+            present: s[0] != 0,
+            tokens: s[1],
+            last: s[2],
+        }
+    }
 }
