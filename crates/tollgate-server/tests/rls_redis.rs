@@ -2,7 +2,7 @@
 //! instances enforce one limit, a request is one script call (one round trip) whatever its
 //! number of descriptors, a denial charges nothing on Redis either, and a store failure is
 //! gRPC `UNAVAILABLE` (Envoy's `failure_mode_deny` decides) unless the failure policy
-//! decides (`closed`: over limit, `open`: OK).
+//! decides (`closed`: over limit, `open`: OK, `local`: an in-memory limiter).
 
 mod rls_support;
 
@@ -112,6 +112,7 @@ async fn a_store_failure_is_unavailable_unless_the_failure_policy_decides() {
         FailurePolicy::Error,
         FailurePolicy::Closed,
         FailurePolicy::Open,
+        FailurePolicy::Local,
     ] {
         let app = Arc::new(App::new(&config(&redis.url(), policy), None).unwrap());
         servers.push(Rls::start_on(&dir, app, |_| {}).await);
@@ -135,6 +136,12 @@ async fn a_store_failure_is_unavailable_unless_the_failure_policy_decides() {
         "failure closed"
     );
     assert_eq!(servers[2].call(r()).await.overall_code, OK, "failure open");
+    // local: an in-memory limiter of the same policy decides (4/day: 4 admitted, then over).
+    let mut local = Vec::new();
+    for _ in 0..5 {
+        local.push(servers[3].call(r()).await.overall_code);
+    }
+    assert_eq!(local, [OK, OK, OK, OK, OVER], "failure local");
     // Redis back: decisions from the store again (a new server has no keys).
     redis.restart().expect("restart redis");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -95,11 +95,13 @@ fn store_error(app: &App, e: &Error) -> Failed {
     match e {
         Error::Store(e) => {
             app.record_store_error();
+            // `open` and `local` were answered by the store's failure policy (the library's
+            // `FailSafe`, which decides multi-key calls too) before this; an error that still
+            // arrives is `closed` (deny) or `error`: UNAVAILABLE, so Envoy's
+            // failure_mode_deny decides.
             match app.failure_policy() {
                 FailurePolicy::Closed => Failed::Verdict(false),
                 FailurePolicy::Open => Failed::Verdict(true),
-                // `error` (and `local`, which has no multi-key form yet): Envoy's
-                // failure_mode_deny decides.
                 _ => Failed::Status(Status::unavailable(format!("store unavailable: {e}"))),
             }
         }

@@ -49,6 +49,11 @@ use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
 
 /// The default RLS listen address (loopback only; the reference server's gRPC port).
+///
+/// ```
+/// let addr: std::net::SocketAddr = tollgate_server::rls::DEFAULT_RLS_ADDR.parse().unwrap();
+/// assert!(addr.ip().is_loopback());
+/// ```
 pub const DEFAULT_RLS_ADDR: &str = "127.0.0.1:8081";
 
 /// How the RLS listener runs.
@@ -248,6 +253,16 @@ pub enum RlsStartError {
 impl RlsServer {
     /// Loads the configuration directory (an invalid one is an error: nothing starts),
     /// binds the listener and starts serving and watching the directory.
+    ///
+    /// ```no_run
+    /// # async fn demo(app: std::sync::Arc<tollgate_server::app::App>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use tollgate_server::rls::{RlsServer, RlsSettings};
+    /// let server = RlsServer::start(RlsSettings::new("127.0.0.1:0".parse()?, "ratelimit".into()), app).await?;
+    /// println!("RLS on grpc://{}", server.addr());
+    /// server.shutdown();
+    /// server.wait().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn start(settings: RlsSettings, app: Arc<App>) -> Result<RlsServer, RlsStartError> {
         let (rules, fp) = reload::initial_load(&app, &settings.config_dir)?;
         let listener = tokio::net::TcpListener::bind(settings.addr)
@@ -293,17 +308,36 @@ impl RlsServer {
         })
     }
 
-    /// The bound address.
+    /// The bound address (see [`start`](Self::start)).
+    ///
+    /// ```no_run
+    /// # fn demo(server: &tollgate_server::rls::RlsServer) {
+    /// assert_ne!(server.addr().port(), 0);
+    /// # }
+    /// ```
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Stops accepting calls; calls in flight finish.
+    /// Stops accepting calls; calls in flight finish (see [`start`](Self::start)).
+    ///
+    /// ```no_run
+    /// # fn demo(server: &tollgate_server::rls::RlsServer) {
+    /// server.shutdown();
+    /// # }
+    /// ```
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
     }
 
-    /// Waits until the listener and the watcher have stopped.
+    /// Waits until the listener and the watcher have stopped (see [`start`](Self::start)).
+    ///
+    /// ```no_run
+    /// # async fn demo(server: tollgate_server::rls::RlsServer) {
+    /// server.shutdown();
+    /// server.wait().await;
+    /// # }
+    /// ```
     pub async fn wait(self) {
         for t in self.tasks {
             let _ = t.await;

@@ -2,17 +2,6 @@
 //! to the server's store, and the reference server's matching rules (exact value, then a
 //! `prefix*` wildcard value, then the key alone; the limit applies only when the request
 //! descriptor ends at its depth).
-//!
-//! ```
-//! use tollgate_server::{app::App, config::Config, rls::{Rules, yaml::parse_domain}};
-//! let app = App::new(&Config::default(), None).unwrap();
-//! let spec = parse_domain("edge.yaml", "domain: edge\ndescriptors:\n  - key: remote_address\n    rate_limit: {unit: minute, requests_per_unit: 10}\n").unwrap();
-//! let rules = Rules::compile(&app, vec![spec]).unwrap();
-//! let m = rules.find("edge", &[("remote_address", "203.0.113.7")]).unwrap();
-//! assert_eq!(m.limit.requests_per_unit(), 10);
-//! assert_eq!(m.store_key, "{edge}:remote_address=203.0.113.7");
-//! assert!(rules.find("edge", &[("path", "/")]).is_none());
-//! ```
 
 use super::stats::Stats;
 use super::yaml::{DescriptorSpec, DomainSpec, RlsConfigError, Unit};
@@ -24,7 +13,7 @@ use tollgate::store::multi::DynMultiBackend;
 use tollgate::Policy;
 
 /// One configured limit, bound to the store.
-pub struct Limit {
+pub(crate) struct Limit {
     name: Option<String>,
     unit: Option<Unit>,
     requests_per_unit: u32,
@@ -85,47 +74,47 @@ impl Limit {
     }
 
     /// The limit's `name`, if configured.
-    pub fn name(&self) -> Option<&str> {
+    pub(crate) fn name(&self) -> Option<&str> {
         self.name.as_deref()
     }
 
     /// The unit (`None` when unlimited).
-    pub fn unit(&self) -> Option<Unit> {
+    pub(crate) fn unit(&self) -> Option<Unit> {
         self.unit
     }
 
     /// Requests per unit (0 when unlimited).
-    pub fn requests_per_unit(&self) -> u32 {
+    pub(crate) fn requests_per_unit(&self) -> u32 {
         self.requests_per_unit
     }
 
     /// `unlimited: true`.
-    pub fn unlimited(&self) -> bool {
+    pub(crate) fn unlimited(&self) -> bool {
         self.unlimited
     }
 
     /// `shadow_mode: true`: decided and counted, never denies.
-    pub fn shadow_mode(&self) -> bool {
+    pub(crate) fn shadow_mode(&self) -> bool {
         self.shadow_mode
     }
 
     /// The names of the limits this one replaces.
-    pub fn replaces(&self) -> &[String] {
+    pub(crate) fn replaces(&self) -> &[String] {
         &self.replaces
     }
 
     /// The policy (`None` when unlimited, and for `requests_per_unit: 0`: deny all).
-    pub fn policy(&self) -> Option<&Policy> {
+    pub(crate) fn policy(&self) -> Option<&Policy> {
         self.policy.as_ref()
     }
 
     /// The bound backend (`None` when unlimited).
-    pub fn backend(&self) -> Option<&Arc<dyn DynMultiBackend>> {
+    pub(crate) fn backend(&self) -> Option<&Arc<dyn DynMultiBackend>> {
         self.backend.as_ref()
     }
 
     /// The metric name of the limit: `<domain>.<key>_<value>.<key>…` from the configuration.
-    pub fn stat_key(&self) -> &str {
+    pub(crate) fn stat_key(&self) -> &str {
         &self.stat_key
     }
 
@@ -178,12 +167,12 @@ impl Level {
 /// A request descriptor matched to a limit.
 #[derive(Debug)]
 #[non_exhaustive]
-pub struct Match {
+pub(crate) struct Match {
     /// The limit.
-    pub limit: Arc<Limit>,
+    pub(crate) limit: Arc<Limit>,
     /// The key under which the store counts this descriptor: `{<domain>}:<k>=<v>|<k>=<v>`
     /// (the domain as a Redis Cluster hash tag, so one request's keys share a slot).
-    pub store_key: String,
+    pub(crate) store_key: String,
 }
 
 /// Every domain, compiled.
@@ -237,6 +226,15 @@ pub fn store_key(domain: &str, entries: &[(&str, &str)]) -> String {
 impl Rules {
     /// Compiles parsed files: one domain per file (a domain in two files is an error that
     /// names both), every limit bound to `app`'s store.
+    ///
+    /// ```
+    /// use tollgate_server::{app::App, config::Config, rls::{Rules, yaml::parse_domain}};
+    /// let app = App::new(&Config::default(), None).unwrap();
+    /// let spec = parse_domain("edge.yaml", "domain: edge\n").unwrap();
+    /// let rules = Rules::compile(&app, vec![spec]).unwrap();
+    /// assert!(rules.has_domain("edge") && !rules.has_domain("api"));
+    /// assert_eq!(rules.files(), ["edge.yaml"]);
+    /// ```
     pub fn compile(app: &App, specs: Vec<DomainSpec>) -> Result<Rules, RlsConfigError> {
         let mut rules = Rules::default();
         let mut seen: HashMap<String, String> = HashMap::new();
@@ -256,19 +254,19 @@ impl Rules {
         Ok(rules)
     }
 
-    /// The files the rules came from.
+    /// The files the rules came from (see [`compile`](Self::compile)).
     pub fn files(&self) -> &[String] {
         &self.files
     }
 
-    /// Whether `domain` is configured.
+    /// Whether `domain` is configured (see [`compile`](Self::compile)).
     pub fn has_domain(&self, domain: &str) -> bool {
         self.domains.contains_key(domain)
     }
 
     /// The limit for one request descriptor (its `(key, value)` entries), as the reference
     /// server finds it; `None` when nothing matches (the descriptor is not limited).
-    pub fn find(&self, domain: &str, entries: &[(&str, &str)]) -> Option<Match> {
+    pub(crate) fn find(&self, domain: &str, entries: &[(&str, &str)]) -> Option<Match> {
         let mut level = self.domains.get(domain)?;
         let mut found = None;
         for (i, (k, v)) in entries.iter().enumerate() {
@@ -351,4 +349,28 @@ fn compile_level(
         }
     }
     Ok(level)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn find_matches_like_the_reference_server() {
+        let app = App::new(&Config::default(), None).unwrap();
+        let spec = super::super::yaml::parse_domain(
+            "edge.yaml",
+            "domain: edge\ndescriptors:\n  - key: remote_address\n    rate_limit: {unit: minute, requests_per_unit: 10}\n",
+        )
+        .unwrap();
+        let rules = Rules::compile(&app, vec![spec]).unwrap();
+        let m = rules
+            .find("edge", &[("remote_address", "203.0.113.7")])
+            .unwrap();
+        assert_eq!(m.limit.requests_per_unit(), 10);
+        assert_eq!(m.store_key, "{edge}:remote_address=203.0.113.7");
+        assert!(rules.find("edge", &[("path", "/")]).is_none());
+        assert!(rules.find("other", &[("remote_address", "x")]).is_none());
+    }
 }
