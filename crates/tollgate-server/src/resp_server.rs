@@ -47,7 +47,9 @@ pub struct ConnSettings {
     pub limits: Limits,
     /// Close a connection with no pending request after this long.
     pub idle_timeout: Duration,
-    /// Close a connection whose started request is not complete after this long.
+    /// Close a connection whose started request is not complete this long after its first
+    /// byte arrived: the bound is on the whole command, however the client spreads its
+    /// bytes (a slow client cannot hold a connection slot by sending a byte now and then).
     pub request_timeout: Duration,
 }
 
@@ -244,6 +246,8 @@ pub async fn serve_connection(
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut ranges: Vec<Range<usize>> = Vec::with_capacity(8);
     let mut session = Session::new();
+    // When the first byte of the incomplete command in `buf` arrived.
+    let mut started: Option<tokio::time::Instant> = None;
     loop {
         // Answer every complete command in the buffer, in order.
         let mut pos = 0;
@@ -273,6 +277,12 @@ pub async fn serve_connection(
             }
         }
         buf.advance(pos);
+        if pos > 0 || buf.is_empty() {
+            started = None; // a command completed: what is left began with the last read
+        }
+        if !buf.is_empty() && started.is_none() {
+            started = Some(tokio::time::Instant::now());
+        }
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
                 return;
@@ -282,10 +292,9 @@ pub async fn serve_connection(
         if quit || *shutdown.borrow() && buf.is_empty() {
             return;
         }
-        let wait = if buf.is_empty() {
-            settings.idle_timeout
-        } else {
-            settings.request_timeout
+        let wait = match started {
+            None => settings.idle_timeout,
+            Some(at) => settings.request_timeout.saturating_sub(at.elapsed()),
         };
         buf.reserve(16 * 1024);
         tokio::select! {
