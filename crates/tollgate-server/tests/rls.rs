@@ -349,3 +349,22 @@ async fn the_same_descriptor_twice_is_charged_once_with_both_hits() {
     assert_eq!(remaining(&rls.call(req("edge", vec![d()])).await), [0]);
     rls.stop().await;
 }
+
+#[tokio::test]
+async fn negative_hits_give_units_back() {
+    let dir = Dir::new("refund");
+    dir.write("edge.yaml", EDGE);
+    let mut rls = Rls::start(&dir).await;
+    let d = || desc(&[("user", "fay")]);
+    let mut three = req("edge", vec![d()]);
+    three.hits_addend = 3;
+    assert_eq!(remaining(&rls.call(three).await), [0]);
+    assert_eq!(rls.call(req("edge", vec![d()])).await.overall_code, OVER);
+    let mut back = with_hits(d(), 2);
+    back.is_negative_hits = true;
+    let r = rls.call(req("edge", vec![back])).await;
+    assert_eq!((r.overall_code, codes(&r)), (OK, vec![OK]));
+    let after = rls.call(req("edge", vec![d()])).await;
+    assert_eq!((after.overall_code, remaining(&after)), (OK, vec![1]));
+    rls.stop().await;
+}

@@ -175,7 +175,7 @@ async fn reload_applies_good_changes_keeps_the_last_good_one_and_drops_no_reques
 #[test]
 fn the_binary_serves_rls_counts_per_descriptor_metrics_and_rejects_a_bad_config() {
     let dir = Dir::new("binary");
-    dir.write("edge.yaml", "domain: edge\ndescriptors:\n  - key: user\n    rate_limit: {unit: day, requests_per_unit: 2}\n  - key: shadow\n    shadow_mode: true\n    rate_limit: {unit: day, requests_per_unit: 1}\n");
+    dir.write("edge.yaml", "domain: edge\ndescriptors:\n  - key: user\n    rate_limit: {unit: day, requests_per_unit: 2}\n  - key: shadow\n    shadow_mode: true\n    rate_limit: {unit: day, requests_per_unit: 1}\n  - key: detail\n    detailed_metric: true\n    rate_limit: {unit: day, requests_per_unit: 5}\n");
     let dir_s = dir.path().display().to_string();
     let server =
         common::ServerProcess::start(&["--rls-addr", "127.0.0.1:0", "--rls-config", &dir_s]);
@@ -197,7 +197,11 @@ fn the_binary_serves_rls_counts_per_descriptor_metrics_and_rejects_a_bad_config(
             let r = client
                 .should_rate_limit(req(
                     "edge",
-                    vec![desc(&[("user", "m")]), desc(&[("shadow", "s")])],
+                    vec![
+                        desc(&[("user", "m")]),
+                        desc(&[("shadow", "s")]),
+                        desc(&[("detail", "v1")]),
+                    ],
                 ))
                 .await
                 .unwrap()
@@ -222,6 +226,8 @@ fn the_binary_serves_rls_counts_per_descriptor_metrics_and_rejects_a_bad_config(
     // The shadow limit (1/day) would have denied the second and third calls: counted,
     // never denied.
     assert_eq!(line("tollgate_rls_shadow_mode", "edge.shadow"), 2);
+    // detailed_metric: the series is named after the request's value.
+    assert_eq!(line("tollgate_rls_total_hits", "edge.detail_v1"), 3);
     drop(server);
 
     // A bad configuration: exit status 2, the message names the file and the path.
