@@ -231,6 +231,21 @@ fn rls_settings(cli: &Cli) -> Result<Option<RlsSettings>, ConfigError> {
     Ok(Some(s))
 }
 
+/// `--check-config` for the RLS directory: parses and compiles it (bound to a memory store,
+/// so no store is contacted).
+fn check_rls(config: &Config, s: &RlsSettings) -> Result<String, String> {
+    let mut check = config.clone();
+    check.store = StoreUrl::Memory;
+    let app = App::new(&check, None).map_err(|e| e.to_string())?;
+    let rules = tollgate_server::rls::load_dir(&app, &s.config_dir).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "{} ({}, {} files)",
+        s.addr,
+        s.config_dir.display(),
+        rules.files().len()
+    ))
+}
+
 fn describe_policies(config: &Config) -> String {
     if config.policies.is_empty() {
         return "none configured (inline \"rates\" and CL.THROTTLE work; add --policy NAME=10/s or [policies.NAME] in --config)".into();
@@ -288,10 +303,21 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .try_init();
     if cli.check_config {
+        let rls_line = match &rls {
+            None => "off".to_string(),
+            Some(s) => match check_rls(&config, s) {
+                Ok(line) => line,
+                Err(e) => {
+                    eprintln!("tollgate-server: RLS configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+        };
         println!(
-            "configuration OK: http {}, resp {}, store {}, failure {}, policies: {}",
+            "configuration OK: http {}, resp {}, rls {}, store {}, failure {}, policies: {}",
             config.http_addr.map_or("off".into(), |a| a.to_string()),
             config.resp_addr.map_or("off".into(), |a| a.to_string()),
+            rls_line,
             config.store.describe(),
             config.failure.name(),
             describe_policies(&config)

@@ -253,6 +253,20 @@ fn the_binary_serves_rls_counts_per_descriptor_metrics_and_rejects_a_bad_config(
         err.contains("edge.yaml: descriptors[0].rate_limit.requests_per_unit: missing"),
         "{err}"
     );
+    // --check-config validates the RLS directory too.
+    let (status, _out, err) = common::run_to_exit(&["--check-config", "--rls-config", &dir_s], &[]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("RLS configuration: ") && err.contains("requests_per_unit: missing"),
+        "{err}"
+    );
+    dir.write("edge.yaml", "domain: edge\n");
+    let (status, out, err) = common::run_to_exit(&["--check-config", "--rls-config", &dir_s], &[]);
+    assert!(status.success(), "{err}");
+    assert!(
+        out.contains("rls 127.0.0.1:8081 (") && out.contains("1 files)"),
+        "{out}"
+    );
 }
 
 mod http_get {
