@@ -20,6 +20,10 @@
 //! # });
 //! ```
 
+mod multi;
+
+pub use multi::{MultiItem, MultiOutcome};
+
 use crate::config::{Config, FailurePolicy, StoreUrl};
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::PrometheusHandle;

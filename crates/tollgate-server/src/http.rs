@@ -3,6 +3,7 @@
 //! | method | path | body | reply |
 //! |---|---|---|---|
 //! | POST | `/v1/check` | `{"policy"` or `"rates"[,"algorithm"]`, `"key"`, `"cost"?}` | decision + `RateLimit`, `RateLimit-Policy`, `Retry-After` headers |
+//! | POST | `/v1/check` | `{"checks": [item, …]}`, each item as above | all-or-nothing over the items: `{"allowed", "denied_by_item", "decisions"}` |
 //! | POST | `/v1/peek` | same | same, nothing charged |
 //! | POST | `/v1/reset` | `{"policy"` or `"rates", "key"}` | `{"reset": true}` |
 //! | POST | `/v1/refund` | `{"policy"` or `"rates", "key", "amount"}` | `{"refunded": n}` |
@@ -14,6 +15,10 @@
 //! | GET | `/health` | | `{"status": "ok", …}` (liveness) |
 //! | GET | `/ready` | | `{"status": "ready", …}`; 503 `{"status": "unavailable", "error": {"kind", "message"}, …}` when the store does not answer |
 //! | GET | `/metrics` | | Prometheus text |
+
+mod multi;
+
+pub use multi::MultiBody;
 
 use crate::app::{rate_limit_field, App, AppError, Outcome, PolicyEntry};
 use axum::body::{to_bytes, Body};
@@ -54,11 +59,16 @@ pub struct DecideRequest {
     /// With `rates`: the algorithm (default `gcra`).
     pub algorithm: Option<String>,
     /// The key (user id, IP, API token…).
+    #[serde(default)]
     pub key: String,
     /// Units to decide (check/peek, default 1).
     pub cost: Option<u64>,
     /// Units to give back (refund).
     pub amount: Option<u64>,
+    /// `/v1/check` and `/v1/peek`: several items (each with its policy or rates, key and
+    /// cost) decided all-or-nothing in one store call, instead of the fields above.
+    #[serde(default)]
+    pub checks: Option<Vec<DecideRequest>>,
 }
 
 /// A decision as JSON.
@@ -291,6 +301,9 @@ fn decision_response(entry: &PolicyEntry, outcome: Outcome) -> Response {
 
 async fn decide(state: HttpState, body: Body, charge: bool) -> Result<Response, ApiError> {
     let req: DecideRequest = read_request(&state, body).await?;
+    if let Some(checks) = &req.checks {
+        return multi::decide_all(&state, &req, checks, charge).await;
+    }
     if req.amount.is_some() {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,

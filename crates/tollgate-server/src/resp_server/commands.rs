@@ -6,7 +6,7 @@
 //! replies.
 
 use super::{connection, Args, Session};
-use crate::app::{App, AppError, Outcome, SemAcquire};
+use crate::app::{App, AppError, MultiItem, Outcome, SemAcquire};
 use crate::cell;
 use crate::resp::Reply;
 use bytes::BytesMut;
@@ -18,6 +18,8 @@ pub(super) enum Cmd {
     ClThrottle,
     TgCheck,
     TgPeek,
+    TgCheckAll,
+    TgPeekAll,
     TgReset,
     TgRefund,
     TgPolicies,
@@ -60,6 +62,8 @@ const COMMANDS: &[Spec] = &[
     spec("CL.THROTTLE", Cmd::ClThrottle, 5, 6),
     spec("TG.CHECK", Cmd::TgCheck, 3, 4),
     spec("TG.PEEK", Cmd::TgPeek, 3, 4),
+    spec("TG.CHECKALL", Cmd::TgCheckAll, 4, usize::MAX),
+    spec("TG.PEEKALL", Cmd::TgPeekAll, 4, usize::MAX),
     spec("TG.RESET", Cmd::TgReset, 3, 3),
     spec("TG.REFUND", Cmd::TgRefund, 4, 4),
     spec("TG.ACQUIRE", Cmd::TgAcquire, 2, 4),
@@ -172,6 +176,9 @@ pub(super) async fn run(
     match cmd {
         Cmd::ClThrottle => throttle(app, args, out).await,
         Cmd::TgCheck | Cmd::TgPeek => decide(app, args, out, cmd == Cmd::TgCheck).await,
+        Cmd::TgCheckAll | Cmd::TgPeekAll => {
+            decide_all(app, args, out, cmd == Cmd::TgCheckAll).await
+        }
         Cmd::TgReset | Cmd::TgRefund => reset_or_refund(app, args, out, cmd).await,
         Cmd::TgPolicies => {
             let policies: Vec<_> = app.policies().collect();
@@ -250,20 +257,68 @@ async fn decide(app: &App, args: &Args<'_>, out: &mut BytesMut, charge: bool) {
         app.peek(&entry, key, cost).await
     };
     match result {
-        Ok(Outcome { decision: d, .. }) => {
-            Reply::array(out, 5);
+        Ok(Outcome { decision: d, .. }) => decision_reply(out, &d),
+        Err(e) => app_error(out, &e),
+    }
+}
+
+/// One decision as `TG.CHECK` replies: `[limited (0/1), limit, remaining, retry_after_ms
+/// (-1 when allowed), reset_after_ms]`.
+fn decision_reply(out: &mut BytesMut, d: &tollgate::Decision) {
+    Reply::array(out, 5);
+    Reply::integer(out, i64::from(!d.allowed));
+    Reply::integer(out, d.limit as i64);
+    Reply::integer(out, d.remaining as i64);
+    Reply::integer(
+        out,
+        if d.allowed {
+            -1
+        } else {
+            ceil_millis(d.retry_after)
+        },
+    );
+    Reply::integer(out, ceil_millis(d.reset_after));
+}
+
+/// `TG.CHECKALL` / `TG.PEEKALL <policy> <key> <cost> [<policy> <key> <cost> ...]`: every
+/// item decided all-or-nothing in one store call (the same [`App::decide_all`] as
+/// `POST /v1/check` with `"checks"`). Reply: `[limited (0/1), the item to wait for (0-based;
+/// -1 when allowed), [each item's TG.CHECK reply]...]`.
+async fn decide_all(app: &App, args: &Args<'_>, out: &mut BytesMut, charge: bool) {
+    let name = if charge { "TG.CHECKALL" } else { "TG.PEEKALL" };
+    if (args.len() - 1) % 3 != 0 {
+        return Reply::error(
+            out,
+            &format!("ERR Usage: {name} <policy> <key> <cost> [<policy> <key> <cost> ...]"),
+        );
+    }
+    let mut items = Vec::with_capacity((args.len() - 1) / 3);
+    for i in (1..args.len()).step_by(3) {
+        let entry = match app.named(&String::from_utf8_lossy(args.get(i))) {
+            Ok(e) => e,
+            Err(e) => return app_error(out, &e),
+        };
+        let Some(key) = utf8(out, "key", args.get(i + 1)) else {
+            return;
+        };
+        let Some(cost) = positive(out, args.get(i + 2), "the cost") else {
+            return;
+        };
+        items.push(MultiItem {
+            entry,
+            key: key.to_string(),
+            cost,
+        });
+    }
+    match app.decide_all(&items, charge).await {
+        Ok(o) => {
+            let d = &o.decision;
+            Reply::array(out, 2 + d.decisions.len());
             Reply::integer(out, i64::from(!d.allowed));
-            Reply::integer(out, d.limit as i64);
-            Reply::integer(out, d.remaining as i64);
-            Reply::integer(
-                out,
-                if d.allowed {
-                    -1
-                } else {
-                    ceil_millis(d.retry_after)
-                },
-            );
-            Reply::integer(out, ceil_millis(d.reset_after));
+            Reply::integer(out, d.binding().map_or(-1, |(i, _)| i as i64));
+            for dec in &d.decisions {
+                decision_reply(out, dec);
+            }
         }
         Err(e) => app_error(out, &e),
     }
