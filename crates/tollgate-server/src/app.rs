@@ -34,11 +34,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate::hooks::Hook;
 use tollgate::keys::KeyBuilder;
-use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend, SemaphoreBackend};
+use tollgate::semaphore::{
+    FailSafeSemaphore, MemorySemaphoreBackend, SemaphoreBackend, SemaphoreError,
+};
 use tollgate::store::failure::{BreakerState, CircuitBreaker, FailSafe};
 use tollgate::store::memory::MemoryStore;
-use tollgate::store::{Backend, Op, Store};
 use tollgate::store::multi::DynMultiBackend;
+use tollgate::store::{Backend, Op, Store};
 use tollgate::{Decision, Error, Limiter, Policy, StoreError};
 use tollgate_redis::{RedisSemaphoreBackend, RedisStore};
 
@@ -916,54 +918,33 @@ impl App {
                 wait.as_millis()
             )));
         }
-        let holder = tollgate::semaphore::HolderId::random();
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut attempt = 0u32;
-        loop {
-            let now = now_us();
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let req = tollgate::semaphore::AcquireRequest {
-                name,
-                holder,
-                permits,
-                capacity: spec.capacity,
-                lease: lease.as_micros() as u64,
-                queue_ttl: (!remaining.is_zero()).then_some(2_000_000),
-                now,
-            };
-            // The store applies its own call timeout; the breaker fails fast while it is open.
-            let outcome = self
-                .semaphores
-                .try_acquire_async(&req)
-                .await
-                .map_err(|e| self.sem_error(e))?;
-            match outcome {
-                tollgate::semaphore::AcquireOutcome::Granted { expires_at } => {
-                    return Ok(SemAcquire::Granted {
-                        lease_id: holder.to_string(),
-                        expires_in_us: expires_at.saturating_sub(now),
-                    })
-                }
-                tollgate::semaphore::AcquireOutcome::Busy {
-                    in_use,
-                    next_expiry_in,
-                    epoch,
-                } => {
-                    if remaining.is_zero() {
-                        return Ok(SemAcquire::Busy {
-                            in_use,
-                            retry_after_us: next_expiry_in,
-                        });
-                    }
-                    self.semaphores.wait(name, epoch, attempt, remaining).await;
-                    attempt = attempt.saturating_add(1);
-                }
-                _ => {
-                    return Err(AppError::StoreUnavailable(
-                        "unexpected semaphore reply".into(),
-                    ))
-                }
+        // The library's semaphore does the waiting (FIFO queue, wake-ups on release and at
+        // the earliest lease end, cancel safety: a dropped request leaves nothing held or
+        // queued); the granted permits are then detached and handed out as a lease id.
+        let sem = tollgate::semaphore::Semaphore::builder(name, spec.capacity)
+            .lease(lease)
+            .max_wait(wait)
+            .build_on(Arc::clone(&self.semaphores))
+            .map_err(|e| AppError::BadRequest(e.to_string()))?;
+        match sem.acquire_n_async(permits).await {
+            Ok(permit) => {
+                let (holder, expires_at) = permit.detach();
+                Ok(SemAcquire::Granted {
+                    lease_id: holder.to_string(),
+                    expires_in_us: expires_at.saturating_sub(now_us()),
+                })
             }
+            Err(SemaphoreError::WaitTimeout {
+                in_use,
+                retry_after,
+                ..
+            }) => Ok(SemAcquire::Busy {
+                in_use,
+                retry_after_us: retry_after
+                    .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            }),
+            Err(SemaphoreError::Store(e)) => Err(self.sem_error(e)),
+            Err(e) => Err(AppError::BadRequest(e.to_string())),
         }
     }
 

@@ -124,6 +124,9 @@ pub enum SemaphoreError {
         in_use: u64,
         /// The capacity.
         capacity: u64,
+        /// When the earliest live lease ends (the latest moment to try again if nobody
+        /// releases), if any holder is known.
+        retry_after: Option<Duration>,
     },
     /// The holder's lease had ended before this release or extension: it held nothing any
     /// more (its permits may already belong to someone else), and nothing was changed.
@@ -394,8 +397,12 @@ impl Semaphore<MemorySemaphoreBackend> {
 /// Outcome of the shared wait loop.
 enum Attempted {
     Granted(Micros, PermitBacking),
-    TimedOut(u64),
+    /// Permits in use, and µs until the earliest live lease ends (if any holder).
+    TimedOut(u64, Option<Micros>),
 }
+
+/// A wait that ran out: permits in use, and µs until the earliest live lease ends.
+type TimedOut = (u64, Option<Micros>);
 
 impl<B: SemaphoreBackend + ?Sized> Semaphore<B> {
     /// The name.
@@ -538,12 +545,18 @@ impl<B: SemaphoreBackend + ?Sized> Semaphore<B> {
         max_wait.map(|w| self.now().saturating_add(micros(w)))
     }
 
-    fn timeout_error(&self, max_wait: Option<Duration>, in_use: u64) -> SemaphoreError {
+    fn timeout_error(
+        &self,
+        max_wait: Option<Duration>,
+        in_use: u64,
+        next_expiry_in: Option<Micros>,
+    ) -> SemaphoreError {
         metrics::counter!("tollgate_semaphore_timeouts_total").increment(1);
         SemaphoreError::WaitTimeout {
             max_wait: max_wait.unwrap_or(Duration::MAX),
             in_use,
             capacity: self.inner.config.capacity,
+            retry_after: next_expiry_in.map(Duration::from_micros),
         }
     }
 
@@ -593,7 +606,7 @@ impl<B: SemaphoreBackend + ?Sized> Semaphore<B> {
                         if queue {
                             self.forget_holder(holder);
                         }
-                        return Ok(Attempted::TimedOut(in_use));
+                        return Ok(Attempted::TimedOut(in_use, next_expiry_in));
                     };
                     self.inner
                         .backend
@@ -609,7 +622,7 @@ impl<B: SemaphoreBackend + ?Sized> Semaphore<B> {
         &self,
         permits: u64,
         max_wait: Option<Duration>,
-    ) -> Result<Result<Permit<B>, u64>, SemaphoreError> {
+    ) -> Result<Result<Permit<B>, TimedOut>, SemaphoreError> {
         let holder = HolderId::random();
         Ok(match self.wait_loop(holder, permits, max_wait)? {
             Attempted::Granted(expires_at, backing) => Ok(Permit::new(
@@ -619,7 +632,7 @@ impl<B: SemaphoreBackend + ?Sized> Semaphore<B> {
                 expires_at,
                 backing,
             )),
-            Attempted::TimedOut(in_use) => Err(in_use),
+            Attempted::TimedOut(in_use, next) => Err((in_use, next)),
         })
     }
 
@@ -663,7 +676,7 @@ impl<B: SemaphoreBackend + ?Sized> Semaphore<B> {
         max_wait: Option<Duration>,
     ) -> Result<Permit<B>, SemaphoreError> {
         self.acquire_sync(n, max_wait)?
-            .map_err(|in_use| self.timeout_error(max_wait, in_use))
+            .map_err(|(in_use, next)| self.timeout_error(max_wait, in_use, next))
     }
 
     /// Takes one permit if one is free now, without waiting (and without overtaking
@@ -805,7 +818,7 @@ impl<B: SemaphoreBackend + ?Sized> Semaphore<B> {
                     epoch,
                 } => {
                     let Some(wait) = self.next_wait(deadline, next_expiry_in) else {
-                        return Ok(Attempted::TimedOut(in_use));
+                        return Ok(Attempted::TimedOut(in_use, next_expiry_in));
                     };
                     self.inner
                         .backend
@@ -822,7 +835,7 @@ impl<B: SemaphoreBackend + ?Sized> Semaphore<B> {
         &self,
         permits: u64,
         max_wait: Option<Duration>,
-    ) -> Result<Result<Permit<B>, u64>, SemaphoreError> {
+    ) -> Result<Result<Permit<B>, TimedOut>, SemaphoreError> {
         let holder = HolderId::random();
         // Armed until a Permit owns the holder: a timeout, an error or a drop of this future
         // gives back any grant and the queue place.
@@ -839,7 +852,7 @@ impl<B: SemaphoreBackend + ?Sized> Semaphore<B> {
                         backing,
                     ))
                 }
-                Attempted::TimedOut(in_use) => Err(in_use),
+                Attempted::TimedOut(in_use, next) => Err((in_use, next)),
             },
         )
     }
@@ -889,7 +902,7 @@ impl<B: SemaphoreBackend + ?Sized> Semaphore<B> {
     ) -> Result<Permit<B>, SemaphoreError> {
         self.acquire_async_inner(n, max_wait)
             .await?
-            .map_err(|in_use| self.timeout_error(max_wait, in_use))
+            .map_err(|(in_use, next)| self.timeout_error(max_wait, in_use, next))
     }
 
     /// Async [`try_acquire`](Self::try_acquire).

@@ -279,6 +279,25 @@ impl<B: SemaphoreBackend + ?Sized> Permit<B> {
         }
     }
 
+    /// Keeps the permits past this value: they stay held until their lease ends (no renewal)
+    /// or someone releases them by holder id (`SemaphoreBackend::release`). For leases that
+    /// cross a process or request boundary — the server hands the holder id to its client as a
+    /// lease id. Returns the holder id and the lease end on the store's clock (µs).
+    ///
+    /// ```
+    /// use tollgate::semaphore::{Semaphore, SemaphoreBackend};
+    /// let s = Semaphore::memory("permit-detach", 1).unwrap();
+    /// let (holder, _expires_at) = s.acquire().unwrap().detach();
+    /// assert_eq!(s.in_use().unwrap(), 1); // still held after the permit is gone
+    /// let _ = s.backend().release("permit-detach", holder, 0).unwrap();
+    /// assert_eq!(s.in_use().unwrap(), 0);
+    /// ```
+    pub fn detach(mut self) -> (HolderId, Micros) {
+        self.released = true;
+        self.lease.stop();
+        (self.holder, self.expires_at())
+    }
+
     /// Releases the permits now. [`SemaphoreError::LeaseExpired`] tells that the lease had
     /// ended before (the permits were already free, maybe taken by someone else: nothing of
     /// theirs is touched).
