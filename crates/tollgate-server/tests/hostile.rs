@@ -139,3 +139,76 @@ fn http_slowloris_headers_and_body_are_bounded_by_the_request_timeout() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The resident set size of `pid` in KiB (`VmRSS` in `/proc/<pid>/status`).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// Sends `CL.THROTTLE <prefix>-<i> <burst> 1 3600` (one per hour: a charged key stays stored
+/// for an hour) for `i` in `0..n`, pipelined in batches.
+fn flood(c: &mut Raw, prefix: &str, burst: u64, n: usize) {
+    let burst = burst.to_string();
+    for start in (0..n).step_by(1000) {
+        let end = (start + 1000).min(n);
+        let mut batch = Vec::new();
+        for i in start..end {
+            batch.extend(cmd(&[
+                "CL.THROTTLE",
+                &format!("{prefix}-{i}"),
+                &burst,
+                "1",
+                "3600",
+            ]));
+        }
+        c.send(&batch);
+        for _ in start..end {
+            assert!(matches!(c.reply(), Resp::Array(Some(_))));
+        }
+    }
+}
+
+/// Issue 15, item 3: `store.max_keys` bounds the whole process. A flood of distinct keys over
+/// 24 CL.THROTTLE parameter sets (each its own policy) used to store `max_keys` keys per set;
+/// now RSS plateaus once the one budget is full.
+#[test]
+fn a_key_flood_over_many_parameter_sets_plateaus_in_rss() {
+    const MAX_KEYS: usize = 10_000;
+    const SETS: u64 = 24;
+    let (dir, path) = config(
+        "rss",
+        &format!("[store]\nmax_keys = {MAX_KEYS}\n[server]\nmax_dynamic_policies = 64\n"),
+    );
+    let server = ServerProcess::start(&["--config", &path]);
+    let pid = server.child.id();
+    let mut c = Raw::connect(server.resp);
+    // fill the budget once (and warm the allocator), then measure
+    flood(&mut c, "warm", 1, 2 * MAX_KEYS);
+    let before = rss_kib(pid);
+    let mut peak = before;
+    for set in 0..SETS {
+        // burst 2..: every set is a different policy
+        flood(
+            &mut c,
+            &format!("set{set}-a-rather-long-client-identifier"),
+            2 + set,
+            MAX_KEYS,
+        );
+        peak = peak.max(rss_kib(pid));
+    }
+    let growth_mib = (peak.saturating_sub(before)) as f64 / 1024.0;
+    eprintln!(
+        "RSS {:.1} MiB -> peak {:.1} MiB over {SETS} sets x {MAX_KEYS} keys",
+        before as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    // 240,000 keys offered: with a budget per set RSS grew 27.3 MiB (measured before the
+    // fix); one budget of 10,000 keys grew it 4.7 MiB
+    assert!(growth_mib < 6.0, "RSS grew {growth_mib:.1} MiB");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -37,11 +37,15 @@
 //!   Each shard sweeps its expired keys when a new key is inserted, at most once per
 //!   [`MemoryStore::sweep_interval`] (default 1 s); no user-scheduled cleanup is needed.
 //!   Dropping an expired key changes no decision.
-//! - **Hard cap**: [`MemoryStore::max_keys`] (default 1,000,000) bounds the number of keys.
-//!   When a shard is full, it first drops expired keys; if none are expired, it *evicts* the
-//!   1/16 of its keys whose horizon comes soonest — the longest idle, whose state is closest
-//!   to fresh — and counts them in [`MemoryStats::evictions`] and the
-//!   `tollgate_memory_evictions_total` metric.
+//! - **Hard cap**: [`MemoryStore::max_keys`] (default 1,000,000) bounds the number of keys of
+//!   the whole store — one budget for the store, its clones and its scopes, across every
+//!   policy and scope bound to it ([`MemoryStore::keys`] counts them), so a flood spread over
+//!   many policies is bounded like one on a single policy. When an insert finds the budget
+//!   full, the store takes the table holding the most keys and, in one of its shards, drops
+//!   the expired keys or, if none are expired, *evicts* the 1/16 of the shard's keys whose
+//!   horizon comes soonest — the longest idle, whose state is closest to fresh — counted in
+//!   [`MemoryStats::evictions`] and the `tollgate_memory_evictions_total` metric. Each table
+//!   also caps each of its shards the same way (a table alone never exceeds `max_keys`).
 //!
 //! **What eviction means for accuracy**: an evicted key that was not yet back to fresh starts
 //! fresh again on its next call, so that client may be admitted up to one extra full burst
@@ -49,8 +53,11 @@
 //! when more than `max_keys` keys are active at once; size `max_keys` above your number of
 //! concurrently active clients and it never happens. Expiry alone never changes a decision.
 //!
-//! The cap is enforced per shard (`ceil(max_keys / shards)` each; small caps use fewer shards),
-//! so the total never exceeds `max_keys` rounded up to a multiple of the shard count.
+//! The budget is checked before each insert without blocking other calls, so the total may
+//! pass `max_keys` by the keys being inserted at that very moment (one per concurrent caller,
+//! or per key of a multi-key call); the single-key path on an existing key is unchanged (no
+//! shared counter is touched). The keys of a table leave the budget when its last limiter is
+//! dropped.
 //!
 //! ```
 //! use tollgate::{Limiter, Policy, Rate, store::memory::MemoryStore};
@@ -81,7 +88,7 @@ use parking_lot::Mutex;
 use shard::ShardedMap;
 use slots::{GcraOne, LogKind, Rates, SlotKind};
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -107,9 +114,24 @@ pub struct MemoryStore {
     tables: Arc<Tables>,
 }
 
-/// The live tables of a store (and its clones), by scope or policy.
-#[derive(Default)]
-struct Tables(Mutex<HashMap<TableId, (Policy, Weak<Engine>)>>);
+/// The live tables of a store (and its clones), by scope or policy, and their one key budget.
+struct Tables {
+    map: Mutex<HashMap<TableId, (Policy, Weak<Engine>)>>,
+    budget: Arc<Budget>,
+}
+
+impl Tables {
+    fn new(max_keys: usize) -> Arc<Tables> {
+        Arc::new(Tables {
+            map: Mutex::default(),
+            budget: Arc::new(Budget {
+                max: max_keys,
+                keys: AtomicUsize::new(0),
+                tables: Mutex::default(),
+            }),
+        })
+    }
+}
 
 impl std::fmt::Debug for Tables {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -117,13 +139,68 @@ impl std::fmt::Debug for Tables {
             .field(
                 "live",
                 &self
-                    .0
+                    .map
                     .lock()
                     .values()
                     .filter(|(_, w)| w.strong_count() > 0)
                     .count(),
             )
+            .field("keys", &self.budget.keys.load(Ordering::Relaxed))
             .finish()
+    }
+}
+
+/// The key budget of a store, its clones and scopes: one count of the keys of every table
+/// they made, and the tables to evict from when it is full.
+pub(super) struct Budget {
+    max: usize,
+    keys: AtomicUsize,
+    /// Every table made so far (dead ones are dropped on the next registration).
+    tables: Mutex<Vec<Weak<Engine>>>,
+}
+
+impl Budget {
+    #[inline]
+    pub(super) fn added(&self) {
+        self.keys.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub(super) fn removed(&self, n: usize) {
+        self.keys.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub(super) fn is_full(&self) -> bool {
+        self.keys.load(Ordering::Relaxed) >= self.max
+    }
+
+    fn register(&self, engine: &Arc<Engine>) {
+        let mut tables = self.tables.lock();
+        tables.retain(|t| t.strong_count() > 0);
+        tables.push(Arc::downgrade(engine));
+    }
+
+    /// Makes room for one key when the budget is full: repeatedly takes the table holding
+    /// the most keys and, in one of its shards, drops the keys back to fresh or else evicts
+    /// the 1/16 whose horizon comes soonest. One eviction at a time per store; the caller
+    /// holds no shard lock (so no lock is ever waited on in two orders).
+    #[cold]
+    pub(super) fn make_room(&self, now: Micros) {
+        let tables = self.tables.lock();
+        for _ in 0..8 {
+            if !self.is_full() {
+                return;
+            }
+            let victim = tables
+                .iter()
+                .filter_map(Weak::upgrade)
+                .max_by_key(|e| e.keys());
+            match victim {
+                Some(victim) if victim.evict_some(now) > 0 => {}
+                _ => return,
+            }
+        }
     }
 }
 
@@ -140,7 +217,7 @@ impl Default for MemoryStore {
             max_keys: 1_000_000,
             sweep_interval: 1_000_000,
             scope: None,
-            tables: Arc::default(),
+            tables: Tables::new(1_000_000),
         }
     }
 }
@@ -155,16 +232,46 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// The hard cap on stored keys (at least 1) of each table this store makes. Configuring
-    /// makes a new store: it shares no state with the store it was called on.
+    /// The hard cap on stored keys (at least 1): one budget for this store, its clones and
+    /// its scopes, across every table (policy, scope) they make. Configuring makes a new
+    /// store: it shares no state with the store it was called on.
     ///
     /// ```
-    /// assert_eq!(tollgate::store::memory::MemoryStore::new().max_keys(0).max_keys_value(), 1);
+    /// use tollgate::{Limiter, Policy, Rate, store::memory::MemoryStore};
+    /// assert_eq!(MemoryStore::new().max_keys(0).max_keys_value(), 1);
+    /// let store = MemoryStore::new().max_keys(100);
+    /// let limiters: Vec<_> = (1..=10)
+    ///     .map(|n| Limiter::builder(Policy::gcra(Rate::per_minute(n).unwrap()).unwrap()).build_with(&store).unwrap())
+    ///     .collect();
+    /// for l in &limiters {
+    ///     for k in 0..100 {
+    ///         let _ = l.check(&format!("client-{k}")).unwrap();
+    ///     }
+    /// }
+    /// assert!(store.keys() <= 100); // ten policies, one budget
     /// ```
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys.max(1);
-        self.tables = Arc::default();
+        self.tables = Tables::new(self.max_keys);
         self
+    }
+
+    /// The keys stored now by every table of this store (its clones and scopes included):
+    /// what [`max_keys`](Self::max_keys) bounds.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy, Rate, store::memory::MemoryStore};
+    /// let store = MemoryStore::new();
+    /// let a = Limiter::builder(Policy::gcra(Rate::per_second(1).unwrap()).unwrap()).build_with(&store.scope("a")).unwrap();
+    /// let b = Limiter::builder(Policy::gcra(Rate::per_second(1).unwrap()).unwrap()).build_with(&store.scope("b")).unwrap();
+    /// let _ = a.check("k").unwrap();
+    /// let _ = b.check("k").unwrap();
+    /// assert_eq!(store.keys(), 2);
+    /// drop(a); // a table's keys leave the budget with its last limiter
+    /// assert_eq!(store.keys(), 1);
+    /// ```
+    pub fn keys(&self) -> usize {
+        self.tables.budget.keys.load(Ordering::Relaxed)
     }
 
     /// The configured cap.
@@ -185,7 +292,7 @@ impl MemoryStore {
     /// ```
     pub fn sweep_interval(mut self, every: Duration) -> Self {
         self.sweep_interval = micros(every);
-        self.tables = Arc::default();
+        self.tables = Tables::new(self.max_keys);
         self
     }
 
@@ -224,7 +331,7 @@ impl Store for MemoryStore {
             Some(scope) => TableId::Scope(scope.clone()),
             None => TableId::Policy(policy.clone()),
         };
-        let mut tables = self.tables.0.lock();
+        let mut tables = self.tables.map.lock();
         if let Some((bound, engine)) = tables.get(&id) {
             if let Some(engine) = engine.upgrade() {
                 if bound != policy {
@@ -241,6 +348,7 @@ impl Store for MemoryStore {
         }
         tables.retain(|_, (_, engine)| engine.strong_count() > 0);
         let backend = MemoryBackend::new(policy, self);
+        self.tables.budget.register(&backend.engine);
         tables.insert(id, (policy.clone(), Arc::downgrade(&backend.engine)));
         Ok(backend)
     }
@@ -272,6 +380,11 @@ struct Keyed<K: SlotKind> {
 }
 
 impl<K: SlotKind> Keyed<K> {
+    fn evict_some(&self, now: Micros) -> usize {
+        self.map
+            .evict_some(now, &|slot: &K::Slot| K::horizon(&self.params, slot))
+    }
+
     #[inline]
     fn execute(&self, key: &str, op: Op, now: Micros) -> Result<Option<Decision>, Error> {
         let hash = self.map.hash(key);
@@ -291,6 +404,9 @@ impl<K: SlotKind> Keyed<K> {
                 let decision = K::apply(&self.params, &fresh, now, op)?;
                 if !decision.is_some_and(|d| d.allowed) && K::is_fresh(&self.params, &fresh) {
                     return Ok(decision);
+                }
+                if self.map.budget.is_full() {
+                    self.map.budget.make_room(now);
                 }
                 self.map.with_inserted(
                     hash,
@@ -329,6 +445,23 @@ macro_rules! dispatch {
     };
 }
 use dispatch;
+
+impl Engine {
+    /// The key budget of the store that made this table.
+    fn budget(&self) -> &Budget {
+        dispatch!(self, k => &k.map.budget)
+    }
+
+    /// Keys in this table.
+    fn keys(&self) -> usize {
+        dispatch!(self, k => k.map.keys())
+    }
+
+    /// Frees some keys of this table for the store's budget (see `ShardedMap::evict_some`).
+    fn evict_some(&self, now: Micros) -> usize {
+        dispatch!(self, k => k.evict_some(now))
+    }
+}
 
 /// The in-memory backend of one policy (made by [`MemoryStore`]'s [`Store::bind`]). Clones,
 /// and backends bound to the same store with the same policy or scope, share one table.

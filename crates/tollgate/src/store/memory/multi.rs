@@ -107,6 +107,14 @@ pub(super) fn execute_all(
     now: Micros,
 ) -> Result<MultiDecision, Error> {
     validate_items(items, |a, b| Arc::ptr_eq(&a.engine, &b.engine))?;
+    // Room in each store's key budget for the keys this call may insert, made before any
+    // shard is locked (eviction locks other shards).
+    for item in items {
+        let budget = item.backend().engine.budget();
+        if budget.is_full() {
+            budget.make_room(now);
+        }
+    }
     let located: Vec<(u64, usize)> = items
         .iter()
         .map(|i| locate(&i.backend().engine, i.key()))

@@ -1,12 +1,13 @@
 //! The sharded table of one policy's keys.
 
-use super::{MemoryStore, MAX_SHARDS};
+use super::{Budget, MemoryStore, MAX_SHARDS};
 use crate::time::Micros;
 use crossbeam_utils::CachePadded;
 use hashbrown::HashTable;
 use parking_lot::{RwLock, RwLockWriteGuard};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 pub(super) struct Shard<V> {
     table: HashTable<(Box<str>, V)>,
@@ -21,6 +22,19 @@ pub(super) struct ShardedMap<V> {
     sweep_interval: Micros,
     pub(super) expired: AtomicU64,
     pub(super) evictions: AtomicU64,
+    /// Keys in this table (kept with every insert and removal).
+    keys: AtomicUsize,
+    /// The store's key budget, shared with every other table of the store.
+    pub(super) budget: Arc<Budget>,
+    /// The next shard a store-wide eviction looks at.
+    cursor: AtomicUsize,
+}
+
+impl<V> Drop for ShardedMap<V> {
+    fn drop(&mut self) {
+        // The last limiter of this table is gone: its keys leave the store's budget.
+        self.budget.removed(*self.keys.get_mut());
+    }
 }
 
 impl<V> ShardedMap<V> {
@@ -44,7 +58,72 @@ impl<V> ShardedMap<V> {
             sweep_interval: store.sweep_interval,
             expired: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            keys: AtomicUsize::new(0),
+            budget: Arc::clone(&store.tables.budget),
+            cursor: AtomicUsize::new(0),
         }
+    }
+
+    /// Keys in this table now.
+    #[inline]
+    pub(super) fn keys(&self) -> usize {
+        self.keys.load(Ordering::Relaxed)
+    }
+
+    fn added(&self) {
+        self.keys.fetch_add(1, Ordering::Relaxed);
+        self.budget.added();
+    }
+
+    fn removed(&self, n: usize) {
+        if n > 0 {
+            self.keys.fetch_sub(n, Ordering::Relaxed);
+            self.budget.removed(n);
+        }
+    }
+
+    /// Drops the keys of a locked shard that are back to fresh at `now`; how many went.
+    fn sweep_locked(
+        &self,
+        shard: &mut Shard<V>,
+        now: Micros,
+        horizon: &impl Fn(&V) -> Micros,
+    ) -> usize {
+        let before = shard.table.len();
+        shard.table.retain(|e| horizon(&e.1) > now);
+        let gone = before - shard.table.len();
+        self.expired.fetch_add(gone as u64, Ordering::Relaxed);
+        self.removed(gone);
+        gone
+    }
+
+    /// Makes room in the store's budget from this table (see [`Budget::make_room`]): in the
+    /// next non-empty shard, drops the keys back to fresh, or if there are none evicts the
+    /// 1/16 of the shard whose horizon comes soonest. Returns how many keys went. The caller
+    /// holds no shard lock.
+    pub(super) fn evict_some(&self, now: Micros, horizon: &impl Fn(&V) -> Micros) -> usize {
+        let n = self.shards.len();
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let mut shard = self.shards[(start + i) % n].write();
+            if shard.table.is_empty() {
+                continue;
+            }
+            let mut gone = self.sweep_locked(&mut shard, now, horizon);
+            if gone == 0 {
+                let batch = (shard.table.len() / 16).max(1);
+                gone = self.evict(&mut shard, horizon, batch);
+            }
+            // A table drained by the store's budget gives its room back (hash tables do not
+            // shrink by themselves), so many tables cannot each keep a peak's capacity.
+            let len = shard.table.len();
+            if shard.table.capacity() > 4 * len.max(16) {
+                let hasher = &self.hasher;
+                shard.table.shrink_to(len, |e| hasher.hash_one(&*e.0));
+            }
+            return gone;
+        }
+        0
     }
 
     #[inline]
@@ -106,9 +185,10 @@ impl<V> ShardedMap<V> {
     }
 
     /// Removes `key` from a locked shard.
-    pub(super) fn remove_locked(shard: &mut Shard<V>, hash: u64, key: &str) {
+    pub(super) fn remove_locked(&self, shard: &mut Shard<V>, hash: u64, key: &str) {
         if let Ok(entry) = shard.table.find_entry(hash, |e| &*e.0 == key) {
             entry.remove();
+            self.removed(1);
         }
     }
 
@@ -125,27 +205,26 @@ impl<V> ShardedMap<V> {
     ) -> &'g V {
         if now >= shard.next_sweep || shard.table.len() >= self.per_shard_cap {
             shard.next_sweep = now.saturating_add(self.sweep_interval);
-            let before = shard.table.len();
-            shard.table.retain(|e| horizon(&e.1) > now);
-            self.expired
-                .fetch_add((before - shard.table.len()) as u64, Ordering::Relaxed);
+            self.sweep_locked(shard, now, horizon);
         }
         if shard.table.len() >= self.per_shard_cap {
-            self.evict(shard, horizon);
+            self.evict(shard, horizon, (self.per_shard_cap / 16).max(1));
         }
         let hasher = &self.hasher;
         let entry = shard
             .table
             .insert_unique(hash, (Box::from(key), slot), |e| hasher.hash_one(&*e.0));
+        self.added();
         &entry.into_mut().1
     }
 
-    /// Evicts the 1/16 of the shard whose horizon comes soonest (at least one key).
-    fn evict(&self, shard: &mut Shard<V>, horizon: &impl Fn(&V) -> Micros) {
-        let batch = (self.per_shard_cap / 16).max(1);
+    /// Evicts the `batch` keys of the shard whose horizon comes soonest (at least one key);
+    /// returns how many went.
+    fn evict(&self, shard: &mut Shard<V>, horizon: &impl Fn(&V) -> Micros, batch: usize) -> usize {
+        let batch = batch.max(1);
         let mut horizons: Vec<Micros> = shard.table.iter().map(|e| horizon(&e.1)).collect();
         if horizons.is_empty() {
-            return;
+            return 0;
         }
         let nth = (batch - 1).min(horizons.len() - 1);
         let (_, &mut threshold, _) = horizons.select_nth_unstable(nth);
@@ -160,10 +239,12 @@ impl<V> ShardedMap<V> {
         });
         self.evictions.fetch_add(removed as u64, Ordering::Relaxed);
         metrics::counter!("tollgate_memory_evictions_total").increment(removed as u64);
+        self.removed(removed);
+        removed
     }
 
     pub(super) fn remove(&self, hash: u64, key: &str) {
-        Self::remove_locked(&mut self.shard(hash).write(), hash, key);
+        self.remove_locked(&mut self.shard(hash).write(), hash, key);
     }
 
     pub(super) fn len(&self) -> usize {
