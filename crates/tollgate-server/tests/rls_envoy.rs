@@ -121,7 +121,7 @@ fn listener_yaml(name: &str, port: u16, deny: bool) -> String {
               "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
               domain: e2e
               failure_mode_deny: {deny}
-              timeout: 2s
+              timeout: 5s
               rate_limit_service:
                 transport_api_version: V3
                 grpc_service: {{envoy_grpc: {{cluster_name: ratelimit}}}}
@@ -272,14 +272,14 @@ fn envoy_gets_429_exactly_after_the_limit_and_failure_mode_deny_decides_when_rls
 
     // Header descriptor: 3 per user.
     for i in 0..3 {
-        let (status, hs, body) = http(envoy.allow, "/", &[("x-user", "alice")]);
+        let (status, hs, body) = http(envoy.deny, "/", &[("x-user", "alice")]);
         assert_eq!(
             (status, body.as_str()),
             (200, "upstream ok"),
             "request {i}: {hs:?}"
         );
     }
-    let (status, hs, _) = http(envoy.allow, "/", &[("x-user", "alice")]);
+    let (status, hs, _) = http(envoy.deny, "/", &[("x-user", "alice")]);
     assert_eq!(status, 429, "{hs:?}");
     assert_eq!(get(&hs, "x-envoy-ratelimited"), Some("true"), "{hs:?}");
     let rl = get(&hs, "ratelimit").unwrap_or_else(|| panic!("RateLimit field on the 429: {hs:?}"));
@@ -343,13 +343,16 @@ fn two_tollgate_servers_on_one_redis_enforce_one_limit_behind_envoy() {
     let dir = Dir::new("e2e-redis");
     dir.write("e2e.yaml", CONFIG);
     let url = redis.url();
-    let a = start_tollgate(&dir, &["--store", &url]);
-    let b = start_tollgate(&dir, &["--store", &url]);
+    // Counting goes through the failure_mode_deny: true listener, so a failed RLS call shows
+    // as a 500 rather than as an admitted request; a generous store timeout keeps a loaded
+    // test machine from failing calls.
+    let a = start_tollgate(&dir, &["--store", &url, "--store-timeout", "2s"]);
+    let b = start_tollgate(&dir, &["--store", &url, "--store-timeout", "2s"]);
     let up = upstream();
     let envoy = start_envoy(&bin, up, &[rls_addr(&a), rls_addr(&b)]);
     let mut statuses = Vec::new();
     for _ in 0..8 {
-        statuses.push(http(envoy.allow, "/", &[("x-user", "fleet")]).0);
+        statuses.push(http(envoy.deny, "/", &[("x-user", "fleet")]).0);
     }
     assert_eq!(statuses, [200, 200, 200, 429, 429, 429, 429, 429]);
     // Both instances decided some of those calls (round robin), so the limit is shared.

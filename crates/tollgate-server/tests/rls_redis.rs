@@ -26,6 +26,8 @@ fn config(url: &str, failure: FailurePolicy) -> Config {
     c.store = StoreUrl::Redis(url.to_string());
     c.failure = failure;
     c.breaker_failures = 0;
+    // Generous, so a loaded test machine does not turn slow calls into failures.
+    c.store_timeout = std::time::Duration::from_secs(2);
     c
 }
 
@@ -173,6 +175,7 @@ async fn redis_cluster_one_request_is_one_slot() {
     dir.write("fleet.yaml", CONFIG);
     let mut c = Config::default();
     c.store = StoreUrl::RedisCluster(cluster.urls());
+    c.store_timeout = std::time::Duration::from_secs(2);
     let mut rls = Rls::start_with(&dir, c, |_| {}).await;
     // Keys of one request share the domain's hash tag, so they live in one slot.
     let both = |u: &str| {
