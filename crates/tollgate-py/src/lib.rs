@@ -12,6 +12,7 @@ mod runtime;
 mod semaphore;
 mod store;
 mod types;
+mod wrap;
 
 /// The module `tollgate._tollgate`.
 #[pymodule]

@@ -3,15 +3,16 @@
 
 use crate::errors;
 use crate::runtime::{self, fork_gen};
-use crate::store::{DynBackend, PyStore, StoreShared};
+use crate::store::{DynBackend, DynLog, PyStore, StoreShared};
 use crate::types::{rates_from, PyDecision, PyManualClock, PyRate};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate::hooks::Hook;
-use tollgate::time::ManualClock;
+use tollgate::store::log::LogEntry;
+use tollgate::time::{Clock, ManualClock, SystemClock};
 use tollgate::{Algorithm, Decision, Error, Limiter, Policy};
 
 /// "No timeout": about 136 years, far beyond any horizon a policy can have.
@@ -28,6 +29,8 @@ pub(crate) struct Config {
 pub(crate) struct Shared {
     config: Config,
     bound: RwLock<(u64, Limiter<DynBackend>)>,
+    /// The backend for log reads, bound on first use (per fork generation).
+    log: Mutex<Option<(u64, DynLog)>>,
 }
 
 impl std::ops::Deref for Shared {
@@ -71,6 +74,50 @@ impl Shared {
         }
         Ok(bound.1.clone())
     }
+
+    /// The backend of this process for log reads, and the limiter's time now.
+    fn log_backend(&self) -> Result<(DynLog, u64), Error> {
+        let now = match &self.clock {
+            Some(clock) => clock.now(),
+            None => SystemClock.now(),
+        };
+        let gen = fork_gen();
+        let mut log = self.log.lock();
+        if let Some((g, b)) = log.as_ref() {
+            if *g == gen || self.store.is_memory() {
+                return Ok((Arc::clone(b), now));
+            }
+        }
+        let fresh = self.store.current()?.bind_log(&self.policy)?;
+        if let Some(stale) = log.replace((gen, Arc::clone(&fresh))) {
+            std::mem::forget(stale);
+        }
+        Ok((fresh, now))
+    }
+}
+
+fn key_ok(key: &str, max: usize) -> Result<(), Error> {
+    if key.len() > max {
+        return Err(Error::KeyTooLong {
+            len: key.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+fn entries_to_py(py: Python<'_>, r: Result<Vec<LogEntry>, Error>) -> PyResult<Py<PyAny>> {
+    match r {
+        Ok(entries) => Ok(entries_list(&entries)
+            .into_pyobject(py)?
+            .into_any()
+            .unbind()),
+        Err(e) => Err(errors::limiter(py, e)),
+    }
+}
+
+fn entries_list(entries: &[LogEntry]) -> Vec<(u64, u64)> {
+    entries.iter().map(|e| (e.at, e.weight)).collect()
 }
 
 /// Calls a Python hook with `args`; an exception in it is reported as unraisable and never
@@ -242,6 +289,7 @@ impl PyLimiter {
             shared: Arc::new(Shared {
                 config,
                 bound: RwLock::new((fork_gen(), limiter)),
+                log: Mutex::new(None),
             }),
         })
     }
@@ -389,6 +437,40 @@ impl PyLimiter {
         self.spawn(py, decision_to_py, move |l| async move {
             l.acquire_async(&key, cost, max_wait).await
         })
+    }
+
+    /// The entries of `key`'s sliding log that a window still sees: `[(at_us, weight),
+    /// ...]`, oldest first (`at_us` on the store's clock; entries admitted at one instant are
+    /// merged). Only for `algorithm="sliding_log"`; read-only.
+    fn log(&self, py: Python<'_>, key: &str) -> PyResult<Vec<(u64, u64)>> {
+        let shared = &self.shared;
+        let read = || -> Result<Vec<LogEntry>, Error> {
+            key_ok(key, shared.max_key_len)?;
+            let (backend, now) = shared.log_backend()?;
+            backend.log_entries(key, now)
+        };
+        let result = if shared.store.is_memory() {
+            read()
+        } else {
+            py.detach(read)
+        };
+        result
+            .map(|e| entries_list(&e))
+            .map_err(|e| errors::limiter(py, e))
+    }
+
+    /// Awaitable `log`.
+    fn log_async<'py>(&self, py: Python<'py>, key: String) -> PyResult<Bound<'py, PyAny>> {
+        let prepared =
+            key_ok(&key, self.shared.max_key_len).and_then(|()| self.shared.log_backend());
+        match prepared {
+            Ok((backend, now)) => runtime::spawn(
+                py,
+                async move { backend.log_entries_async(&key, now).await },
+                entries_to_py,
+            ),
+            Err(e) => runtime::ready(py, Err(errors::limiter(py, e))),
+        }
     }
 
     fn __repr__(&self) -> String {

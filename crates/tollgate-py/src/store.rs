@@ -5,210 +5,46 @@
 
 use crate::errors;
 use crate::runtime::fork_gen;
-use futures_util::future::BoxFuture;
+pub(crate) use crate::wrap::NO_MULTI_WITH_FAILURE;
+use crate::wrap::{Keyed, SingleKeyOnly};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 use std::sync::Arc;
 use std::time::Duration;
-use tollgate::hooks::StoreFailure;
 use tollgate::keys::KeyBuilder;
 use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend, SemaphoreBackend};
 use tollgate::store::failure::{FailSafeStore, FailurePolicy};
+use tollgate::store::log::LogBackend;
 use tollgate::store::memory::MemoryStore;
-use tollgate::store::multi::{DynMultiBackend, KeyCheck, MultiBackend, MultiDecision, MultiOp};
-use tollgate::store::{Backend, Op, Store};
-use tollgate::time::Micros;
-use tollgate::{Decision, Error, Policy};
-use tollgate_redis::{RedisSemaphoreBackend, RedisStore, RedisUrl};
+use tollgate::store::multi::{DynMultiBackend, MultiBackend};
+use tollgate::store::Store;
+use tollgate::{Error, Policy};
+use tollgate_redis::{RedisSemaphoreBackend, RedisStore, RedisUrl, TimeSource};
 use tollgate_sql::{PgStore, SqliteStore};
 
 /// A bound backend of any store: single keys and multi-key all-or-nothing calls.
 pub(crate) type DynBackend = Arc<dyn DynMultiBackend>;
 
+/// A bound backend whose sliding log can be read.
+pub(crate) type DynLog = Arc<dyn LogBackend>;
+
 /// A store of any kind, bound at run time.
 trait AnyStore: Send + Sync {
     fn bind_dyn(&self, policy: &Policy) -> Result<DynBackend, Error>;
+    fn bind_log(&self, policy: &Policy) -> Result<DynLog, Error>;
 }
 
 impl<S: Store + Send + Sync> AnyStore for S
 where
-    S::Backend: MultiBackend,
+    S::Backend: MultiBackend + LogBackend,
 {
     fn bind_dyn(&self, policy: &Policy) -> Result<DynBackend, Error> {
         Ok(Arc::new(self.bind(policy)?))
     }
-}
-
-/// A store whose backends decide single keys only: the library's failure wrapper
-/// (`FailSafe`) has no multi-key form yet, so a multi-key call on a store with a failure
-/// policy is refused (with a clear error) instead of bypassing the policy.
-struct SingleKeyOnly<S>(S);
-
-struct SingleKeyBackend<B>(B);
-
-impl<S: Store> Store for SingleKeyOnly<S> {
-    type Backend = SingleKeyBackend<S::Backend>;
-    fn bind(&self, policy: &Policy) -> Result<Self::Backend, Error> {
-        Ok(SingleKeyBackend(self.0.bind(policy)?))
+    fn bind_log(&self, policy: &Policy) -> Result<DynLog, Error> {
+        Ok(Arc::new(self.bind(policy)?))
     }
-}
-
-/// The reason a multi-key call on a store with a failure policy is refused.
-pub(crate) const NO_MULTI_WITH_FAILURE: &str =
-    "check_all/peek_all are not available on a Store with a failure policy yet \
-     (the library's failure wrapper decides single keys only); use a Store without `failure=`";
-
-impl<B: Backend> Backend for SingleKeyBackend<B> {
-    fn execute(&self, key: &str, op: Op, now: Micros) -> Result<Option<Decision>, Error> {
-        self.0.execute(key, op, now)
-    }
-    fn execute_async<'a>(
-        &'a self,
-        key: &'a str,
-        op: Op,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
-        self.0.execute_async(key, op, now)
-    }
-    fn execute_observed(
-        &self,
-        key: &str,
-        op: Op,
-        now: Micros,
-        failure: &mut Option<StoreFailure>,
-    ) -> Result<Option<Decision>, Error> {
-        self.0.execute_observed(key, op, now, failure)
-    }
-    fn execute_observed_async<'a>(
-        &'a self,
-        key: &'a str,
-        op: Op,
-        now: Micros,
-        failure: &'a mut Option<StoreFailure>,
-    ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
-        self.0.execute_observed_async(key, op, now, failure)
-    }
-}
-
-impl<B: Backend> MultiBackend for SingleKeyBackend<B> {
-    fn execute_all(
-        _items: &[KeyCheck<'_, Self>],
-        _op: MultiOp,
-        _now: Micros,
-    ) -> Result<MultiDecision, Error> {
-        Err(Error::InvalidKey {
-            reason: NO_MULTI_WITH_FAILURE.into(),
-        })
-    }
-    fn execute_all_async<'a>(
-        items: &'a [KeyCheck<'a, Self>],
-        op: MultiOp,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<MultiDecision, Error>> {
-        Box::pin(async move { Self::execute_all(items, op, now) })
-    }
-}
-
-/// Keys through a [`KeyBuilder`] (namespace, HMAC) for stores that do not build their own.
-struct Keyed<S> {
-    inner: S,
-    keys: KeyBuilder,
-}
-
-struct KeyedBackend<B> {
-    inner: B,
-    keys: KeyBuilder,
-}
-
-impl<S: Store> Store for Keyed<S> {
-    type Backend = KeyedBackend<S::Backend>;
-    fn bind(&self, policy: &Policy) -> Result<Self::Backend, Error> {
-        Ok(KeyedBackend {
-            inner: self.inner.bind(policy)?,
-            keys: self.keys.clone(),
-        })
-    }
-}
-
-impl<B: Backend> Backend for KeyedBackend<B> {
-    fn execute(&self, key: &str, op: Op, now: Micros) -> Result<Option<Decision>, Error> {
-        self.inner.execute(&self.keys.build(key)?, op, now)
-    }
-    fn execute_async<'a>(
-        &'a self,
-        key: &'a str,
-        op: Op,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
-        Box::pin(async move {
-            let key = self.keys.build(key)?;
-            self.inner.execute_async(&key, op, now).await
-        })
-    }
-    fn execute_observed(
-        &self,
-        key: &str,
-        op: Op,
-        now: Micros,
-        failure: &mut Option<StoreFailure>,
-    ) -> Result<Option<Decision>, Error> {
-        self.inner
-            .execute_observed(&self.keys.build(key)?, op, now, failure)
-    }
-    fn execute_observed_async<'a>(
-        &'a self,
-        key: &'a str,
-        op: Op,
-        now: Micros,
-        failure: &'a mut Option<StoreFailure>,
-    ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
-        Box::pin(async move {
-            let key = self.keys.build(key)?;
-            self.inner
-                .execute_observed_async(&key, op, now, failure)
-                .await
-        })
-    }
-}
-
-impl<B: MultiBackend> MultiBackend for KeyedBackend<B> {
-    fn execute_all(
-        items: &[KeyCheck<'_, Self>],
-        op: MultiOp,
-        now: Micros,
-    ) -> Result<MultiDecision, Error> {
-        let keys = built_keys(items)?;
-        B::execute_all(&inner_items(items, &keys), op, now)
-    }
-    fn execute_all_async<'a>(
-        items: &'a [KeyCheck<'a, Self>],
-        op: MultiOp,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<MultiDecision, Error>> {
-        Box::pin(async move {
-            let keys = built_keys(items)?;
-            B::execute_all_async(&inner_items(items, &keys), op, now).await
-        })
-    }
-}
-
-fn built_keys<B>(items: &[KeyCheck<'_, KeyedBackend<B>>]) -> Result<Vec<String>, Error> {
-    items
-        .iter()
-        .map(|i| i.backend().keys.build(i.key()))
-        .collect()
-}
-
-fn inner_items<'a, B>(
-    items: &[KeyCheck<'a, KeyedBackend<B>>],
-    keys: &'a [String],
-) -> Vec<KeyCheck<'a, B>> {
-    items
-        .iter()
-        .zip(keys)
-        .map(|(i, k)| KeyCheck::new(&i.backend().inner, k, i.cost()))
-        .collect()
 }
 
 #[derive(Clone, Debug)]
@@ -226,6 +62,8 @@ struct Spec {
     secret: Option<Vec<u8>>,
     failure: Option<FailurePolicy>,
     timeout: Option<Duration>,
+    /// Decide at the caller's clock (the limiter's) instead of the Redis/PostgreSQL server's.
+    caller_time: bool,
 }
 
 /// A built store: what limiters bind to and semaphores run on.
@@ -238,6 +76,10 @@ impl Built {
     /// Binds `policy`.
     pub(crate) fn bind(&self, policy: &Policy) -> Result<DynBackend, Error> {
         self.rate.bind_dyn(policy)
+    }
+    /// Binds `policy` for log reads (the same state as [`bind`](Self::bind)).
+    pub(crate) fn bind_log(&self, policy: &Policy) -> Result<DynLog, Error> {
+        self.rate.bind_log(policy)
     }
     /// The semaphore backend, if this store has one.
     pub(crate) fn semaphores(&self) -> Option<Arc<dyn SemaphoreBackend>> {
@@ -285,6 +127,7 @@ impl StoreShared {
             secret: None,
             failure: None,
             timeout: None,
+            caller_time: false,
         };
         let built = build(&spec).expect("the memory store always builds");
         Arc::new(StoreShared {
@@ -296,7 +139,7 @@ impl StoreShared {
 
 fn keyed<S: Store + Send + Sync + 'static>(inner: S, keys: Option<KeyBuilder>) -> Box<dyn AnyStore>
 where
-    S::Backend: MultiBackend,
+    S::Backend: MultiBackend + LogBackend,
 {
     match keys {
         Some(keys) => Box::new(Keyed { inner, keys }),
@@ -310,7 +153,7 @@ fn with_failure<S: Store + Send + Sync + 'static>(
     keys: Option<KeyBuilder>,
 ) -> Box<dyn AnyStore>
 where
-    S::Backend: MultiBackend,
+    S::Backend: MultiBackend + LogBackend,
 {
     match (failure, keys) {
         (Some(p), Some(keys)) => Box::new(SingleKeyOnly(FailSafeStore::with_policy(
@@ -364,6 +207,9 @@ fn build(spec: &Spec) -> Result<Built, Error> {
             if let Some(t) = spec.timeout {
                 builder = builder.timeout(t);
             }
+            if spec.caller_time {
+                builder = builder.time_source(TimeSource::Caller);
+            }
             let store = builder.build()?;
             let semaphores = RedisSemaphoreBackend::new(&store)?;
             Built {
@@ -392,6 +238,7 @@ fn build(spec: &Spec) -> Result<Built, Error> {
             if let Some(t) = spec.timeout {
                 builder = builder.call_timeout(t).connect_timeout(t);
             }
+            builder = builder.caller_time(spec.caller_time);
             let store = if failure.is_some() {
                 let store = builder.connect_lazy()?;
                 // A database that is down now is the failure policy's to answer.
@@ -468,15 +315,18 @@ pub(crate) struct PyStore {
 impl PyStore {
     /// The store at `url` with the default options.
     pub(crate) fn from_url(py: Python<'_>, url: &str) -> PyResult<PyStore> {
-        PyStore::new(py, url, None, None, None, None)
+        PyStore::new(py, url, None, None, None, None, "server")
     }
 }
 
 #[pymethods]
 impl PyStore {
-    /// `Store(url="memory", *, namespace=None, hmac_secret=None, failure=None, timeout=None)`.
+    /// `Store(url="memory", *, namespace=None, hmac_secret=None, failure=None, timeout=None,
+    /// time="server")`; `time="caller"` decides Redis/PostgreSQL calls at the limiter's clock
+    /// instead of the server's (every host's clock must then agree).
     #[new]
-    #[pyo3(signature = (url="memory", *, namespace=None, hmac_secret=None, failure=None, timeout=None))]
+    #[pyo3(signature = (url="memory", *, namespace=None, hmac_secret=None, failure=None, timeout=None, time="server"))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         url: &str,
@@ -484,7 +334,18 @@ impl PyStore {
         hmac_secret: Option<&Bound<'_, PyAny>>,
         failure: Option<&str>,
         timeout: Option<f64>,
+        time: &str,
     ) -> PyResult<Self> {
+        let caller_time = match time {
+            "server" => false,
+            "caller" => true,
+            other => {
+                return Err(errors::config(
+                    py,
+                    format!("time must be \"server\" or \"caller\" (got {other:?})"),
+                ))
+            }
+        };
         let kind = parse_kind(py, url)?;
         let secret = match hmac_secret {
             None => None,
@@ -525,6 +386,7 @@ impl PyStore {
             secret,
             failure: parse_failure(py, failure)?,
             timeout,
+            caller_time,
         };
         let built = py
             .detach(|| build(&spec))

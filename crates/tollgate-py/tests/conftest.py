@@ -120,8 +120,8 @@ def redis_server() -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[str]:
+def start_cluster() -> "tuple[str, List[RedisServer]]":
+    """A 3-master Redis Cluster on free ports: its redis+cluster:// URL and its nodes."""
     cli = redis_binary("redis-cli", "TOLLGATE_REDIS_CLI")
     if cli is None:
         unavailable("redis-cli")
@@ -139,7 +139,13 @@ def redis_cluster() -> Iterator[str]:
         if time.monotonic() > deadline:
             raise RuntimeError("the cluster did not become ready")
         time.sleep(0.1)
-    yield "redis+cluster://" + ",".join(addrs)
+    return "redis+cluster://" + ",".join(addrs), nodes
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[str]:
+    url, nodes = start_cluster()
+    yield url
     for n in nodes:
         n.stop()
 

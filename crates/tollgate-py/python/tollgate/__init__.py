@@ -124,6 +124,10 @@ class Limiter(_tollgate.Limiter):
         delays another, and cancelling it charges nothing."""
         return await super().acquire_async(key, cost, timeout)
 
+    async def log_async(self, key: str) -> "list[tuple[int, int]]":
+        """Awaitable :meth:`log`."""
+        return await super().log_async(key)
+
     def limit(self, key: str, cost: int = 1, timeout: Optional[float] = None) -> Limit:
         """A context manager (sync and async) that waits for ``cost`` on ``key``.
 

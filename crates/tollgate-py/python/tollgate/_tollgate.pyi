@@ -68,6 +68,7 @@ class Store:
         hmac_secret: Union[str, bytes, None] = None,
         failure: Optional[str] = None,
         timeout: Optional[float] = None,
+        time: str = "server",
     ) -> None: ...
     @property
     def kind(self) -> str: ...
@@ -106,6 +107,8 @@ class Limiter:
     def acquire_async(
         self, key: str, cost: int = 1, timeout: Optional[float] = None
     ) -> Awaitable[Decision]: ...
+    def log(self, key: str) -> List[Tuple[int, int]]: ...
+    def log_async(self, key: str) -> Awaitable[List[Tuple[int, int]]]: ...
 
 class Permit:
     @property
