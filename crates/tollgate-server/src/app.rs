@@ -59,6 +59,14 @@ pub enum AppError {
     /// No such named policy (HTTP 404, RESP `ERR`).
     #[error("unknown policy {0:?}")]
     UnknownPolicy(String),
+    /// No such semaphore (HTTP 404, RESP `ERR`).
+    ///
+    /// ```
+    /// let e = tollgate_server::app::AppError::UnknownSemaphore("db".into());
+    /// assert_eq!(e.to_string(), "unknown semaphore \"db\"");
+    /// ```
+    #[error("unknown semaphore {0:?}")]
+    UnknownSemaphore(String),
     /// Too many distinct inline policies / CL.THROTTLE parameter sets (HTTP 429-free 400).
     #[error("too many distinct inline policies or CL.THROTTLE parameter sets (the limit is {0}); configure named policies instead")]
     TooManyPolicies(usize),
@@ -330,10 +338,12 @@ pub struct App {
     failure: FailurePolicy,
     max_key_len: usize,
     max_dynamic: usize,
+    /// Inline policies and CL.THROTTLE parameter sets kept, together (`max_dynamic` at most).
+    dynamic: std::sync::atomic::AtomicUsize,
     named: BTreeMap<String, Arc<PolicyEntry>>,
     inline: RwLock<HashMap<String, Arc<PolicyEntry>>>,
     cell: RwLock<HashMap<CellParams, Arc<PolicyEntry>>>,
-    store_errors: Counter,
+    store_errors: crate::errlog::StoreErrors,
     store_up: Gauge,
     metrics: Option<PrometheusHandle>,
 }
@@ -427,10 +437,13 @@ impl App {
             failure: config.failure,
             max_key_len: config.max_key_len,
             max_dynamic: config.max_dynamic_policies,
+            dynamic: std::sync::atomic::AtomicUsize::new(0),
             named: BTreeMap::new(),
             inline: RwLock::new(HashMap::new()),
             cell: RwLock::new(HashMap::new()),
-            store_errors: metrics::counter!("tollgate_server_store_errors_total"),
+            store_errors: crate::errlog::StoreErrors::new(metrics::counter!(
+                "tollgate_server_store_errors_total"
+            )),
             store_up,
             metrics,
         };
@@ -560,13 +573,11 @@ impl App {
         if let Some(e) = map.get(&cache_key) {
             return Ok(Arc::clone(e));
         }
-        if map.len() >= self.max_dynamic {
-            return Err(AppError::TooManyPolicies(self.max_dynamic));
-        }
-        let entry = Arc::new(
-            self.entry("inline", None, policy)
-                .map_err(|e| AppError::StoreUnavailable(e.to_string()))?,
-        );
+        self.reserve_dynamic()?;
+        let entry = Arc::new(self.entry("inline", None, policy).map_err(|e| {
+            self.unreserve_dynamic();
+            AppError::StoreUnavailable(e.to_string())
+        })?);
         map.insert(cache_key, Arc::clone(&entry));
         Ok(entry)
     }
@@ -597,16 +608,34 @@ impl App {
         if let Some(e) = map.get(&params) {
             return Ok(Arc::clone(e));
         }
-        if map.len() >= self.max_dynamic {
-            return Err(AppError::TooManyPolicies(self.max_dynamic));
-        }
+        self.reserve_dynamic()?;
         let scope = format!("cell-{max_burst}-{count}-{period}");
         let entry = Arc::new(
             self.entry("cl.throttle", Some(&scope), policy)
-                .map_err(|e| AppError::StoreUnavailable(e.to_string()))?,
+                .map_err(|e| {
+                    self.unreserve_dynamic();
+                    AppError::StoreUnavailable(e.to_string())
+                })?,
         );
         map.insert(params, Arc::clone(&entry));
         Ok(entry)
+    }
+
+    /// Takes one of the `max_dynamic_policies` places, which inline policies and CL.THROTTLE
+    /// parameter sets share (one limit for both, not one each).
+    fn reserve_dynamic(&self) -> Result<(), AppError> {
+        use std::sync::atomic::Ordering;
+        self.dynamic
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_dynamic).then_some(n + 1)
+            })
+            .map(|_| ())
+            .map_err(|_| AppError::TooManyPolicies(self.max_dynamic))
+    }
+
+    fn unreserve_dynamic(&self) {
+        self.dynamic
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     fn validate_key(&self, key: &str) -> Result<(), AppError> {
@@ -703,8 +732,8 @@ impl App {
         };
         let outcome = match result {
             Ok(decision) => {
-                if failure.is_some() {
-                    self.store_errors.increment(1);
+                if let Some(f) = &failure {
+                    self.store_errors.record(&f.error);
                 }
                 Ok(Outcome {
                     decision,
@@ -712,7 +741,7 @@ impl App {
                 })
             }
             Err(Error::Store(e)) => {
-                self.store_errors.increment(1);
+                self.store_errors.record(&e);
                 self.on_store_failure(entry, e)
             }
             Err(e @ (Error::CostExceedsCapacity { .. } | Error::InvalidCost)) => {
@@ -773,30 +802,46 @@ impl App {
     /// let app = tollgate_server::app::App::new(&tollgate_server::config::Config::default(), None).unwrap();
     /// let p = app.inline(None, "1/s").unwrap();
     /// let _ = app.check(&p, "k", 1).await.unwrap();
-    /// app.refund(&p, "k", 1).await.unwrap();
+    /// assert_eq!(app.refund(&p, "k", 5).await.unwrap(), 1); // only 1 was used
+    /// assert_eq!(app.refund(&p, "k", 5).await.unwrap(), 0); // nothing left to give back
     /// assert!(app.check(&p, "k", 1).await.unwrap().decision.allowed);
     /// # });
     /// ```
+    ///
+    /// Returns the units given back: at most `amount`, never beyond fresh (the units the
+    /// key's binding rate had in use), measured by a peek before and after the refund; the
+    /// requested `amount` if the store failed after the refund was made.
     pub async fn refund(
         &self,
         entry: &PolicyEntry,
         key: &str,
         amount: u64,
-    ) -> Result<(), AppError> {
+    ) -> Result<u64, AppError> {
         self.validate_key(key)?;
         if amount == 0 {
             return Err(AppError::BadRequest("the amount must be at least 1".into()));
         }
         let store_key = self.keys.map(key)?;
+        // Units a check of cost 1 could still take: remaining + 1 when it would pass.
+        let available = |d: &Decision| if d.allowed { d.remaining + 1 } else { 0 };
+        let before = entry.limiter.peek_async(&store_key, 1).await;
+        let before = match before {
+            Ok(d) => available(&d),
+            Err(e) => return self.unit_result(Err(e)).map(|()| 0),
+        };
         let r = entry.limiter.refund_async(&store_key, amount).await;
-        self.unit_result(r)
+        self.unit_result(r)?;
+        Ok(match entry.limiter.peek_async(&store_key, 1).await {
+            Ok(d) => available(&d).saturating_sub(before).min(amount),
+            Err(_) => amount,
+        })
     }
 
     fn unit_result(&self, r: Result<(), Error>) -> Result<(), AppError> {
         match r {
             Ok(()) => Ok(()),
             Err(Error::Store(e)) => {
-                self.store_errors.increment(1);
+                self.store_errors.record(&e);
                 Err(AppError::StoreUnavailable(e.to_string()))
             }
             Err(e) => Err(AppError::BadRequest(e.to_string())),
@@ -857,7 +902,7 @@ impl App {
         self.semaphore_specs
             .get(name)
             .copied()
-            .ok_or_else(|| AppError::UnknownPolicy(format!("semaphore {name}")))
+            .ok_or_else(|| AppError::UnknownSemaphore(name.to_string()))
     }
 
     /// The configured semaphores.
@@ -871,7 +916,7 @@ impl App {
     }
 
     fn sem_error(&self, e: tollgate::StoreError) -> AppError {
-        self.store_errors.increment(1);
+        self.store_errors.record(&e);
         AppError::StoreUnavailable(e.to_string())
     }
 
@@ -950,7 +995,11 @@ impl App {
 
     fn lease_id(id: &str) -> Result<tollgate::semaphore::HolderId, AppError> {
         tollgate::semaphore::HolderId::parse(id).ok_or_else(|| {
-            AppError::BadRequest(format!("{id:?} is not a lease id (32 hex digits)"))
+            // Never reflect a client's input whole (a 60 KB "lease id" came back whole).
+            AppError::BadRequest(format!(
+                "{} is not a lease id (32 hex digits)",
+                crate::app::shown(id)
+            ))
         })
     }
 
@@ -1083,4 +1132,25 @@ impl App {
     pub fn record_store_error(&self) {
         self.store_errors.increment(1);
     }
+}
+
+/// A client-supplied value for an error message: quoted, and cut to its first 64 characters
+/// (with the full length said) so an error never reflects a large input back.
+///
+/// ```
+/// assert_eq!(tollgate_server::app::shown("abc"), "\"abc\"");
+/// let long = "x".repeat(60_000);
+/// let s = tollgate_server::app::shown(&long);
+/// assert!(s.len() < 120 && s.ends_with("(60000 bytes)"));
+/// ```
+pub fn shown(input: &str) -> String {
+    const MAX: usize = 64;
+    if input.len() <= MAX {
+        return format!("{input:?}");
+    }
+    let mut end = MAX;
+    while !input.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &input[..end], input.len())
 }

@@ -126,7 +126,7 @@ impl From<AppError> for ApiError {
     fn from(e: AppError) -> Self {
         let status = match &e {
             AppError::BadRequest(_) | AppError::TooManyPolicies(_) => StatusCode::BAD_REQUEST,
-            AppError::UnknownPolicy(_) => StatusCode::NOT_FOUND,
+            AppError::UnknownPolicy(_) | AppError::UnknownSemaphore(_) => StatusCode::NOT_FOUND,
             AppError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::NOT_IMPLEMENTED,
         };
@@ -344,8 +344,8 @@ async fn refund(State(state): State<HttpState>, body: Body) -> Result<Response, 
             "missing \"amount\" (units to give back)".into(),
         )
     })?;
-    state.app.refund(&entry, &req.key, amount).await?;
-    Ok(Json(json!({ "refunded": amount })).into_response())
+    let refunded = state.app.refund(&entry, &req.key, amount).await?;
+    Ok(Json(json!({ "refunded": refunded })).into_response())
 }
 
 async fn policies(State(state): State<HttpState>) -> Response {

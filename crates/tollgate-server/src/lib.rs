@@ -30,6 +30,7 @@
 pub mod app;
 pub mod cell;
 pub mod config;
+mod errlog;
 pub mod http;
 pub mod resp;
 pub mod resp_server;

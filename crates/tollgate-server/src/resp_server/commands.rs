@@ -344,7 +344,7 @@ async fn reset_or_refund(app: &App, args: &Args<'_>, out: &mut BytesMut, cmd: Cm
     };
     if cmd == Cmd::TgRefund {
         match app.refund(&entry, key, amount).await {
-            Ok(()) => Reply::integer(out, amount as i64),
+            Ok(refunded) => Reply::integer(out, i64::try_from(refunded).unwrap_or(i64::MAX)),
             Err(e) => app_error(out, &e),
         }
     } else {
