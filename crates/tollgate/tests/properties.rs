@@ -102,7 +102,10 @@ proptest! {
         seq in steps(400_000, 8),
     ) {
         let w1 = w1 * 1000;
-        let rates = [(l1, w1), (l1 + extra, w1 * mult)];
+        // The longer rate allows more units but no more per unit of time (PyrateLimiter's
+        // rule for rate lists, which policies enforce): l1 < l2 <= l1 * mult.
+        let l2 = l1 + 1 + (extra - 1) % (l1 * (mult - 1));
+        let rates = [(l1, w1), (l2, w1 * mult)];
         let policy = Policy::sliding_log(rates.iter().map(|&(l, w)| Rate::new(l, Duration::from_micros(w)).unwrap())).unwrap();
         let b = MemoryStore::new().bind(&policy).unwrap();
         let mut log: Vec<(u64, u64)> = Vec::new();
