@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 use tollgate::{Error, StoreError, StoreErrorKind};
 
+mod blocking;
+
 /// Where the store connects.
 pub(crate) enum Target {
     Standalone(redis::Client),
@@ -31,6 +33,8 @@ pub(crate) struct Shared {
     pub(crate) timeout: Duration,
     /// The server's clock as seen from this process (see [`Shared::deadline_arg`]).
     server_clock: Mutex<Option<Anchor>>,
+    /// Idle blocking connections for calls on the caller's thread (see `conn/blocking.rs`).
+    blocking: Mutex<Vec<redis::Connection>>,
 }
 
 /// A reading of the server's clock: `server_us` (its `TIME`) was current no later than the
@@ -119,6 +123,7 @@ impl Shared {
             conn: OnceCell::new(),
             timeout,
             server_clock: Mutex::new(None),
+            blocking: Mutex::new(Vec::new()),
         })
     }
 

@@ -663,19 +663,24 @@ pub(crate) fn late_error(timeout: Duration) -> Error {
     ))
 }
 
-async fn run(shared: Arc<Shared>, call: Call) -> Result<(String, Value), Error> {
-    let mut conn = shared.conn_for_call().await?;
-    let deadline = shared.deadline_arg(call.started);
-    let script = scripts::single_script(call.backend.algorithm);
-    let cmd = evalsha_cmd(
+/// The `EVALSHA` of `call` with its deadline argument.
+fn call_cmd(call: &Call, script: &redis::Script, deadline: &str) -> redis::Cmd {
+    evalsha_cmd(
         script,
         std::slice::from_ref(&call.key),
         call.head
             .iter()
             .map(String::as_str)
-            .chain(std::iter::once(deadline.as_str()))
+            .chain(std::iter::once(deadline))
             .chain(call.backend.params.iter().map(String::as_str)),
-    );
+    )
+}
+
+async fn run(shared: Arc<Shared>, call: Call) -> Result<(String, Value), Error> {
+    let mut conn = shared.conn_for_call().await?;
+    let deadline = shared.deadline_arg(call.started);
+    let script = scripts::single_script(call.backend.algorithm);
+    let cmd = call_cmd(&call, script, &deadline);
     let reply = conn
         .evalsha(script, &cmd)
         .await
@@ -690,8 +695,15 @@ impl Backend for RedisBackend {
             Err(cached) => return Ok(Some(cached)),
         };
         let wants = call.wants_decision;
-        let shared = Arc::clone(self.inner.store.shared());
-        let (redis_key, reply) = self.inner.store.shared().block_on(run(shared, call))?;
+        let shared = self.inner.store.shared();
+        // On the calling thread when it can (standalone): no hand-off to the runtime thread.
+        let script = scripts::single_script(call.backend.algorithm);
+        if let Some(reply) =
+            shared.evalsha_blocking(script, call.started, |d| call_cmd(&call, script, d))
+        {
+            return self.finish(op, now, &call.key, reply?, wants);
+        }
+        let (redis_key, reply) = shared.block_on(run(Arc::clone(shared), call))?;
         self.finish(op, now, &redis_key, reply, wants)
     }
 
