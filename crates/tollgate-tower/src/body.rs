@@ -6,7 +6,7 @@ use pin_project_lite::pin_project;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::concurrency::InFlightPermit;
+use crate::inflight::InFlightPermit;
 
 /// The boxed error type of [`ResponseBody`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

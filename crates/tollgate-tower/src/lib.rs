@@ -42,6 +42,7 @@ pub mod body;
 pub mod client;
 pub mod concurrency;
 pub mod headers;
+mod inflight;
 pub mod key;
 pub mod layer;
 pub mod semaphore;

@@ -2,7 +2,7 @@
 
 use super::{AllowedFields, Verdict};
 use crate::body::ResponseBody;
-use crate::concurrency::InFlightPermit;
+use crate::inflight::InFlightPermit;
 use futures_util::future::BoxFuture;
 use http::Response;
 use pin_project_lite::pin_project;
