@@ -26,6 +26,10 @@ descriptors:
       - key: path
         value: /api/*
         rate_limit: {unit: day, requests_per_unit: 2}
+      - key: path
+        value: /static/*
+        share_threshold: true
+        rate_limit: {unit: day, requests_per_unit: 2}
   - key: header
     value: trusted
     rate_limit: {unlimited: true}
@@ -128,6 +132,10 @@ async fn nested_wildcard_depth_unknown_domain_and_unlimited() {
     assert_eq!((resp.overall_code, remaining(&resp)), (OK, vec![0]));
     assert_eq!(rls.call(api("/api/a")).await.overall_code, OVER);
     assert_eq!(remaining(&rls.call(api("/api/b")).await), [1]);
+    // share_threshold: every value under /static/* shares one counter.
+    assert_eq!(rls.call(api("/static/a.css")).await.overall_code, OK);
+    assert_eq!(rls.call(api("/static/b.js")).await.overall_code, OK);
+    assert_eq!(rls.call(api("/static/c.png")).await.overall_code, OVER);
     // A path with no config below remote_address: the request is deeper than the limit.
     let other = rls.call(api("/other")).await;
     assert_eq!(other.overall_code, OK);

@@ -37,7 +37,7 @@ fn errors_name_the_file_the_path_and_the_problem() {
         ),
         (
             "domain: a\ndescriptors:\n  - key: k\n    ratelimit: {unit: second, requests_per_unit: 1}",
-            "descriptors[0].ratelimit: unknown key (expected one of: key, value, rate_limit, descriptors, shadow_mode, detailed_metric)",
+            "descriptors[0].ratelimit: unknown key (expected one of: key, value, rate_limit, descriptors, shadow_mode, detailed_metric, share_threshold)",
         ),
         (
             "domain: a\ndescriptors:\n  - key: k\n    value: v\n  - key: k\n    value: v",
@@ -60,6 +60,10 @@ fn errors_name_the_file_the_path_and_the_problem() {
             "descriptors[0].rate_limit.requests_per_unit: expected a whole number from 0 to 4294967295, found -1",
         ),
         ("domain: [", "not valid YAML: "),
+        (
+            "domain: a\ndescriptors:\n  - key: k\n    value: v\n    share_threshold: true",
+            "descriptors[0].share_threshold: needs a wildcard value (one ending in *)",
+        ),
         (
             "domain: a\ndescriptors:\n  - value: v",
             "descriptors[0].key: missing or empty",

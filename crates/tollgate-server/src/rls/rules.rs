@@ -134,7 +134,7 @@ impl Limit {
 
 #[derive(Default)]
 struct Level {
-    exact: HashMap<(String, String), Node>,
+    exact: HashMap<String, HashMap<String, Node>>,
     wildcard: Vec<(String, String, Node)>,
     any: HashMap<String, Node>,
 }
@@ -142,11 +142,13 @@ struct Level {
 struct Node {
     limit: Option<Arc<Limit>>,
     children: Level,
+    /// `share_threshold` on a wildcard: the value every matched value is counted under.
+    shared_value: Option<String>,
 }
 
 impl Level {
     fn lookup(&self, key: &str, value: &str) -> Option<&Node> {
-        if let Some(n) = self.exact.get(&(key.to_string(), value.to_string())) {
+        if let Some(n) = self.exact.get(key).and_then(|values| values.get(value)) {
             return Some(n);
         }
         if let Some((_, _, n)) = self
@@ -269,10 +271,14 @@ impl Rules {
     pub(crate) fn find(&self, domain: &str, entries: &[(&str, &str)]) -> Option<Match> {
         let mut level = self.domains.get(domain)?;
         let mut found = None;
+        let mut keyed: Vec<(&str, &str)> = entries.to_vec();
         for (i, (k, v)) in entries.iter().enumerate() {
             let Some(node) = level.lookup(k, v) else {
                 break;
             };
+            if let Some(shared) = &node.shared_value {
+                keyed[i].1 = shared.as_str();
+            }
             if let Some(limit) = &node.limit {
                 if i + 1 == entries.len() {
                     found = Some(Arc::clone(limit));
@@ -285,7 +291,7 @@ impl Rules {
         }
         found.map(|limit| Match {
             limit,
-            store_key: store_key(domain, entries),
+            store_key: store_key(domain, &keyed),
         })
     }
 }
@@ -334,6 +340,9 @@ fn compile_level(
         let node = Node {
             limit,
             children: compile_level(app, spec, &d.descriptors, &stat_key)?,
+            shared_value: d
+                .share_threshold
+                .then(|| d.value.clone().unwrap_or_default()),
         };
         match &d.value {
             Some(v) if v.ends_with('*') => {
@@ -341,7 +350,11 @@ fn compile_level(
                 level.wildcard.push((d.key.clone(), prefix, node));
             }
             Some(v) => {
-                level.exact.insert((d.key.clone(), v.clone()), node);
+                level
+                    .exact
+                    .entry(d.key.clone())
+                    .or_default()
+                    .insert(v.clone(), node);
             }
             None => {
                 level.any.insert(d.key.clone(), node);

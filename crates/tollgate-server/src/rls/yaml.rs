@@ -1,7 +1,7 @@
 //! envoyproxy/ratelimit's YAML configuration format, parsed and validated into a
 //! [`DomainSpec`]: one file per domain, nested descriptors, `rate_limit {unit,
-//! requests_per_unit, name, unlimited, replaces}`, `shadow_mode`, `detailed_metric`, plus
-//! tollgate's extensions `algorithm` and `burst` inside `rate_limit`.
+//! requests_per_unit, name, unlimited, replaces}`, `shadow_mode`, `detailed_metric`,
+//! `share_threshold`, plus tollgate's extensions `algorithm` and `burst` inside `rate_limit`.
 //!
 //! Every error names the file, the path inside it and the problem:
 //!
@@ -221,6 +221,9 @@ pub struct DescriptorSpec {
     pub shadow_mode: bool,
     /// Metrics named after the request's values rather than the configuration's.
     pub detailed_metric: bool,
+    /// With a wildcard `value`: every value it matches shares one counter (else each value
+    /// has its own).
+    pub share_threshold: bool,
     /// Nested descriptors (the next entry of a request descriptor).
     pub descriptors: Vec<DescriptorSpec>,
     /// Where it is in the file (`descriptors[0].descriptors[1]`), for errors.
@@ -411,6 +414,7 @@ fn parse_descriptor(
             "descriptors",
             "shadow_mode",
             "detailed_metric",
+            "share_threshold",
         ],
     )?;
     let mut d = DescriptorSpec {
@@ -419,6 +423,7 @@ fn parse_descriptor(
         rate_limit: None,
         shadow_mode: false,
         detailed_metric: false,
+        share_threshold: false,
         descriptors: Vec::new(),
         path: path.to_string(),
     };
@@ -434,11 +439,18 @@ fn parse_descriptor(
             "rate_limit" => d.rate_limit = Some(parse_rate_limit(ctx, val, &p)?),
             "shadow_mode" => d.shadow_mode = ctx.boolean(val, &p)?,
             "detailed_metric" => d.detailed_metric = ctx.boolean(val, &p)?,
+            "share_threshold" => d.share_threshold = ctx.boolean(val, &p)?,
             _ => d.descriptors = parse_list(ctx, val, &p)?,
         }
     }
     if !has_key || d.key.is_empty() {
         return Err(ctx.err(&join(path, "key"), "missing or empty"));
+    }
+    if d.share_threshold && !d.value.as_deref().is_some_and(|v| v.ends_with('*')) {
+        return Err(ctx.err(
+            &join(path, "share_threshold"),
+            "needs a wildcard value (one ending in *)",
+        ));
     }
     Ok(d)
 }
