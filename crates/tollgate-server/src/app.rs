@@ -24,6 +24,7 @@ mod multi;
 
 pub use multi::{MultiItem, MultiOutcome};
 
+pub use crate::config::SemaphoreSpec;
 use crate::config::{Config, FailurePolicy, StoreUrl};
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -847,20 +848,6 @@ impl App {
             Err(e) => Err(AppError::BadRequest(e.to_string())),
         }
     }
-}
-
-/// A configured semaphore: how many permits, and the default lease.
-///
-/// ```
-/// let s = tollgate_server::app::SemaphoreSpec { capacity: 10, lease: std::time::Duration::from_secs(30) };
-/// assert_eq!(s.capacity, 10);
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SemaphoreSpec {
-    /// Permits held at once, across every holder (and every server instance on a shared store).
-    pub capacity: u64,
-    /// Lease when the request names none: a holder that dies loses its permits after this.
-    pub lease: Duration,
 }
 
 /// The result of a semaphore acquire.

@@ -355,7 +355,7 @@ pub struct Config {
     /// Named policies.
     pub policies: BTreeMap<String, Policy>,
     /// Named semaphores (concurrency limits with leases).
-    pub semaphores: BTreeMap<String, crate::app::SemaphoreSpec>,
+    pub semaphores: BTreeMap<String, SemaphoreSpec>,
 }
 
 impl Default for Config {
@@ -628,10 +628,8 @@ impl Config {
                 "must be between 1 ms and 24 h",
             ));
         }
-        self.semaphores.insert(
-            name.to_string(),
-            crate::app::SemaphoreSpec { capacity, lease },
-        );
+        self.semaphores
+            .insert(name.to_string(), SemaphoreSpec { capacity, lease });
         Ok(())
     }
 
@@ -727,4 +725,18 @@ pub fn load_file(path: &std::path::Path) -> Result<Config, ConfigError> {
         )
     })?;
     Config::from_file(file)
+}
+
+/// A configured semaphore: how many permits, and the default lease.
+///
+/// ```
+/// let s = tollgate_server::app::SemaphoreSpec { capacity: 10, lease: std::time::Duration::from_secs(30) };
+/// assert_eq!(s.capacity, 10);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SemaphoreSpec {
+    /// Permits held at once, across every holder (and every server instance on a shared store).
+    pub capacity: u64,
+    /// Lease when the request names none: a holder that dies loses its permits after this.
+    pub lease: Duration,
 }
