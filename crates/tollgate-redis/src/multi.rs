@@ -11,8 +11,8 @@ use std::time::Instant;
 use tollgate::time::{Clock, Micros, SystemClock};
 use tollgate::Error;
 
+use tollgate::store::multi::{first_backend, MultiBackend, MultiOp};
 pub use tollgate::store::multi::{KeyCheck, MultiDecision};
-use tollgate::store::multi::{MultiBackend, MultiOp};
 
 struct Prepared {
     keys: Vec<String>,
@@ -29,9 +29,7 @@ impl RedisStore {
         charge: bool,
         now: Micros,
     ) -> Result<Prepared, Error> {
-        if checks.is_empty() {
-            return Err(no_keys());
-        }
+        first_backend(checks)?;
         let mut keys = Vec::with_capacity(checks.len());
         let mut args = vec![
             if charge { "c" } else { "p" }.to_string(),
@@ -203,12 +201,6 @@ impl RedisStore {
     }
 }
 
-fn no_keys() -> Error {
-    Error::InvalidKey {
-        reason: "a multi-key call needs at least one key".into(),
-    }
-}
-
 /// One `EVALSHA` of `lua/multi.lua` for the whole call (one round trip); every backend must
 /// come from one [`RedisStore`], and on a Cluster every key must be in one slot.
 impl MultiBackend for RedisBackend {
@@ -217,8 +209,7 @@ impl MultiBackend for RedisBackend {
         op: MultiOp,
         now: Micros,
     ) -> Result<MultiDecision, Error> {
-        let first = items.first().ok_or_else(no_keys)?;
-        first.backend().inner().store.run_all(items, op, now)
+        first_backend(items)?.inner().store.run_all(items, op, now)
     }
 
     fn execute_all_async<'a>(
@@ -227,13 +218,8 @@ impl MultiBackend for RedisBackend {
         now: Micros,
     ) -> futures_util::future::BoxFuture<'a, Result<MultiDecision, Error>> {
         Box::pin(async move {
-            let first = items.first().ok_or_else(no_keys)?;
-            first
-                .backend()
-                .inner()
-                .store
-                .run_all_async(items, op, now)
-                .await
+            let store = &first_backend(items)?.inner().store;
+            store.run_all_async(items, op, now).await
         })
     }
 }

@@ -6,61 +6,41 @@ use tollgate::Error;
 
 use crate::{PgBackend, SqliteBackend};
 use futures_util::future::BoxFuture;
+use tollgate::store::multi::{first_backend, MultiBackend, MultiOp};
 pub use tollgate::store::multi::{KeyCheck, MultiDecision};
-use tollgate::store::multi::{MultiBackend, MultiOp};
 use tollgate::time::Micros;
 
-fn no_keys() -> Error {
-    Error::InvalidKey {
-        reason: "a multi-key call needs at least one key".into(),
-    }
+/// `MultiBackend` for a SQL backend whose `store()` runs `many` / `many_async` (one function
+/// call on PostgreSQL, rows locked in key order; one transaction on SQLite).
+macro_rules! sql_multi_backend {
+    ($backend:ty) => {
+        impl MultiBackend for $backend {
+            fn execute_all(
+                items: &[KeyCheck<'_, Self>],
+                op: MultiOp,
+                now: Micros,
+            ) -> Result<MultiDecision, Error> {
+                first_backend(items)?
+                    .store()
+                    .many(items, op == MultiOp::Check, now)
+            }
+
+            fn execute_all_async<'a>(
+                items: &'a [KeyCheck<'a, Self>],
+                op: MultiOp,
+                now: Micros,
+            ) -> BoxFuture<'a, Result<MultiDecision, Error>> {
+                Box::pin(async move {
+                    let store = first_backend(items)?.store();
+                    store.many_async(items, op == MultiOp::Check, now).await
+                })
+            }
+        }
+    };
 }
 
-/// One `BEGIN IMMEDIATE` transaction for the whole call (a read transaction for a peek).
-impl MultiBackend for SqliteBackend {
-    fn execute_all(
-        items: &[KeyCheck<'_, Self>],
-        op: MultiOp,
-        now: Micros,
-    ) -> Result<MultiDecision, Error> {
-        let store = items.first().ok_or_else(no_keys)?.backend().store();
-        store.many(items, op == MultiOp::Check, now)
-    }
-
-    fn execute_all_async<'a>(
-        items: &'a [KeyCheck<'a, Self>],
-        op: MultiOp,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<MultiDecision, Error>> {
-        Box::pin(async move {
-            let store = items.first().ok_or_else(no_keys)?.backend().store();
-            store.many_async(items, op == MultiOp::Check, now).await
-        })
-    }
-}
-
-/// One call of the table's `_check_all` function (one round trip), rows locked in key order.
-impl MultiBackend for PgBackend {
-    fn execute_all(
-        items: &[KeyCheck<'_, Self>],
-        op: MultiOp,
-        now: Micros,
-    ) -> Result<MultiDecision, Error> {
-        let store = items.first().ok_or_else(no_keys)?.backend().store();
-        store.many(items, op == MultiOp::Check, now)
-    }
-
-    fn execute_all_async<'a>(
-        items: &'a [KeyCheck<'a, Self>],
-        op: MultiOp,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<MultiDecision, Error>> {
-        Box::pin(async move {
-            let store = items.first().ok_or_else(no_keys)?.backend().store();
-            store.many_async(items, op == MultiOp::Check, now).await
-        })
-    }
-}
+sql_multi_backend!(SqliteBackend);
+sql_multi_backend!(PgBackend);
 
 /// The checks common to both stores, before anything reaches the database: at least one
 /// key, and no stored key twice.

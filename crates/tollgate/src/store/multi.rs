@@ -232,6 +232,24 @@ pub trait MultiBackend: Backend + Sized {
     ) -> BoxFuture<'a, Result<MultiDecision, Error>>;
 }
 
+/// The backend of the first item: the one that runs a multi-key call (every store's
+/// `execute_all` starts here); an empty call is [`Error::InvalidKey`].
+///
+/// ```
+/// use tollgate::store::multi::{first_backend, KeyCheck};
+/// let b = 7u8;
+/// assert_eq!(*first_backend(&[KeyCheck::new(&b, "k", 1)]).unwrap(), 7);
+/// assert!(first_backend::<u8>(&[]).is_err());
+/// ```
+pub fn first_backend<'a, B: ?Sized>(items: &[KeyCheck<'a, B>]) -> Result<&'a B, Error> {
+    items
+        .first()
+        .map(|i| i.backend)
+        .ok_or_else(|| Error::InvalidKey {
+            reason: "a multi-key call needs at least one key".into(),
+        })
+}
+
 /// Checks what every store checks before deciding: at least one item, and no key twice
 /// under one backend (`same` says whether two backends are the same table/scope).
 ///
@@ -245,11 +263,7 @@ pub fn validate_items<B: ?Sized>(
     items: &[KeyCheck<'_, B>],
     same: impl Fn(&B, &B) -> bool,
 ) -> Result<(), Error> {
-    if items.is_empty() {
-        return Err(Error::InvalidKey {
-            reason: "a multi-key call needs at least one key".into(),
-        });
-    }
+    first_backend(items)?;
     for item in items {
         if item.cost == 0 {
             return Err(Error::InvalidCost);

@@ -4,7 +4,7 @@
 use super::{FailSafe, FailureOutcome, Mode};
 use crate::decision::Decision;
 use crate::error::{Error, StoreError};
-use crate::store::multi::{KeyCheck, MultiBackend, MultiDecision, MultiOp};
+use crate::store::multi::{first_backend, KeyCheck, MultiBackend, MultiDecision, MultiOp};
 use crate::time::Micros;
 use futures_util::future::BoxFuture;
 
@@ -14,12 +14,6 @@ enum Plan<'a, F> {
     Fail,
     /// Each item: `Ok(decision)` admitted by its open policy, or `Err(fallback backend)`.
     Answer(Vec<Result<Decision, &'a F>>),
-}
-
-fn no_keys() -> Error {
-    Error::InvalidKey {
-        reason: "a multi-key call needs at least one key".into(),
-    }
 }
 
 fn plan<'a, B, F>(items: &[KeyCheck<'a, FailSafe<B, F>>]) -> Plan<'a, F> {
@@ -105,6 +99,29 @@ impl<B: MultiBackend, F: MultiBackend> FailSafe<B, F> {
         Ok(MultiDecision::from_decisions(decisions))
     }
 
+    /// The items' answers once the primary failed with `err`: an error when an item fails
+    /// closed; else each item's open-policy decision or its fallback, and the fallback items.
+    #[allow(clippy::type_complexity)]
+    fn after_failure<'a>(
+        items: &[KeyCheck<'a, Self>],
+        err: &StoreError,
+    ) -> Result<(Vec<Result<Decision, &'a F>>, Vec<KeyCheck<'a, F>>), Error> {
+        let answers = match plan(items) {
+            Plan::Fail => return Err(Self::report_closed(items, err.clone())),
+            Plan::Answer(a) => a,
+        };
+        let fallback_items = items
+            .iter()
+            .zip(&answers)
+            .filter_map(|(i, a)| {
+                a.as_ref()
+                    .err()
+                    .map(|f| KeyCheck::new(*f, i.key(), i.cost()))
+            })
+            .collect();
+        Ok((answers, fallback_items))
+    }
+
     fn report_closed(items: &[KeyCheck<'_, Self>], err: StoreError) -> Error {
         for item in items {
             let b = item.backend();
@@ -129,7 +146,7 @@ impl<B: MultiBackend, F: MultiBackend> MultiBackend for FailSafe<B, F> {
         op: MultiOp,
         now: Micros,
     ) -> Result<MultiDecision, Error> {
-        let first = items.first().ok_or_else(no_keys)?.backend();
+        let first = first_backend(items)?;
         let err = match first.guard.breaker.admit() {
             super::breaker::Admission::Reject(err) => err,
             admission => {
@@ -140,19 +157,7 @@ impl<B: MultiBackend, F: MultiBackend> MultiBackend for FailSafe<B, F> {
                 }
             }
         };
-        let answers = match plan(items) {
-            Plan::Fail => return Err(Self::report_closed(items, err)),
-            Plan::Answer(a) => a,
-        };
-        let fallback_items: Vec<KeyCheck<'_, F>> = items
-            .iter()
-            .zip(&answers)
-            .filter_map(|(i, a)| {
-                a.as_ref()
-                    .err()
-                    .map(|f| KeyCheck::new(*f, i.key(), i.cost()))
-            })
-            .collect();
+        let (answers, fallback_items) = Self::after_failure(items, &err)?;
         let fallback = if fallback_items.is_empty() {
             Ok(MultiDecision::from_decisions(vec![]))
         } else {
@@ -167,7 +172,7 @@ impl<B: MultiBackend, F: MultiBackend> MultiBackend for FailSafe<B, F> {
         now: Micros,
     ) -> BoxFuture<'a, Result<MultiDecision, Error>> {
         Box::pin(async move {
-            let first = items.first().ok_or_else(no_keys)?.backend();
+            let first = first_backend(items)?;
             let err = match first.guard.breaker.admit() {
                 super::breaker::Admission::Reject(err) => err,
                 admission => {
@@ -179,19 +184,7 @@ impl<B: MultiBackend, F: MultiBackend> MultiBackend for FailSafe<B, F> {
                     }
                 }
             };
-            let answers = match plan(items) {
-                Plan::Fail => return Err(Self::report_closed(items, err)),
-                Plan::Answer(a) => a,
-            };
-            let fallback_items: Vec<KeyCheck<'_, F>> = items
-                .iter()
-                .zip(&answers)
-                .filter_map(|(i, a)| {
-                    a.as_ref()
-                        .err()
-                        .map(|f| KeyCheck::new(*f, i.key(), i.cost()))
-                })
-                .collect();
+            let (answers, fallback_items) = Self::after_failure(items, &err)?;
             let fallback = if fallback_items.is_empty() {
                 Ok(MultiDecision::from_decisions(vec![]))
             } else {
