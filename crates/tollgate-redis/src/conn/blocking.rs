@@ -5,7 +5,7 @@
 
 use super::{redis_failure, Shared, Target};
 use redis::{ErrorKind, ServerErrorKind, Value};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tollgate::{Error, StoreError};
 
 /// Idle blocking connections kept per store (more concurrent callers open more, and close
@@ -14,7 +14,8 @@ const MAX_IDLE: usize = 32;
 
 impl Shared {
     /// Runs the script call that `build` makes (given the deadline argument) on the calling
-    /// thread, with the store's timeout counted from `started`. `None` when this path does not
+    /// thread; each read and write waits at most the store's timeout, and the script's
+    /// deadline (from `started`) keeps a late call from charging anything. `None` when this path does not
     /// apply — a Cluster, or the server's clock still has to be read or renewed (the async
     /// path does that) — and the caller uses [`Shared::block_on`].
     pub(crate) fn evalsha_blocking(
@@ -33,21 +34,11 @@ impl Shared {
         let pooled = self.idle_blocking().pop();
         let mut conn = match pooled {
             Some(conn) => conn,
-            None => match client.get_connection_with_timeout(self.timeout) {
+            None => match self.connect_blocking(client) {
                 Ok(conn) => conn,
                 Err(e) => return Some(Err(redis_failure("cannot connect", &e))),
             },
         };
-        let left = self
-            .timeout
-            .saturating_sub(started.elapsed())
-            .max(Duration::from_millis(1));
-        if let Err(e) = conn
-            .set_read_timeout(Some(left))
-            .and_then(|()| conn.set_write_timeout(Some(left)))
-        {
-            return Some(Err(redis_failure("cannot connect", &e)));
-        }
         let mut reply = cmd.query::<Value>(&mut conn);
         if matches!(&reply, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)) {
             // After SCRIPT FLUSH, a restart or a failover: load it and send the call again.
@@ -72,6 +63,15 @@ impl Shared {
                 Err(redis_failure("script call failed", &e))
             }
         })
+    }
+
+    /// A blocking connection whose reads and writes time out after the store's timeout (set
+    /// once: no system call per request).
+    fn connect_blocking(&self, client: &redis::Client) -> redis::RedisResult<redis::Connection> {
+        let conn = client.get_connection_with_timeout(self.timeout)?;
+        conn.set_read_timeout(Some(self.timeout))?;
+        conn.set_write_timeout(Some(self.timeout))?;
+        Ok(conn)
     }
 
     fn idle_blocking(&self) -> std::sync::MutexGuard<'_, Vec<redis::Connection>> {
