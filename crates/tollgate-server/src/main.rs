@@ -15,6 +15,27 @@ use tollgate_server::config::{
 use tollgate_server::rls::{RlsServer, RlsSettings};
 use tollgate_server::server::Server;
 
+/// Gives the memory glibc's malloc keeps after it was freed back to the OS, every
+/// `every`: the buffers of closed connections otherwise stay in the process for good (5,000
+/// idle HTTP connections opened and closed in waves grew RSS from 14 to 135 MB).
+fn trim_freed_memory(every: Duration) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let _ = std::thread::Builder::new()
+            .name("malloc-trim".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                // SAFETY: malloc_trim only releases free memory of the allocator; it takes
+                // the allocator's own locks and has no other precondition.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            });
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = every;
+}
+
 /// The standalone tollgate rate-limit service: HTTP/JSON API, a redis-cell compatible RESP
 /// endpoint (CL.THROTTLE) and Prometheus metrics.
 ///
@@ -324,6 +345,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    trim_freed_memory(Duration::from_secs(5));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
