@@ -248,7 +248,9 @@ struct RedisFactory {
     breaker: Arc<CircuitBreaker>,
     failure: FailurePolicy,
     hook: Hook,
-    max_keys: usize,
+    /// The in-memory store of the `local` failure policy: one, so its `max_keys` is one
+    /// budget for every policy's fallback (not one per policy).
+    fallback: MemoryStore,
 }
 
 impl StoreFactory {
@@ -289,10 +291,13 @@ impl StoreFactory {
         // `App::decide`); open admits; local falls back to an in-memory limiter.
         let guarded = match f.failure {
             FailurePolicy::Open => FailSafe::fail_open(primary, policy),
-            FailurePolicy::Local => FailSafe::fallback(
-                primary,
-                MemoryStore::new().max_keys(f.max_keys).bind(policy)?,
-            ),
+            FailurePolicy::Local => {
+                // A table of its own per binding (as before), in the one fallback store.
+                use std::sync::atomic::{AtomicU64, Ordering};
+                static TABLE: AtomicU64 = AtomicU64::new(0);
+                let table = format!("fallback-{}", TABLE.fetch_add(1, Ordering::Relaxed));
+                FailSafe::fallback(primary, f.fallback.scope(table).bind(policy)?)
+            }
             FailurePolicy::Error | FailurePolicy::Closed => FailSafe::fail_closed(primary),
         };
         Ok(Arc::new(
@@ -413,7 +418,7 @@ impl App {
                     breaker,
                     failure: config.failure,
                     hook,
-                    max_keys: config.max_keys,
+                    fallback: MemoryStore::new().max_keys(config.max_keys),
                 };
                 (StoreFactory::Redis(Box::new(factory)), Arc::new(sem))
             }
