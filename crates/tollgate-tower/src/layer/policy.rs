@@ -116,7 +116,7 @@ impl std::fmt::Debug for HttpPolicy {
 
 impl HttpPolicy {
     /// A policy named `name` (1–64 characters of `A-Z a-z 0-9 - _ . : /`, checked by
-    /// [`RateLimitLayerBuilder::build`]) that counts every request under the key `extractor`
+    /// [`RateLimitLayerBuilder::build`](crate::layer::RateLimitLayerBuilder::build)) that counts every request under the key `extractor`
     /// gives, on `limiter` (any store).
     ///
     /// ```
@@ -215,7 +215,7 @@ impl HttpPolicy {
     }
 
     /// Charges `cost` units per request (default 1; must be at most the policy's capacity,
-    /// checked by [`RateLimitLayerBuilder::build`]).
+    /// checked by [`RateLimitLayerBuilder::build`](crate::layer::RateLimitLayerBuilder::build)).
     ///
     /// ```
     /// # use tollgate::{Limiter, Policy, Rate};
