@@ -5,7 +5,7 @@
 use crate::errors;
 use crate::limiter::{cost_of, PyLimiter};
 use crate::runtime;
-use crate::store::{DynBackend, NO_MULTI_WITH_FAILURE};
+use crate::store::DynBackend;
 use crate::types::PyDecision;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
@@ -96,9 +96,6 @@ fn items_of(py: Python<'_>, items: &Bound<'_, PyAny>) -> PyResult<(Vec<Item>, bo
             _ => 1,
         };
         let shared = &limiter.get().shared;
-        if shared.store.has_failure_policy() {
-            return Err(errors::config(py, NO_MULTI_WITH_FAILURE));
-        }
         memory &= shared.store.is_memory();
         let l = shared.limiter().map_err(|e| errors::limiter(py, e))?;
         out.push((l, key, cost));

@@ -5,8 +5,7 @@
 
 use crate::errors;
 use crate::runtime::fork_gen;
-pub(crate) use crate::wrap::NO_MULTI_WITH_FAILURE;
-use crate::wrap::{Keyed, SingleKeyOnly};
+use crate::wrap::Keyed;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
@@ -99,12 +98,6 @@ impl StoreShared {
         matches!(self.spec.kind, Kind::Memory)
     }
 
-    /// Whether calls go through a failure policy (no multi-key calls: see
-    /// [`NO_MULTI_WITH_FAILURE`]).
-    pub(crate) fn has_failure_policy(&self) -> bool {
-        self.spec.failure.is_some()
-    }
-
     /// The built store of this process (rebuilt after a `fork()`, except in memory).
     pub(crate) fn current(&self) -> Result<Arc<Built>, Error> {
         let gen = fork_gen();
@@ -156,11 +149,8 @@ where
     S::Backend: MultiBackend + LogBackend,
 {
     match (failure, keys) {
-        (Some(p), Some(keys)) => Box::new(SingleKeyOnly(FailSafeStore::with_policy(
-            Keyed { inner, keys },
-            p,
-        ))),
-        (Some(p), None) => Box::new(SingleKeyOnly(FailSafeStore::with_policy(inner, p))),
+        (Some(p), Some(keys)) => Box::new(FailSafeStore::with_policy(Keyed { inner, keys }, p)),
+        (Some(p), None) => Box::new(FailSafeStore::with_policy(inner, p)),
         (None, keys) => keyed(inner, keys),
     }
 }

@@ -1,6 +1,6 @@
-//! Backend wrappers of the Python package's stores: `Keyed` (namespace and HMAC through the
-//! library's `KeyBuilder`, for stores that do not build their own keys) and `SingleKeyOnly`
-//! (stores with a failure policy: single keys only, see [`NO_MULTI_WITH_FAILURE`]).
+//! `Keyed`: namespace and HMAC key hashing through the library's `KeyBuilder` for the stores
+//! that do not build their own keys (memory, SQLite, PostgreSQL), for single keys, multi-key
+//! calls and log reads.
 
 use futures_util::future::BoxFuture;
 use tollgate::hooks::StoreFailure;
@@ -10,96 +10,6 @@ use tollgate::store::multi::{KeyCheck, MultiBackend, MultiDecision, MultiOp};
 use tollgate::store::{Backend, Op, Store};
 use tollgate::time::Micros;
 use tollgate::{Decision, Error, Policy};
-
-/// A store whose backends decide single keys only: the library's failure wrapper
-/// (`FailSafe`) has no multi-key form yet, so a multi-key call on a store with a failure
-/// policy is refused (with a clear error) instead of bypassing the policy.
-pub(crate) struct SingleKeyOnly<S>(pub(crate) S);
-
-pub(crate) struct SingleKeyBackend<B>(B);
-
-impl<S: Store> Store for SingleKeyOnly<S> {
-    type Backend = SingleKeyBackend<S::Backend>;
-    fn bind(&self, policy: &Policy) -> Result<Self::Backend, Error> {
-        Ok(SingleKeyBackend(self.0.bind(policy)?))
-    }
-}
-
-/// The reason a multi-key call on a store with a failure policy is refused.
-pub(crate) const NO_MULTI_WITH_FAILURE: &str =
-    "check_all/peek_all are not available on a Store with a failure policy yet \
-     (the library's failure wrapper decides single keys only); use a Store without `failure=`";
-
-impl<B: Backend> Backend for SingleKeyBackend<B> {
-    fn execute(&self, key: &str, op: Op, now: Micros) -> Result<Option<Decision>, Error> {
-        self.0.execute(key, op, now)
-    }
-    fn execute_async<'a>(
-        &'a self,
-        key: &'a str,
-        op: Op,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
-        self.0.execute_async(key, op, now)
-    }
-    fn execute_observed(
-        &self,
-        key: &str,
-        op: Op,
-        now: Micros,
-        failure: &mut Option<StoreFailure>,
-    ) -> Result<Option<Decision>, Error> {
-        self.0.execute_observed(key, op, now, failure)
-    }
-    fn execute_observed_async<'a>(
-        &'a self,
-        key: &'a str,
-        op: Op,
-        now: Micros,
-        failure: &'a mut Option<StoreFailure>,
-    ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
-        self.0.execute_observed_async(key, op, now, failure)
-    }
-}
-
-/// The failure wrapper has no log read either: reading goes to the store itself.
-impl<B: Backend> LogBackend for SingleKeyBackend<B> {
-    fn log_entries(&self, _key: &str, _now: Micros) -> Result<Vec<LogEntry>, Error> {
-        Err(Error::InvalidKey {
-            reason: NO_LOG_WITH_FAILURE.into(),
-        })
-    }
-    fn log_entries_async<'a>(
-        &'a self,
-        key: &'a str,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<Vec<LogEntry>, Error>> {
-        Box::pin(async move { self.log_entries(key, now) })
-    }
-}
-
-/// The reason a log read on a store with a failure policy is refused.
-const NO_LOG_WITH_FAILURE: &str =
-    "log() is not available on a Store with a failure policy (use a Store without `failure=`)";
-
-impl<B: Backend> MultiBackend for SingleKeyBackend<B> {
-    fn execute_all(
-        _items: &[KeyCheck<'_, Self>],
-        _op: MultiOp,
-        _now: Micros,
-    ) -> Result<MultiDecision, Error> {
-        Err(Error::InvalidKey {
-            reason: NO_MULTI_WITH_FAILURE.into(),
-        })
-    }
-    fn execute_all_async<'a>(
-        items: &'a [KeyCheck<'a, Self>],
-        op: MultiOp,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<MultiDecision, Error>> {
-        Box::pin(async move { Self::execute_all(items, op, now) })
-    }
-}
 
 /// Keys through a [`KeyBuilder`] (namespace, HMAC) for stores that do not build their own.
 pub(crate) struct Keyed<S> {

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 import tollgate
+from conftest import free_port
 from tollgate import Limiter, ManualClock, Store
 
 
@@ -175,10 +176,6 @@ def test_bad_input(tmp_path, unique):
         tollgate.check_all([(sqlite, "k"), (other, "j")])
     # Nothing of a refused call was charged.
     assert a.peek("k").remaining == 4 and sqlite.peek("k").remaining == 4
-    # The failure policy wraps single keys only (see docs/python.md).
-    safe = Limiter("5/s", store=Store(f"sqlite://{tmp_path}/b.db", failure="open"))
-    with pytest.raises(tollgate.ConfigError, match="failure policy"):
-        tollgate.check_all([(safe, "k")])
 
     async def bad_async():
         with pytest.raises(tollgate.InvalidKey):
@@ -187,3 +184,23 @@ def test_bad_input(tmp_path, unique):
             await tollgate.peek_all_async([(a,)])
 
     asyncio.run(bad_async())
+
+
+@pytest.mark.parametrize("policy", ["open", "closed", "local"])
+def test_failure_policy_answers_multi_key_calls(redis_server, unique, policy):
+    # Up: the store decides, through the policy's wrapper.
+    up = Store(redis_server.url, namespace=unique, failure=policy)
+    a, b = Limiter("2/minute", store=up), Limiter("5/minute", store=up)
+    assert [tollgate.check_all([(a, "k"), (b, "k")]).allowed for _ in range(3)] == [True, True, False]
+    # Down: the policy answers for every item together.
+    down = Store(f"redis://127.0.0.1:{free_port()}", failure=policy, timeout=0.2)
+    a, b = Limiter("2/minute", store=down), Limiter("5/minute", store=down)
+    if policy == "closed":
+        with pytest.raises(tollgate.StoreError):
+            tollgate.check_all([(a, "k"), (b, "k")])
+        return
+    results = [tollgate.check_all([(a, "k"), (b, "k")]) for _ in range(3)]
+    if policy == "open":
+        assert all(d.allowed for d in results)
+    else:  # local: an in-memory limiter of each policy decides
+        assert [d.allowed for d in results] == [True, True, False] and results[2].binding == 0

@@ -107,3 +107,25 @@ pub fn not_a_log() -> Error {
         reason: "only a sliding_log policy keeps a log of entries to read".into(),
     }
 }
+
+/// A log read through a failure policy reads the primary store: it is not a decision, so the
+/// policy does not answer for it (a store error is returned as it is).
+///
+/// ```
+/// use tollgate::{Algorithm, Policy, store::{Store, memory::MemoryStore, failure::FailSafe, log::LogBackend}};
+/// let policy = Policy::parse(Algorithm::SlidingLog, "5/s").unwrap();
+/// let safe = FailSafe::fail_open(MemoryStore::new().bind(&policy).unwrap(), &policy);
+/// assert!(safe.log_entries("k", 0).unwrap().is_empty());
+/// ```
+impl<B: LogBackend, F: Backend> LogBackend for super::failure::FailSafe<B, F> {
+    fn log_entries(&self, key: &str, now: Micros) -> Result<Vec<LogEntry>, Error> {
+        self.primary().log_entries(key, now)
+    }
+    fn log_entries_async<'a>(
+        &'a self,
+        key: &'a str,
+        now: Micros,
+    ) -> BoxFuture<'a, Result<Vec<LogEntry>, Error>> {
+        self.primary().log_entries_async(key, now)
+    }
+}
