@@ -11,4 +11,5 @@ mod long_quotas;
 mod multi_key;
 mod outage;
 mod sharing;
+mod under_load;
 mod vectors;
