@@ -157,8 +157,8 @@ fn a_frozen_redis_costs_the_timeout_only_until_the_breaker_opens() {
         "opened, then closed"
     );
     assert!(transitions.load(Ordering::SeqCst) >= 2);
-    // Redis decides again. (Not "k": the calls that timed out while Redis was frozen were
-    // still queued on the connection, and Redis ran them when it resumed.)
+    // Redis decides again. (The calls that timed out while Redis was frozen were still
+    // queued on the connection; past their deadline they charged nothing: see late.rs.)
     assert_eq!(limiter.check("fresh").unwrap().remaining, 2);
     assert_eq!(limiter.check("fresh").unwrap().remaining, 1);
 }
