@@ -134,6 +134,9 @@ async fn http_loop(
     grace: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // The request head must fit in `max_request_bytes` (hyper's own limit is ~400 KB per
+    // connection: with every slot taken that is gigabytes); hyper needs at least 8 KiB.
+    let max_head = state.max_body.max(8192);
     let router = router(state);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(max_connections));
@@ -154,6 +157,7 @@ async fn http_loop(
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(request_timeout)
+            .max_buf_size(max_head)
             .keep_alive(true)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);

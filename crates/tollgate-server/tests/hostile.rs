@@ -263,3 +263,138 @@ fn idle_connection_waves_give_their_memory_back() {
         );
     }
 }
+
+/// Sends `raw` on a fresh connection and returns what the server answered before closing or
+/// going quiet (at most 2 s).
+fn exchange(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let _ = s.write_all(raw);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// HTTP framing attacks (smuggling shapes, broken chunking, oversized heads, garbage): each
+/// is refused with a 4xx or a closed connection, never answered as a valid check, and the
+/// server keeps serving.
+#[test]
+fn http_framing_attacks_are_refused_and_the_server_stays_up() {
+    let server = ServerProcess::start(&["--policy", "api=1/hour"]);
+    let body = r#"{"policy":"api","key":"victim"}"#;
+    // Content-Length and Transfer-Encoding together (the request smuggling shape): RFC 9112
+    // lets a server read the chunked body and then close the connection, which hyper does, so
+    // nothing can be smuggled behind it on that connection.
+    let other = r#"{"policy":"api","key":"smuggle"}"#;
+    let smuggle = format!(
+        "POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{other}\r\n0\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+        other.len()
+    );
+    let answer = exchange(server.http, smuggle.as_bytes());
+    assert!(
+        answer.starts_with("HTTP/1.1 4") || answer.contains("connection: close"),
+        "{answer}"
+    );
+    assert_eq!(
+        answer.matches("HTTP/1.1 ").count(),
+        1,
+        "a second request was read: {answer}"
+    );
+    let attacks: Vec<Vec<u8>> = vec![
+        // two different Content-Lengths
+        format!(
+            "POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nContent-Length: 3\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+        // a chunk size that is not hex, and one that overflows
+        b"POST /v1/check HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n".to_vec(),
+        b"POST /v1/check HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n{}\r\n".to_vec(),
+        // a negative Content-Length
+        b"POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".to_vec(),
+        // a 200 KB header
+        format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(200_000)).into_bytes(),
+        // 10,000 headers
+        {
+            let mut r = b"GET /health HTTP/1.1\r\nHost: x\r\n".to_vec();
+            for i in 0..10_000 {
+                r.extend(format!("X-H{i}: v\r\n").as_bytes());
+            }
+            r.extend(b"\r\n");
+            r
+        },
+        // garbage, NUL bytes, a bare LF request line, HTTP/0.9
+        vec![0u8; 1024],
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(), // a TLS ClientHello
+        b"GET /health\n\n".to_vec(),
+        b"GET /health HTTP/9.9\r\n\r\n".to_vec(),
+    ];
+    for (i, attack) in attacks.iter().enumerate() {
+        let answer = exchange(server.http, attack);
+        let status = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok());
+        assert!(
+            answer.is_empty() || status.is_some_and(|s| (400..500).contains(&s)),
+            "attack {i} got {:?}",
+            &answer[..answer.len().min(200)]
+        );
+        assert!(
+            !answer.contains("\"allowed\""),
+            "attack {i} was decided: {answer}"
+        );
+    }
+    // nothing charged the victim's key: its one request per hour is still there
+    let ok = format!(
+        "POST /v1/check HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = exchange(server.http, ok.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"allowed\":true"), "{answer}");
+}
+
+/// RESP framing beyond tests/resp.rs: nested and negative multibulks, overflowing lengths,
+/// NUL bytes, a command split at every byte boundary: errors and closes, never a crash.
+#[test]
+fn resp_framing_attacks_are_refused_and_the_server_stays_up() {
+    let server = ServerProcess::start(&[]);
+    let nested = {
+        let mut r = Vec::new();
+        for _ in 0..10_000 {
+            r.extend(b"*1\r\n");
+        }
+        r
+    };
+    let attacks: Vec<Vec<u8>> = vec![
+        nested,
+        b"*-5\r\n*1\r\n$4\r\nPING\r\n".to_vec(),
+        b"*18446744073709551616\r\n".to_vec(),
+        b"*1\r\n$18446744073709551617\r\n".to_vec(),
+        b"*2\r\n$4\r\nECHO\r\n$3\r\na\0b\r\n*1\r\n$4\r\nPING\r\n".to_vec(),
+        b"*1\r\n:5\r\n".to_vec(),
+        b"*1\r\n$4\r\nPING\r\r\r\n".to_vec(),
+        vec![0xff; 4096],
+    ];
+    for (i, attack) in attacks.iter().enumerate() {
+        let answer = exchange(server.resp, attack);
+        assert!(
+            answer.is_empty()
+                || answer.starts_with('-')
+                || answer.starts_with('$')
+                || answer.starts_with('+'),
+            "attack {i}: {:?}",
+            &answer[..answer.len().min(200)]
+        );
+    }
+    let mut c = Raw::connect(server.resp);
+    c.send(b"PING\r\n");
+    assert_eq!(c.reply(), Resp::Simple("PONG".into()));
+}
