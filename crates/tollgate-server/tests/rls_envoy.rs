@@ -278,6 +278,16 @@ fn envoy_gets_429_exactly_after_the_limit_and_failure_mode_deny_decides_when_rls
             (200, "upstream ok"),
             "request {i}: {hs:?}"
         );
+        // The IETF fields reach the client on admitted responses too.
+        assert_eq!(
+            get(&hs, "ratelimit-policy"),
+            Some("\"e2e.user\";q=3;w=86400")
+        );
+        let rl = get(&hs, "ratelimit").unwrap_or_default();
+        assert!(
+            rl.starts_with(&format!("\"e2e.user\";r={};t=", 2 - i)),
+            "{rl}"
+        );
     }
     let (status, hs, _) = http(envoy.deny, "/", &[("x-user", "alice")]);
     assert_eq!(status, 429, "{hs:?}");
