@@ -17,6 +17,8 @@
 //!   that lacks Redis or PostgreSQL prints `SKIP: <what>: <reason>` to stderr
 //!   and returns early; in CI (env `CI` set) it panics, so a CI run can never
 //!   pass by silently skipping the store tests.
+//! - [`FaultProxy`]: a loopback TCP proxy to a server that injects network faults on
+//!   demand ([`Fault`]: latency, black-holed packets, connection resets).
 //! - [`free_port`], [`redis_server_path`], [`redis_cli_path`], and a tiny
 //!   RESP client ([`RespClient`], [`redis_command`]) for raw protocol checks.
 //!
@@ -74,6 +76,7 @@ mod cluster;
 mod env;
 mod ports;
 mod process;
+mod proxy;
 mod redis;
 mod resp;
 mod tempdir;
@@ -85,5 +88,6 @@ pub use env::{
     require_redis, require_redis_cluster,
 };
 pub use ports::free_port;
+pub use proxy::{Fault, FaultProxy};
 pub use redis::RedisServer;
 pub use resp::{redis_command, Resp, RespClient};

@@ -9,6 +9,7 @@ mod late;
 mod log;
 mod long_quotas;
 mod multi_key;
+mod network;
 mod outage;
 mod sharing;
 mod under_load;
