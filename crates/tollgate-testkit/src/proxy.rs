@@ -21,8 +21,10 @@ pub enum Fault {
     None,
     /// Hold every chunk this long before forwarding it (each direction).
     Latency(Duration),
-    /// Accept and read, forward nothing (packets vanish; connections stay open): a
-    /// partitioned network or a dead host behind a silent firewall.
+    /// Forward nothing while it lasts (connections stay open, nothing is refused or
+    /// answered): a partitioned network or a silent firewall. As with TCP over a real
+    /// partition, what was sent meanwhile is delivered once the fault is lifted (a real
+    /// stack retransmits it), so the byte streams stay intact.
     BlackHole,
     /// Drop every open connection at once and close every new one on arrival: the client
     /// sees its connection end mid-call (stable Rust has no `SO_LINGER` to send an RST, so
@@ -187,11 +189,15 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        match shared.fault() {
-            Fault::None => {}
+        let mut fault = shared.fault();
+        while fault == Fault::BlackHole && !shared.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+            fault = shared.fault();
+        }
+        match fault {
             Fault::Latency(d) => std::thread::sleep(d),
-            Fault::BlackHole => continue,
             Fault::Reset => break,
+            Fault::None | Fault::BlackHole => {}
         }
         if to.write_all(&buf[..n]).is_err() {
             break;
