@@ -332,7 +332,7 @@ fn tg_extend_keeps_a_lease_alive_past_its_first_expiry() {
     assert_eq!(c.call(&["TG.ACQUIRE", "jobs"]).ints()[..2], [0, 1]);
     assert_eq!(c.call(&["TG.RELEASE", "jobs", &lease]), R3::Int(1));
     assert!(err(&c.call(&["TG.EXTEND", "jobs", "not-a-lease"])).contains("not a lease id"));
-    assert!(err(&c.call(&["TG.EXTEND", "nope", &lease])).contains("unknown policy"));
+    assert!(err(&c.call(&["TG.EXTEND", "nope", &lease])).contains("unknown semaphore \"nope\""));
     assert!(err(&c.call(&["TG.EXTEND", "jobs", &lease, "0"])).contains("at least 1"));
     assert!(err(&c.call(&["TG.EXTEND", "jobs"])).contains("wrong number of arguments"));
 }
