@@ -50,9 +50,26 @@ impl RedisCluster {
     /// `Err` says why not (binaries missing, start-up or create failure with
     /// the relevant output); pass it to [`crate::must_have`].
     pub fn start() -> Result<RedisCluster, String> {
+        Self::start_inner(0, &[])
+    }
+
+    /// Three masters, each with one replica (six nodes; the first three of
+    /// [`nodes`](RedisCluster::nodes) are the masters), and a short
+    /// `cluster-node-timeout` (1 s) so a killed master's replica is promoted
+    /// within seconds: for failover tests.
+    ///
+    /// ```no_run
+    /// let Some(cluster) = tollgate_testkit::must_have("Redis Cluster", tollgate_testkit::RedisCluster::start_with_replicas()) else { return };
+    /// assert_eq!(cluster.nodes().len(), 6);
+    /// ```
+    pub fn start_with_replicas() -> Result<RedisCluster, String> {
+        Self::start_inner(1, &["--cluster-node-timeout", "1000"])
+    }
+
+    fn start_inner(replicas: usize, extra: &[&str]) -> Result<RedisCluster, String> {
         let cli = redis_cli_path()?;
-        let nodes = (0..MASTERS)
-            .map(|_| RedisServer::start_cluster_node())
+        let nodes = (0..MASTERS * (1 + replicas))
+            .map(|_| RedisServer::start_cluster_node(extra))
             .collect::<Result<Vec<_>, String>>()?;
         let cluster = RedisCluster { nodes };
 
@@ -67,7 +84,8 @@ impl RedisCluster {
         for port in cluster.ports() {
             cmd.arg(format!("127.0.0.1:{port}"));
         }
-        cmd.args(["--cluster-replicas", "0", "--cluster-yes"])
+        let replicas = replicas.to_string();
+        cmd.args(["--cluster-replicas", &replicas, "--cluster-yes"])
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);

@@ -97,8 +97,8 @@ impl RedisServer {
 
     /// A Redis Cluster node (not yet part of a cluster): its bus port
     /// (`port + 10000`) must be free as well.
-    pub(crate) fn start_cluster_node() -> Result<RedisServer, String> {
-        RedisServer::start_inner(true, &[], || {
+    pub(crate) fn start_cluster_node(extra: &[&str]) -> Result<RedisServer, String> {
+        RedisServer::start_inner(true, extra, || {
             let port = free_port_where(|p| p <= u16::MAX - 10_000 && is_bindable(p + 10_000));
             reserve(port + 10_000);
             port

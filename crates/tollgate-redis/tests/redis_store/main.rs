@@ -1,6 +1,7 @@
 //! tollgate-redis against real redis-server processes (started by tollgate-testkit): one
 //! standalone server and one 3-master Cluster, each shared by the whole binary.
 
+mod cluster_failover;
 mod common;
 mod concurrency;
 mod faults;
