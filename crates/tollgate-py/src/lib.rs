@@ -6,6 +6,7 @@
 use pyo3::prelude::*;
 
 mod errors;
+mod fields;
 mod limiter;
 mod multi;
 mod runtime;
@@ -31,5 +32,8 @@ fn _tollgate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(multi::check_all_future, m)?)?;
     m.add_function(wrap_pyfunction!(multi::peek_all_future, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_after_fork_in_child, m)?)?;
+    m.add_function(wrap_pyfunction!(fields::ratelimit_fields, m)?)?;
+    m.add_function(wrap_pyfunction!(fields::retry_after_field, m)?)?;
+    m.add_function(wrap_pyfunction!(fields::check_policy_name, m)?)?;
     Ok(())
 }

@@ -19,7 +19,7 @@ use tollgate::{Algorithm, Decision, Error, Limiter, Policy};
 const FOREVER: Duration = Duration::from_secs(u32::MAX as u64);
 
 pub(crate) struct Config {
-    policy: Policy,
+    pub(crate) policy: Policy,
     pub(crate) store: Arc<StoreShared>,
     clock: Option<ManualClock>,
     hook: Option<Hook>,
