@@ -20,6 +20,17 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tollgate::{Algorithm, Policy};
 
+mod file;
+mod parse;
+
+pub use file::{
+    FileConfig, KeysSection, PolicySection, SemaphoreSection, ServerSection, StoreSection,
+};
+pub use parse::{
+    parse_duration, parse_listen, parse_policy, valid_policy_name, validate_namespace,
+    validate_secret,
+};
+
 /// The default HTTP/JSON listen address (loopback only).
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 /// The default RESP (Redis protocol) listen address (loopback only).
@@ -54,133 +65,6 @@ impl ConfigError {
             message: message.into(),
         }
     }
-}
-
-/// The TOML file, as written (every field optional).
-///
-/// ```
-/// let f: tollgate_server::config::FileConfig = toml::from_str("").unwrap();
-/// assert!(f.policies.is_empty());
-/// ```
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// `[server]`: listeners and limits.
-    #[serde(default)]
-    pub server: ServerSection,
-    /// `[store]`: where state lives and what to do when it fails.
-    #[serde(default)]
-    pub store: StoreSection,
-    /// `[keys]`: key namespace and hashing.
-    #[serde(default)]
-    pub keys: KeysSection,
-    /// `[policies.<name>]`: named policies.
-    #[serde(default)]
-    pub policies: BTreeMap<String, PolicySection>,
-    /// `[semaphores.<name>]`: named semaphores.
-    #[serde(default)]
-    pub semaphores: BTreeMap<String, SemaphoreSection>,
-}
-
-/// `[semaphores.<name>]`.
-///
-/// ```
-/// let s: tollgate_server::config::SemaphoreSection = toml::from_str("capacity = 10").unwrap();
-/// assert_eq!(s.capacity, 10);
-/// ```
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SemaphoreSection {
-    /// Permits held at once.
-    pub capacity: u64,
-    /// Default lease (`"30s"`).
-    pub lease: Option<String>,
-}
-
-/// `[server]`.
-///
-/// ```
-/// let s = tollgate_server::config::ServerSection::default();
-/// assert!(s.http_addr.is_none());
-/// ```
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerSection {
-    /// HTTP listen address, or `"off"`.
-    pub http_addr: Option<String>,
-    /// RESP listen address, or `"off"`.
-    pub resp_addr: Option<String>,
-    /// Largest HTTP request body / RESP command, in bytes.
-    pub max_request_bytes: Option<usize>,
-    /// Longest key, in bytes.
-    pub max_key_len: Option<usize>,
-    /// Close a connection idle for this long (`"60s"`).
-    pub idle_timeout: Option<String>,
-    /// Close a connection that takes longer than this to send one whole request (`"10s"`).
-    pub request_timeout: Option<String>,
-    /// Most simultaneous client connections (per listener).
-    pub max_connections: Option<usize>,
-    /// On SIGTERM/SIGINT, how long in-flight requests get to finish (`"10s"`).
-    pub shutdown_grace: Option<String>,
-    /// Most distinct inline policies (HTTP `rates`) and CL.THROTTLE parameter sets kept.
-    pub max_dynamic_policies: Option<usize>,
-}
-
-/// `[store]`.
-///
-/// ```
-/// let s = tollgate_server::config::StoreSection::default();
-/// assert!(s.url.is_none());
-/// ```
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreSection {
-    /// `"memory"` (default), `redis://host:port/db`, or `redis+cluster://host:port,host:port`.
-    pub url: Option<String>,
-    /// Memory store: most keys per policy.
-    pub max_keys: Option<usize>,
-    /// Timeout of one store call (`"250ms"`).
-    pub timeout: Option<String>,
-    /// What a decision is when the store fails: `error`, `open`, `closed`, `local`.
-    pub failure: Option<String>,
-    /// Consecutive store failures that open the circuit breaker (default 5; 0 disables it).
-    pub breaker_failures: Option<u32>,
-    /// How long an open breaker answers by the failure policy before it probes the store
-    /// (`"1s"`).
-    pub breaker_cool_down: Option<String>,
-}
-
-/// `[keys]`.
-///
-/// ```
-/// let k = tollgate_server::config::KeysSection::default();
-/// assert!(k.namespace.is_none());
-/// ```
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeysSection {
-    /// Prefix of every key written to a shared store (default `tollgate`).
-    pub namespace: Option<String>,
-    /// Name of an environment variable holding the HMAC secret; when set, keys are replaced
-    /// by `HMAC-SHA256(secret, key)` before they reach the store.
-    pub hmac_secret_env: Option<String>,
-}
-
-/// `[policies.<name>]`.
-///
-/// ```
-/// let p: tollgate_server::config::PolicySection = toml::from_str(r#"rates = "5/s""#).unwrap();
-/// assert_eq!(p.rates, "5/s");
-/// ```
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicySection {
-    /// `gcra` (default), `token_bucket`, `sliding_log`, `sliding_window`, `fixed_window`.
-    pub algorithm: Option<String>,
-    /// One or more rates: `"10/s burst 20; 1000/hour"`.
-    pub rates: String,
-    /// Token bucket: tokens a new key starts with.
-    pub initial_tokens: Option<u64>,
 }
 
 /// What a decision is when the store fails (Redis down or too slow).
@@ -382,86 +266,6 @@ impl Default for Config {
             semaphores: BTreeMap::new(),
         }
     }
-}
-
-/// Parses a duration: `"250ms"`, `"10s"`, `"5m"`, `"1h"`, `"1500us"`.
-///
-/// ```
-/// use std::time::Duration;
-/// assert_eq!(tollgate_server::config::parse_duration("250ms").unwrap(), Duration::from_millis(250));
-/// assert!(tollgate_server::config::parse_duration("10").is_err());
-/// ```
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{s:?} has no unit (use ms, s, m or h, e.g. \"10s\")"))?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?} does not start with a whole number"))?;
-    let d = match unit.trim() {
-        "us" | "µs" => Duration::from_micros(n),
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        other => return Err(format!("unknown unit {other:?} (use ms, s, m or h)")),
-    };
-    Ok(d)
-}
-
-/// Parses a listen address, or `"off"` for none.
-///
-/// ```
-/// let a = tollgate_server::config::parse_listen("127.0.0.1:0").unwrap();
-/// assert_eq!(a.unwrap().port(), 0);
-/// assert_eq!(tollgate_server::config::parse_listen("off").unwrap(), None);
-/// ```
-pub fn parse_listen(s: &str) -> Result<Option<SocketAddr>, String> {
-    let s = s.trim();
-    if s.eq_ignore_ascii_case("off") || s.eq_ignore_ascii_case("none") {
-        return Ok(None);
-    }
-    s.parse::<SocketAddr>().map(Some).map_err(|_| {
-        format!("{s:?} is not an address of the form 127.0.0.1:8080 or [::1]:8080 (or \"off\")")
-    })
-}
-
-/// Parses a policy: the algorithm name and a rate list.
-///
-/// ```
-/// let p = tollgate_server::config::parse_policy(Some("sliding_log"), "5/s;100/min", None).unwrap();
-/// assert_eq!(p.rates().len(), 2);
-/// ```
-pub fn parse_policy(
-    algorithm: Option<&str>,
-    rates: &str,
-    initial_tokens: Option<u64>,
-) -> Result<Policy, String> {
-    let algorithm: Algorithm = match algorithm {
-        Some(a) => a.parse().map_err(|e: tollgate::QuotaError| e.to_string())?,
-        None => Algorithm::Gcra,
-    };
-    let policy = Policy::parse(algorithm, rates).map_err(|e| e.to_string())?;
-    match initial_tokens {
-        Some(t) => policy.with_initial_tokens(t).map_err(|e| e.to_string()),
-        None => Ok(policy),
-    }
-}
-
-/// A policy name: 1–64 characters of `[A-Za-z0-9_.-]`.
-///
-/// ```
-/// assert!(tollgate_server::config::valid_policy_name("api.v2-login"));
-/// assert!(!tollgate_server::config::valid_policy_name("a b"));
-/// ```
-pub fn valid_policy_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 impl Config {
@@ -669,42 +473,6 @@ impl Config {
         self.policies.insert(name.to_string(), policy);
         Ok(())
     }
-}
-
-/// A namespace: 1–64 printable ASCII characters without spaces.
-///
-/// ```
-/// assert!(tollgate_server::config::validate_namespace("rl").is_ok());
-/// assert!(tollgate_server::config::validate_namespace("").is_err());
-/// ```
-pub fn validate_namespace(ns: &str) -> Result<String, String> {
-    if ns.is_empty()
-        || ns.len() > 64
-        || !ns
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
-    {
-        return Err(format!(
-            "{ns:?}: a namespace is 1-64 printable ASCII characters without spaces or braces"
-        ));
-    }
-    Ok(ns.to_string())
-}
-
-/// An HMAC secret: at least 16 bytes.
-///
-/// ```
-/// assert!(tollgate_server::config::validate_secret("short").is_err());
-/// assert!(tollgate_server::config::validate_secret("0123456789abcdef").is_ok());
-/// ```
-pub fn validate_secret(secret: &str) -> Result<Vec<u8>, String> {
-    if secret.len() < 16 {
-        return Err(format!(
-            "the key-hashing secret must be at least 16 bytes (got {})",
-            secret.len()
-        ));
-    }
-    Ok(secret.as_bytes().to_vec())
 }
 
 /// Loads and validates a TOML file.
