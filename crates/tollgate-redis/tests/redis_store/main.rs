@@ -14,4 +14,5 @@ mod network;
 mod outage;
 mod sharing;
 mod under_load;
+mod valkey;
 mod vectors;
