@@ -162,3 +162,32 @@ async fn store_errors_are_logged_at_the_default_level_rate_limited() {
     assert!(lines[0].contains("refused"), "{}", lines[0]);
     assert!(lines.len() <= 2, "not rate-limited: {} lines", lines.len());
 }
+
+/// Issue 15, item 5 at the server: a waiter with `wait_ms = 10000` behind a holder whose 2 s
+/// lease runs out (it never releases) gets the permit when the lease ends, not after 10 s.
+#[tokio::test]
+async fn a_semaphore_waiter_is_granted_when_the_holders_lease_ends() {
+    let server = ServerProcess::start(&["--semaphore", "db=1"]);
+    let started = Instant::now();
+    let (status, body) = post(
+        &server,
+        "/v1/semaphore/acquire",
+        json!({"name": "db", "lease_ms": 2000}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post(
+        &server,
+        "/v1/semaphore/acquire",
+        json!({"name": "db", "wait_ms": 10000}),
+    )
+    .await;
+    let waited = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["acquired"], true, "{body}");
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_millis(3500),
+        "granted after {waited:?}; the lease ended at 2 s"
+    );
+}
