@@ -6,7 +6,6 @@ import os
 import textwrap
 
 import pytest
-
 import tollgate
 from tollgate.asgi import Policy, RateLimitMiddleware, client_ip, global_key, header
 from webutil import UvicornThread, need, uvicorn_processes
@@ -143,7 +142,6 @@ def test_shadow_mode_reports_but_never_denies(serve):
 
 def test_a_store_that_fails_closed_is_503_never_500(serve):
     import httpx
-
     from conftest import free_port
 
     store = tollgate.Store(f"redis://127.0.0.1:{free_port()}", timeout=0.5)

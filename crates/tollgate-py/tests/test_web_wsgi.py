@@ -4,7 +4,6 @@ by requests over HTTP."""
 from __future__ import annotations
 
 import pytest
-
 import tollgate
 from conftest import free_port
 from tollgate.wsgi import Policy, RateLimitMiddleware, client_ip, global_key, header

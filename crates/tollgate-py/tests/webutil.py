@@ -7,10 +7,10 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Iterator, List
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
-
 from conftest import free_port, in_ci, wait_port
 
 
@@ -78,7 +78,7 @@ class WerkzeugThread:
         self.thread.join(10)
 
 
-def uvicorn_processes(app_spec: str, count: int, env: dict, cwd: str) -> Iterator[List[str]]:
+def uvicorn_processes(app_spec: str, count: int, env: dict, cwd: str) -> Iterator[list[str]]:
     """``count`` uvicorn processes serving ``module:app``; yields their base URLs."""
     procs, urls = [], []
     try:

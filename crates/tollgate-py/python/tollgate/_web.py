@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from collections.abc import Iterable, Sequence
+from typing import Callable, Optional, Union
 
 from . import _tollgate
 from ._errors import StoreError, TollgateError
@@ -32,9 +33,9 @@ class RequestInfo:
     '7'
     """
 
-    __slots__ = ("method", "path", "client", "headers")
+    __slots__ = ("client", "headers", "method", "path")
 
-    def __init__(self, method: str, path: str, client: Optional[str], headers: Dict[str, str]):
+    def __init__(self, method: str, path: str, client: str | None, headers: dict[str, str]):
         self.method = method
         self.path = path
         self.client = client
@@ -55,7 +56,7 @@ def client_ip(trusted_proxies: Iterable[str] = ()) -> Extractor:
     >>> ip(RequestInfo("GET", "/", "5.5.5.5", {"x-forwarded-for": "1.2.3.4"}))
     '5.5.5.5'
     """
-    networks: List[Network] = [ipaddress.ip_network(n, strict=False) for n in trusted_proxies]
+    networks: list[Network] = [ipaddress.ip_network(n, strict=False) for n in trusted_proxies]
 
     def trusted(addr: str) -> bool:
         try:
@@ -64,7 +65,7 @@ def client_ip(trusted_proxies: Iterable[str] = ()) -> Extractor:
             return False
         return any(ip in n for n in networks)
 
-    def extract(req: RequestInfo) -> Optional[str]:
+    def extract(req: RequestInfo) -> str | None:
         peer = req.client
         if peer is None or not networks or not trusted(peer):
             return peer
@@ -90,7 +91,7 @@ def header(name: str) -> Extractor:
     return lambda req: req.headers.get(lower)
 
 
-def global_key(req: RequestInfo) -> Optional[str]:
+def global_key(req: RequestInfo) -> str | None:
     """One key for every request (a global limit).
 
     >>> global_key(RequestInfo("GET", "/", None, {}))
@@ -114,16 +115,16 @@ class Policy:
     (False, True)
     """
 
-    __slots__ = ("name", "limiter", "key", "path", "methods", "cost")
+    __slots__ = ("cost", "key", "limiter", "methods", "name", "path")
 
     def __init__(
         self,
         name: str,
-        limiter: "_tollgate.Limiter",
-        key: Optional[Extractor] = None,
+        limiter: _tollgate.Limiter,
+        key: Extractor | None = None,
         *,
-        path: Optional[str] = None,
-        methods: Optional[Sequence[str]] = None,
+        path: str | None = None,
+        methods: Sequence[str] | None = None,
         cost: int = 1,
     ):
         self.name = name
@@ -140,10 +141,10 @@ class Policy:
         return self.methods is None or req.method.upper() in self.methods
 
 
-PolicyLike = Union[Policy, Tuple]
+PolicyLike = Union[Policy, tuple]
 
 
-def as_policies(policies: Iterable[PolicyLike]) -> List[Policy]:
+def as_policies(policies: Iterable[PolicyLike]) -> list[Policy]:
     """Policies from :class:`Policy` objects or ``(name, limiter[, key[, path[, methods]]])``
     tuples; every name is checked now (``ConfigError`` for a name no field can carry)."""
     out = [p if isinstance(p, Policy) else Policy(*p) for p in policies]
@@ -152,8 +153,8 @@ def as_policies(policies: Iterable[PolicyLike]) -> List[Policy]:
     return out
 
 
-Headers = List[Tuple[str, str]]
-Work = List[Tuple[Policy, str]]
+Headers = list[tuple[str, str]]
+Work = list[tuple[Policy, str]]
 
 
 class Outcome:
@@ -161,9 +162,9 @@ class Outcome:
     (``status`` is ``None``) or answer ``status`` with ``headers`` and the problem+json
     ``body``."""
 
-    __slots__ = ("status", "headers", "body")
+    __slots__ = ("body", "headers", "status")
 
-    def __init__(self, status: Optional[int], headers: Headers, body: bytes = b""):
+    def __init__(self, status: int | None, headers: Headers, body: bytes = b""):
         self.status = status
         self.headers = headers
         self.body = body
@@ -178,7 +179,7 @@ def problem(status: int, title: str, detail: str, **extensions: object) -> Outco
     return Outcome(status, headers, body)
 
 
-def keys_for(policies: List[Policy], req: RequestInfo) -> Union[Work, Outcome]:
+def keys_for(policies: list[Policy], req: RequestInfo) -> Work | Outcome:
     """The applicable policies with their keys, or the ``400`` for a request without a key."""
     work: Work = []
     for p in policies:
@@ -192,7 +193,7 @@ def keys_for(policies: List[Policy], req: RequestInfo) -> Union[Work, Outcome]:
     return work
 
 
-def fields(items: List[Tuple[Policy, "_tollgate.Decision"]]) -> Headers:
+def fields(items: list[tuple[Policy, _tollgate.Decision]]) -> Headers:
     """The ``RateLimit`` / ``RateLimit-Policy`` fields of these decisions (native formula)."""
     pair = _tollgate.ratelimit_fields([(p.name, p.limiter, d) for p, d in items])
     if pair is None:
@@ -211,7 +212,7 @@ def unavailable(work: Work, error: TollgateError) -> Outcome:
     return out
 
 
-def outcome(work: Work, decisions: "List[_tollgate.Decision]", shadow: bool) -> Outcome:
+def outcome(work: Work, decisions: list[_tollgate.Decision], shadow: bool) -> Outcome:
     """Pass (with the fields of every policy) or ``429`` (with the fields of the policies that
     denied, ``Retry-After`` of the longest wait and a problem+json body)."""
     denied = None

@@ -16,7 +16,8 @@ closed is a ``503`` (never a ``500``). ``shadow=True`` decides and reports but n
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Dict, Iterable, List, MutableMapping
+from collections.abc import Awaitable, Iterable, MutableMapping
+from typing import Any, Callable
 
 from . import check_all_async
 from ._errors import TollgateError
@@ -44,7 +45,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 def request_info(scope: Scope) -> RequestInfo:
     """The :class:`RequestInfo` of an ASGI HTTP scope."""
-    headers: Dict[str, str] = {}
+    headers: dict[str, str] = {}
     for name, value in scope.get("headers", ()):
         k = name.decode("latin-1").lower()
         v = value.decode("latin-1")
@@ -64,7 +65,7 @@ class RateLimitMiddleware:
 
     def __init__(self, app: ASGIApp, policies: Iterable[PolicyLike], *, shadow: bool = False):
         self.app = app
-        self.policies: List[Policy] = as_policies(policies)
+        self.policies: list[Policy] = as_policies(policies)
         self.shadow = shadow
 
     async def decide(self, req: RequestInfo) -> Outcome:
@@ -111,5 +112,12 @@ class RateLimitMiddleware:
         await self.app(scope, receive, send_with_fields)
 
 
-__all__ = ["RateLimitMiddleware", "Policy", "RequestInfo", "client_ip", "header", "global_key",
-           "request_info"]
+__all__ = [
+    "Policy",
+    "RateLimitMiddleware",
+    "RequestInfo",
+    "client_ip",
+    "global_key",
+    "header",
+    "request_info",
+]

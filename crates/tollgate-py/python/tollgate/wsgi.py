@@ -14,8 +14,9 @@ With Flask: ``app.wsgi_app = RateLimitMiddleware(app.wsgi_app, [...])``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from http import HTTPStatus
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable
 
 from . import check_all
 from ._errors import TollgateError
@@ -34,7 +35,7 @@ from ._web import (
     unavailable,
 )
 
-Environ = Dict[str, Any]
+Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
@@ -55,7 +56,7 @@ class RateLimitMiddleware:
 
     def __init__(self, app: WSGIApp, policies: Iterable[PolicyLike], *, shadow: bool = False):
         self.app = app
-        self.policies: List[Policy] = as_policies(policies)
+        self.policies: list[Policy] = as_policies(policies)
         self.shadow = shadow
 
     def decide(self, req: RequestInfo) -> Outcome:
@@ -86,11 +87,18 @@ class RateLimitMiddleware:
         if not out.headers:
             return self.app(environ, start_response)
 
-        def start_with_fields(status: str, headers: List, exc_info: Optional[Any] = None) -> Any:
+        def start_with_fields(status: str, headers: list, exc_info: Any | None = None) -> Any:
             return start_response(status, list(headers) + out.headers, exc_info)
 
         return self.app(environ, start_with_fields)
 
 
-__all__ = ["RateLimitMiddleware", "Policy", "RequestInfo", "client_ip", "header", "global_key",
-           "request_info"]
+__all__ = [
+    "Policy",
+    "RateLimitMiddleware",
+    "RequestInfo",
+    "client_ip",
+    "global_key",
+    "header",
+    "request_info",
+]
