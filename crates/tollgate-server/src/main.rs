@@ -231,7 +231,11 @@ fn build_config(cli: &Cli) -> Result<Config, ConfigError> {
 fn rls_settings(cli: &Cli) -> Result<Option<RlsSettings>, ConfigError> {
     let addr = match &cli.rls_addr {
         Some(a) => parse_listen(a).map_err(|m| ConfigError::new("--rls-addr", m))?,
-        None => Some(tollgate_server::rls::DEFAULT_RLS_ADDR.parse().expect("valid default")),
+        None => Some(
+            tollgate_server::rls::DEFAULT_RLS_ADDR
+                .parse()
+                .expect("valid default"),
+        ),
     };
     let (Some(dir), Some(addr)) = (&cli.rls_config, addr) else {
         return Ok(None);

@@ -148,7 +148,7 @@ fn seed() -> u64 {
 /// error saves the input and fails the test.
 fn fuzz(target: &str, iters: usize, mut check: impl FnMut(&[u8]) -> Result<(), String>) {
     let corpus = corpus(target);
-    let mut rng = Rng(seed() ^ target.len() as u64 * 0x9E37_79B9);
+    let mut rng = Rng(seed() ^ (target.len() as u64 * 0x9E37_79B9));
     let mut failures = Vec::new();
     let mut run = |input: &[u8], failures: &mut Vec<(Vec<u8>, String)>| {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(input)));

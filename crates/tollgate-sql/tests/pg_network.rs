@@ -46,13 +46,11 @@ struct Guarded {
 
 impl Drop for Guarded {
     fn drop(&mut self) {
-        if let Ok(store) = PgStore::builder(&self.url)
+        if let Ok(Ok(store)) = PgStore::builder(&self.url)
             .table(&self.table)
             .map(|b| b.connect())
         {
-            if let Ok(store) = store {
-                let _ = store.drop_schema();
-            }
+            let _ = store.drop_schema();
         }
     }
 }
