@@ -199,7 +199,10 @@ fn errors_are_clear() {
     std::fs::write(dir.file("plain"), b"x").unwrap();
     let bad = dir.file("plain").join("limits.db");
     let err = SqliteStore::open(&bad).unwrap_err().to_string();
-    assert!(err.contains("sqlite: connection failed: cannot open"), "{err}");
+    assert!(
+        err.contains("sqlite: connection failed: cannot open"),
+        "{err}"
+    );
     assert!(err.contains("limits.db"), "{err}");
     // A file that is not a database.
     std::fs::write(dir.file("junk.db"), vec![7u8; 4096]).unwrap();
