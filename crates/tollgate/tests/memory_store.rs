@@ -192,3 +192,21 @@ fn wrappers_limit_each_call() {
     // 2 at once, then 4 more at 500 ms each
     assert_eq!(clock.now(), 2_000_000);
 }
+
+/// `Arc<dyn Backend>` and `Box<dyn Backend>` are backends: a store chosen at run time.
+#[test]
+fn a_store_chosen_at_run_time_is_a_backend() {
+    use std::sync::Arc;
+    use tollgate::store::{Backend, Store};
+    let policy = Policy::gcra(Rate::per_second(1).unwrap()).unwrap();
+    let store = tollgate::store::memory::MemoryStore::new();
+    let arc: Arc<dyn Backend> = Arc::new(store.bind(&policy).unwrap());
+    let limiter = tollgate::Limiter::builder(policy.clone()).build_on(arc);
+    assert!(limiter.check("k").unwrap().allowed);
+    let boxed: Box<dyn Backend> = Box::new(store.bind(&policy).unwrap());
+    let shared = tollgate::Limiter::builder(policy).build_on(boxed);
+    assert!(
+        !shared.check("k").unwrap().allowed,
+        "same store and policy: shared state"
+    );
+}

@@ -181,77 +181,45 @@ pub(crate) fn validate_op(op: Op) -> Result<(), Error> {
     }
 }
 
-/// `Arc<dyn Backend>` (and `Box<dyn Backend>`) is a backend, so a store can be chosen at run
-/// time.
-///
-/// ```
-/// use std::sync::Arc;
-/// use tollgate::{Limiter, Policy, Rate, store::{Backend, Store, memory::MemoryStore}};
-/// let policy = Policy::gcra(Rate::per_second(1).unwrap()).unwrap();
-/// let backend: Arc<dyn Backend> = Arc::new(MemoryStore::new().bind(&policy).unwrap());
-/// let limiter = Limiter::builder(policy).build_on(backend);
-/// assert!(limiter.check("k").unwrap().allowed);
-/// ```
-impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
-    fn execute(&self, key: &str, op: Op, now: Micros) -> Result<Option<Decision>, Error> {
-        (**self).execute(key, op, now)
-    }
-    fn execute_async<'a>(
-        &'a self,
-        key: &'a str,
-        op: Op,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
-        (**self).execute_async(key, op, now)
-    }
-    fn execute_observed(
-        &self,
-        key: &str,
-        op: Op,
-        now: Micros,
-        failure: &mut Option<StoreFailure>,
-    ) -> Result<Option<Decision>, Error> {
-        (**self).execute_observed(key, op, now, failure)
-    }
-    fn execute_observed_async<'a>(
-        &'a self,
-        key: &'a str,
-        op: Op,
-        now: Micros,
-        failure: &'a mut Option<StoreFailure>,
-    ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
-        (**self).execute_observed_async(key, op, now, failure)
-    }
+/// Forwards every [`Backend`] method through a smart pointer.
+macro_rules! forward_backend {
+    ($pointer:ident) => {
+        impl<B: Backend + ?Sized> Backend for $pointer<B> {
+            fn execute(&self, key: &str, op: Op, now: Micros) -> Result<Option<Decision>, Error> {
+                (**self).execute(key, op, now)
+            }
+            fn execute_async<'a>(
+                &'a self,
+                key: &'a str,
+                op: Op,
+                now: Micros,
+            ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
+                (**self).execute_async(key, op, now)
+            }
+            fn execute_observed(
+                &self,
+                key: &str,
+                op: Op,
+                now: Micros,
+                failure: &mut Option<StoreFailure>,
+            ) -> Result<Option<Decision>, Error> {
+                (**self).execute_observed(key, op, now, failure)
+            }
+            fn execute_observed_async<'a>(
+                &'a self,
+                key: &'a str,
+                op: Op,
+                now: Micros,
+                failure: &'a mut Option<StoreFailure>,
+            ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
+                (**self).execute_observed_async(key, op, now, failure)
+            }
+        }
+    };
 }
 
-impl<B: Backend + ?Sized> Backend for Box<B> {
-    fn execute(&self, key: &str, op: Op, now: Micros) -> Result<Option<Decision>, Error> {
-        (**self).execute(key, op, now)
-    }
-    fn execute_async<'a>(
-        &'a self,
-        key: &'a str,
-        op: Op,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
-        (**self).execute_async(key, op, now)
-    }
-    fn execute_observed(
-        &self,
-        key: &str,
-        op: Op,
-        now: Micros,
-        failure: &mut Option<StoreFailure>,
-    ) -> Result<Option<Decision>, Error> {
-        (**self).execute_observed(key, op, now, failure)
-    }
-    fn execute_observed_async<'a>(
-        &'a self,
-        key: &'a str,
-        op: Op,
-        now: Micros,
-        failure: &'a mut Option<StoreFailure>,
-    ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
-        (**self).execute_observed_async(key, op, now, failure)
-    }
-}
+// `Arc<dyn Backend>` (and `Box<dyn Backend>`) is a backend, so a store can be chosen at run
+// time (`Limiter::builder(..).build_on(backend)`; tested in `tests/memory_store.rs`).
+use std::sync::Arc;
+forward_backend!(Arc);
+forward_backend!(Box);
