@@ -120,6 +120,12 @@ impl Decision {
         self
     }
 
+    /// Sets [`decided_at`](Self::decided_at) in place (the limiter's fast path: no copy).
+    #[inline(always)]
+    pub(crate) fn set_decided_at(&mut self, now: Micros) {
+        self.at = now;
+    }
+
     /// When the decision was received, on the limiter's clock (the system clock unless a
     /// test clock was set); `None` for a decision built by hand without
     /// [`with_decided_at`](Decision::with_decided_at).

@@ -142,16 +142,16 @@ impl<B: Backend> Limiter<B> {
     /// answered. The memory store answers at once, so its decisions keep the reading they
     /// were made with (no second read on the fast path).
     #[inline(always)]
-    fn stamp(&self, d: Option<Decision>, now: crate::time::Micros) -> Option<Decision> {
-        let in_process = std::any::TypeId::of::<B>() == std::any::TypeId::of::<MemoryBackend>();
-        let at = |now| {
-            if in_process {
-                now
+    fn stamp(&self, mut d: Option<Decision>, now: crate::time::Micros) -> Option<Decision> {
+        if let Some(d) = d.as_mut() {
+            // In place: the decision is not moved again on the hot path.
+            if std::any::TypeId::of::<B>() == std::any::TypeId::of::<MemoryBackend>() {
+                d.set_decided_at(now);
             } else {
-                self.inner.clock.now()
+                d.set_decided_at(self.inner.clock.now());
             }
-        };
-        d.map(|d| d.with_decided_at(at(now)))
+        }
+        d
     }
 
     #[inline]
