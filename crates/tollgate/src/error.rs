@@ -147,6 +147,13 @@ pub enum Error {
         /// The wait that would still have been needed.
         retry_after: Duration,
     },
+    /// A configuration that cannot work, refused when it is built or bound (e.g. local
+    /// leases over an algorithm whose refunds could over-admit).
+    #[error("invalid configuration: {reason}")]
+    Config {
+        /// What is wrong and what to use instead.
+        reason: String,
+    },
     /// The store failed (unreachable, timed out, bad reply). Never a denial.
     #[error("store error: {0}")]
     Store(#[from] StoreError),
