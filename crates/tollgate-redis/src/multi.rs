@@ -253,8 +253,7 @@ async fn run_many(
         .chunks(6)
         .map(decision_from)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(MultiDecision {
-        allowed: fields[0] == 1,
-        decisions,
-    })
+    let mut outcome = MultiDecision::from_decisions(decisions);
+    outcome.allowed = fields[0] == 1;
+    Ok(outcome)
 }

@@ -172,7 +172,7 @@ pub enum Error {
 /// assert_eq!(e.kind, StoreErrorKind::ConnectionRefused);
 /// assert_eq!(e.to_string(), "redis: connection refused: cannot connect");
 /// ```
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{store}: {}{message}", kind.prefix())]
 #[non_exhaustive]
 pub struct StoreError {

@@ -51,7 +51,7 @@ use std::sync::Arc;
 /// let f = StoreFailure::new(StoreError::new("redis", "down"), FailurePolicy::FailOpen, FailureOutcome::Admitted);
 /// assert_eq!(f.outcome, FailureOutcome::Admitted);
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StoreFailure {
     /// What the store reported (kind [`CircuitOpen`](crate::StoreErrorKind::CircuitOpen)

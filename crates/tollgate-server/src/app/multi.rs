@@ -39,7 +39,8 @@ pub struct MultiOutcome {
     /// Every item's decision; `allowed` only when every item admitted (then all were
     /// charged, else none was).
     pub decision: MultiDecision,
-    /// Set when the store failed and the closed failure policy denied every item.
+    /// Set when the store failed: the failure policy admitted or fell back (the decision
+    /// carries what it did), or the closed policy denied every item.
     pub store_error: Option<String>,
 }
 
@@ -90,10 +91,18 @@ impl App {
             Limiter::peek_all_async(&checks).await
         };
         let outcome = match result {
-            Ok(decision) => Ok(MultiOutcome {
-                decision,
-                store_error: None,
-            }),
+            Ok(decision) => {
+                // A failure policy answered for the store (open, fallback): report it as a
+                // single-key check does.
+                let store_error = decision.store_error().map(|e| {
+                    self.store_errors.record(e);
+                    e.to_string()
+                });
+                Ok(MultiOutcome {
+                    decision,
+                    store_error,
+                })
+            }
             Err(Error::Store(e)) => {
                 self.store_errors.increment(1);
                 match self.failure {

@@ -75,7 +75,9 @@ impl<B: MultiBackend> Limiter<B> {
     /// store (for the memory store: any memory backends; for Redis, one `RedisStore`, and on
     /// a Cluster one hash tag). Time is the first item's limiter's clock. Each limiter's hook
     /// sees its item: its own decision when the call was allowed, else the binding item's
-    /// decision (why it was blocked).
+    /// decision (why it was blocked), and — when the store failed and a failure policy
+    /// ([`FailSafe`](crate::store::failure::FailSafe)) answered — that item's store failure,
+    /// which the answer also carries ([`MultiDecision::store_failures`]).
     ///
     /// ```
     /// use tollgate::{Limiter, Policy, Rate, store::memory::MemoryStore};
@@ -171,7 +173,9 @@ impl<B: MultiBackend> Limiter<B> {
                 Ok(d) => Ok(d.binding().map(|(_, b)| *b)),
                 Err(e) => Err(e.clone()),
             };
-            crate::hooks::decided(hook, item.key, single_op, &seen, None);
+            // The store failure this item's failure policy answered, as for a single key.
+            let failure = result.as_ref().ok().and_then(|d| d.store_failures.get(n));
+            crate::hooks::decided(hook, item.key, single_op, &seen, failure);
         }
         result
     }

@@ -6,6 +6,7 @@
 
 pub mod failure;
 pub mod lease;
+pub(crate) mod io;
 pub mod log;
 pub mod memory;
 pub mod multi;

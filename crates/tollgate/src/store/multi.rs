@@ -28,7 +28,8 @@
 
 use super::Backend;
 use crate::decision::Decision;
-use crate::error::Error;
+use crate::error::{Error, StoreError};
+use crate::hooks::StoreFailure;
 use crate::time::Micros;
 use futures_util::future::BoxFuture;
 
@@ -124,8 +125,10 @@ pub enum MultiOp {
 ///         Decision::from_parts(true, 5, 4, 0, 200_000, None),
 ///         Decision::from_parts(false, 1, 0, 900_000, 900_000, Some(0)),
 ///     ],
+///     store_failures: vec![],
 /// };
 /// assert_eq!(d.binding().unwrap().0, 1);
+/// assert!(d.store_error().is_none());
 /// ```
 #[must_use = "a MultiDecision says whether the request may proceed"]
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,6 +140,12 @@ pub struct MultiDecision {
     /// `allowed` may be true while the call was denied by another key). When the call was
     /// allowed these are the charged decisions.
     pub decisions: Vec<Decision>,
+    /// Empty when the store answered. When the store failed and the items' failure policies
+    /// answered instead (fail open, fallback; see
+    /// [`FailSafe`](crate::store::failure::FailSafe)): one entry per item, in call order —
+    /// the store error and what that item's policy did — as a single-key call reports it
+    /// through [`Backend::execute_observed`].
+    pub store_failures: Vec<StoreFailure>,
 }
 
 impl MultiDecision {
@@ -151,7 +160,20 @@ impl MultiDecision {
         MultiDecision {
             allowed: decisions.iter().all(|d| d.allowed),
             decisions,
+            store_failures: Vec::new(),
         }
+    }
+
+    /// The store error a failure policy answered for, if any (see
+    /// [`store_failures`](Self::store_failures)): what a surface shows as `store_error`.
+    ///
+    /// ```
+    /// use tollgate::{Decision, store::multi::MultiDecision};
+    /// let d = MultiDecision::from_decisions(vec![Decision::fail_open(5)]);
+    /// assert!(d.store_error().is_none()); // the store answered
+    /// ```
+    pub fn store_error(&self) -> Option<&StoreError> {
+        self.store_failures.first().map(|f| &f.error)
     }
 
     /// The key to report for a denial: among the keys that denied, the one with the longest

@@ -80,6 +80,7 @@ pub use breaker::{
 pub(crate) use guard::Guard;
 pub use store::FailSafeStore;
 
+use super::io::{self, Io};
 use super::memory::{MemoryBackend, MemoryStore};
 use super::{Backend, Op, Store};
 use crate::decision::Decision;
@@ -420,8 +421,11 @@ impl<B: Backend, F: Backend> FailSafe<B, F> {
         result
     }
 
-    fn run(
+    /// The one flow of every call: the primary store (unless the breaker is open), then the
+    /// policy when it failed. `io` says how the store calls are made.
+    async fn run(
         &self,
+        io: Io,
         key: &str,
         op: Op,
         now: Micros,
@@ -430,7 +434,10 @@ impl<B: Backend, F: Backend> FailSafe<B, F> {
         let err = match self.guard.breaker.admit() {
             Admission::Reject(err) => err,
             admission => {
-                let result = self.primary.execute(key, op, now);
+                let result = match io {
+                    Io::Blocking => self.primary.execute(key, op, now),
+                    Io::Async => self.primary.execute_async(key, op, now).await,
+                };
                 match self.settle(admission.is_probe(), result) {
                     Ok(answered) => return answered,
                     Err(err) => err,
@@ -439,43 +446,35 @@ impl<B: Backend, F: Backend> FailSafe<B, F> {
         };
         match &self.mode {
             Mode::Fallback(fallback) => {
-                let result = fallback.execute(key, op, now);
+                let result = match io {
+                    Io::Blocking => fallback.execute(key, op, now),
+                    Io::Async => fallback.execute_async(key, op, now).await,
+                };
                 self.after_fallback(&err, result, report)
             }
             _ => self.without_store(err, op, report),
         }
     }
 
-    async fn run_async(
+    fn run_blocking(
         &self,
         key: &str,
         op: Op,
         now: Micros,
         report: Report<'_>,
     ) -> Result<Option<Decision>, Error> {
-        let err = match self.guard.breaker.admit() {
-            Admission::Reject(err) => err,
-            admission => {
-                let result = self.primary.execute_async(key, op, now).await;
-                match self.settle(admission.is_probe(), result) {
-                    Ok(answered) => return answered,
-                    Err(err) => err,
-                }
-            }
-        };
-        match &self.mode {
-            Mode::Fallback(fallback) => {
-                let result = fallback.execute_async(key, op, now).await;
-                self.after_fallback(&err, result, report)
-            }
-            _ => self.without_store(err, op, report),
-        }
+        io::blocking(self.run(Io::Blocking, key, op, now, report), lost)
     }
+}
+
+/// The answer of a blocking flow that did not complete (never expected; see [`io::blocking`]).
+fn lost<T>() -> Result<T, Error> {
+    Err(StoreError::new("failure policy", "a blocking call did not complete").into())
 }
 
 impl<B: Backend, F: Backend> Backend for FailSafe<B, F> {
     fn execute(&self, key: &str, op: Op, now: Micros) -> Result<Option<Decision>, Error> {
-        self.run(key, op, now, None)
+        self.run_blocking(key, op, now, None)
     }
 
     fn execute_async<'a>(
@@ -484,7 +483,7 @@ impl<B: Backend, F: Backend> Backend for FailSafe<B, F> {
         op: Op,
         now: Micros,
     ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
-        Box::pin(self.run_async(key, op, now, None))
+        Box::pin(self.run(Io::Async, key, op, now, None))
     }
 
     fn execute_observed(
@@ -494,7 +493,7 @@ impl<B: Backend, F: Backend> Backend for FailSafe<B, F> {
         now: Micros,
         failure: &mut Option<StoreFailure>,
     ) -> Result<Option<Decision>, Error> {
-        self.run(key, op, now, Some(failure))
+        self.run_blocking(key, op, now, Some(failure))
     }
 
     fn execute_observed_async<'a>(
@@ -504,6 +503,6 @@ impl<B: Backend, F: Backend> Backend for FailSafe<B, F> {
         now: Micros,
         failure: &'a mut Option<StoreFailure>,
     ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
-        Box::pin(self.run_async(key, op, now, Some(failure)))
+        Box::pin(self.run(Io::Async, key, op, now, Some(failure)))
     }
 }

@@ -4,6 +4,7 @@
 use super::{FailSafe, FailureOutcome, Mode};
 use crate::decision::Decision;
 use crate::error::{Error, StoreError};
+use crate::store::io::{self, Io};
 use crate::store::multi::{first_backend, KeyCheck, MultiBackend, MultiDecision, MultiOp};
 use crate::time::Micros;
 use futures_util::future::BoxFuture;
@@ -73,15 +74,19 @@ impl<B: MultiBackend, F: MultiBackend> FailSafe<B, F> {
         answers: Vec<Result<Decision, &F>>,
         fallback: Result<MultiDecision, Error>,
     ) -> Result<MultiDecision, Error> {
+        let mut store_failures = Vec::with_capacity(items.len());
         for (item, answer) in items.iter().zip(&answers) {
             let b = item.backend();
+            let mut failure = None;
+            let outcome = outcome_of(answer, &fallback);
             b.guard.observe(
                 "rate-limit store",
                 err,
                 b.policy(),
-                outcome_of(answer, &fallback),
-                None,
+                outcome,
+                Some(&mut failure),
             );
+            store_failures.extend(failure);
         }
         let mut from_fallback = match fallback {
             Ok(d) => d.decisions.into_iter(),
@@ -96,7 +101,9 @@ impl<B: MultiBackend, F: MultiBackend> FailSafe<B, F> {
                     .ok_or_else(|| Error::Store(StoreError::new("fallback", "missing a decision"))),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(MultiDecision::from_decisions(decisions))
+        let mut answer = MultiDecision::from_decisions(decisions);
+        answer.store_failures = store_failures;
+        Ok(answer)
     }
 
     /// The items' answers once the primary failed with `err`: an error when an item fails
@@ -137,11 +144,10 @@ impl<B: MultiBackend, F: MultiBackend> FailSafe<B, F> {
     }
 }
 
-/// The primary decides every key in one call; when it fails or the breaker (the first item's)
-/// is open, an item with the closed policy fails the call, open items are admitted, and the
-/// fallback items are decided together on their fallback backends (one all-or-nothing call).
-impl<B: MultiBackend, F: MultiBackend> MultiBackend for FailSafe<B, F> {
-    fn execute_all(
+impl<B: MultiBackend, F: MultiBackend> FailSafe<B, F> {
+    /// The one flow of a multi-key call; `io` says how the store calls are made.
+    async fn run_all(
+        io: Io,
         items: &[KeyCheck<'_, Self>],
         op: MultiOp,
         now: Micros,
@@ -150,7 +156,11 @@ impl<B: MultiBackend, F: MultiBackend> MultiBackend for FailSafe<B, F> {
         let err = match first.guard.breaker.admit() {
             super::breaker::Admission::Reject(err) => err,
             admission => {
-                let result = B::execute_all(&Self::primary_items(items), op, now);
+                let primary = Self::primary_items(items);
+                let result = match io {
+                    Io::Blocking => B::execute_all(&primary, op, now),
+                    Io::Async => B::execute_all_async(&primary, op, now).await,
+                };
                 match Self::settle_all(first, admission.is_probe(), result) {
                     Ok(answered) => return answered,
                     Err(err) => err,
@@ -158,12 +168,29 @@ impl<B: MultiBackend, F: MultiBackend> MultiBackend for FailSafe<B, F> {
             }
         };
         let (answers, fallback_items) = Self::after_failure(items, &err)?;
-        let fallback = if fallback_items.is_empty() {
-            Ok(MultiDecision::from_decisions(vec![]))
-        } else {
-            F::execute_all(&fallback_items, op, now)
+        let fallback = match io {
+            _ if fallback_items.is_empty() => Ok(MultiDecision::from_decisions(vec![])),
+            Io::Blocking => F::execute_all(&fallback_items, op, now),
+            Io::Async => F::execute_all_async(&fallback_items, op, now).await,
         };
         Self::merge(items, &err, answers, fallback)
+    }
+}
+
+/// The primary decides every key in one call; when it fails or the breaker (the first item's)
+/// is open, an item with the closed policy fails the call, open items are admitted, and the
+/// fallback items are decided together on their fallback backends (one all-or-nothing call).
+/// The answer then carries what each item's policy did
+/// ([`MultiDecision::store_failures`]), as a single-key call reports it.
+impl<B: MultiBackend, F: MultiBackend> MultiBackend for FailSafe<B, F> {
+    fn execute_all(
+        items: &[KeyCheck<'_, Self>],
+        op: MultiOp,
+        now: Micros,
+    ) -> Result<MultiDecision, Error> {
+        io::blocking(Self::run_all(Io::Blocking, items, op, now), || {
+            Err(StoreError::new("failure policy", "a blocking call did not complete").into())
+        })
     }
 
     fn execute_all_async<'a>(
@@ -171,26 +198,6 @@ impl<B: MultiBackend, F: MultiBackend> MultiBackend for FailSafe<B, F> {
         op: MultiOp,
         now: Micros,
     ) -> BoxFuture<'a, Result<MultiDecision, Error>> {
-        Box::pin(async move {
-            let first = first_backend(items)?;
-            let err = match first.guard.breaker.admit() {
-                super::breaker::Admission::Reject(err) => err,
-                admission => {
-                    let primary = Self::primary_items(items);
-                    let result = B::execute_all_async(&primary, op, now).await;
-                    match Self::settle_all(first, admission.is_probe(), result) {
-                        Ok(answered) => return answered,
-                        Err(err) => err,
-                    }
-                }
-            };
-            let (answers, fallback_items) = Self::after_failure(items, &err)?;
-            let fallback = if fallback_items.is_empty() {
-                Ok(MultiDecision::from_decisions(vec![]))
-            } else {
-                F::execute_all_async(&fallback_items, op, now).await
-            };
-            Self::merge(items, &err, answers, fallback)
-        })
+        Box::pin(Self::run_all(Io::Async, items, op, now))
     }
 }
