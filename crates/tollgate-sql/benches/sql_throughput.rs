@@ -18,9 +18,10 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tollgate::store::multi::{MultiBackend, MultiOp};
 use tollgate::store::{Backend, Op, Store};
 use tollgate::{Policy, Rate};
-use tollgate_sql::{KeyCheck, PgStore, SqliteStore};
+use tollgate_sql::{KeyCheck, PgBackend, PgStore, SqliteBackend, SqliteStore};
 
 const CHILD: &str = "TOLLGATE_SQL_BENCH_CHILD";
 const KEYS: u64 = 10_000;
@@ -310,7 +311,7 @@ fn postgres_multi(url: &str) {
         let checks: Vec<_> = (0..3)
             .map(|i| KeyCheck::new(&backends[i], keys[i].as_str(), 1))
             .collect();
-        store.check_all(&checks).map(drop)
+        PgBackend::execute_all(&checks, MultiOp::Check, 0).map(drop)
     });
     let (single, single_errors) = run_threads(TASKS, secs, |rng| {
         let keys = multi_keys(rng);
@@ -342,7 +343,7 @@ fn sqlite_multi() {
         let checks: Vec<_> = (0..3)
             .map(|i| KeyCheck::new(&backends[i], keys[i].as_str(), 1))
             .collect();
-        store.check_all(&checks).map(drop)
+        SqliteBackend::execute_all(&checks, MultiOp::Check, now_us()).map(drop)
     });
     let (single, single_errors) = run_threads(1, secs, |rng| {
         let keys = multi_keys(rng);

@@ -19,6 +19,21 @@ pub(crate) enum Engine {
     SlidingLog(sliding_log::Params),
 }
 
+/// Runs `$rates::<A>($p, args…)` with `A` the rate algorithm of `$engine` and `$p` its
+/// parameters, or `$log` with `$p` the sliding log's parameters: the one dispatch on the
+/// algorithm (a new rate algorithm is one line here and one variant above).
+macro_rules! dispatch {
+    ($engine:expr, $p:ident => $rates:ident($($arg:expr),*), log => $log:expr) => {
+        match $engine {
+            Engine::Gcra($p) => $rates::<gcra::Gcra>($p, $($arg),*),
+            Engine::TokenBucket($p) => $rates::<token_bucket::TokenBucket>($p, $($arg),*),
+            Engine::FixedWindow($p) => $rates::<fixed_window::FixedWindow>($p, $($arg),*),
+            Engine::SlidingWindow($p) => $rates::<sliding_window::SlidingWindow>($p, $($arg),*),
+            Engine::SlidingLog($p) => $log,
+        }
+    };
+}
+
 impl Engine {
     pub(crate) fn new(policy: &Policy) -> Result<Engine, Error> {
         Ok(match CompiledPolicy::new(policy) {
@@ -44,13 +59,7 @@ impl Engine {
         fn each<A: RateAlgorithm>(p: &[A::Params]) -> Vec<u64> {
             p.iter().map(A::capacity).collect()
         }
-        match self {
-            Engine::Gcra(p) => each::<gcra::Gcra>(p),
-            Engine::TokenBucket(p) => each::<token_bucket::TokenBucket>(p),
-            Engine::FixedWindow(p) => each::<fixed_window::FixedWindow>(p),
-            Engine::SlidingWindow(p) => each::<sliding_window::SlidingWindow>(p),
-            Engine::SlidingLog(p) => p.rates.iter().map(|r| r.limit).collect(),
-        }
+        dispatch!(self, p => each(), log => p.rates.iter().map(|r| r.limit).collect())
     }
 
     /// Every rate's parameters as the PL/pgSQL functions take them (one array per position,
@@ -59,13 +68,9 @@ impl Engine {
         fn each<A: RateAlgorithm>(p: &[A::Params]) -> Vec<Vec<u64>> {
             p.iter().map(A::script_params).collect()
         }
-        match self {
-            Engine::Gcra(p) => each::<gcra::Gcra>(p),
-            Engine::TokenBucket(p) => each::<token_bucket::TokenBucket>(p),
-            Engine::FixedWindow(p) => each::<fixed_window::FixedWindow>(p),
-            Engine::SlidingWindow(p) => each::<sliding_window::SlidingWindow>(p),
-            Engine::SlidingLog(p) => p.rates.iter().map(|r| vec![r.limit, r.window]).collect(),
-        }
+        dispatch!(self, p => each(), log => {
+            p.rates.iter().map(|r| vec![r.limit, r.window]).collect()
+        })
     }
 
     /// Validates an operation before it reaches the database: cost 0 is invalid, and a cost
@@ -129,32 +134,26 @@ impl Engine {
             }
             Ok((decision, Some(encode_rates::<A>(&states))))
         }
-        match self {
-            Engine::Gcra(p) => rates::<gcra::Gcra>(p, state, now, op),
-            Engine::TokenBucket(p) => rates::<token_bucket::TokenBucket>(p, state, now, op),
-            Engine::FixedWindow(p) => rates::<fixed_window::FixedWindow>(p, state, now, op),
-            Engine::SlidingWindow(p) => rates::<sliding_window::SlidingWindow>(p, state, now, op),
-            Engine::SlidingLog(p) => {
-                let mut log = state.and_then(sliding_log::decode_log).unwrap_or_default();
-                let before = log.clone();
-                let decision = match op {
-                    Op::Check(cost) => Some(sliding_log::decide(p, &mut log, now, cost, true)?),
-                    Op::Peek(cost) => Some(sliding_log::decide(p, &mut log, now, cost, false)?),
-                    Op::Refund(amount) => {
-                        if state.is_none() {
-                            return Ok((None, None));
-                        }
-                        sliding_log::refund(p, &mut log, now, amount);
-                        None
+        dispatch!(self, p => rates(state, now, op), log => {
+            let mut log = state.and_then(sliding_log::decode_log).unwrap_or_default();
+            let before = log.clone();
+            let decision = match op {
+                Op::Check(cost) => Some(sliding_log::decide(p, &mut log, now, cost, true)?),
+                Op::Peek(cost) => Some(sliding_log::decide(p, &mut log, now, cost, false)?),
+                Op::Refund(amount) => {
+                    if state.is_none() {
+                        return Ok((None, None));
                     }
-                    _ => return Ok((None, None)),
-                };
-                if log == before {
-                    return Ok((decision, None));
+                    sliding_log::refund(p, &mut log, now, amount);
+                    None
                 }
-                Ok((decision, Some(sliding_log::encode_log(&log))))
+                _ => return Ok((None, None)),
+            };
+            if log == before {
+                return Ok((decision, None));
             }
-        }
+            Ok((decision, Some(sliding_log::encode_log(&log))))
+        })
     }
 
     /// Decides `cost` on the decoded `state` at `now` without writing anything: the step of a
@@ -192,25 +191,19 @@ impl Engine {
                 settled: changed(&settled),
             })
         }
-        match self {
-            Engine::Gcra(p) => rates::<gcra::Gcra>(p, state, now, cost),
-            Engine::TokenBucket(p) => rates::<token_bucket::TokenBucket>(p, state, now, cost),
-            Engine::FixedWindow(p) => rates::<fixed_window::FixedWindow>(p, state, now, cost),
-            Engine::SlidingWindow(p) => rates::<sliding_window::SlidingWindow>(p, state, now, cost),
-            Engine::SlidingLog(p) => {
-                let mut log = state.and_then(sliding_log::decode_log).unwrap_or_default();
-                let before = log.clone();
-                // The sliding log decides every rate together (one shared log): charge a
-                // copy, which is the state to write if the whole call is admitted.
-                let decision = sliding_log::decide(p, &mut log, now, cost, true)?;
-                Ok(Evaluation {
-                    decision,
-                    charged: (log != before).then(|| sliding_log::encode_log(&log)),
-                    // an uncharged check leaves the log as it is
-                    settled: None,
-                })
-            }
-        }
+        dispatch!(self, p => rates(state, now, cost), log => {
+            let mut log = state.and_then(sliding_log::decode_log).unwrap_or_default();
+            let before = log.clone();
+            // The sliding log decides every rate together (one shared log): charge a
+            // copy, which is the state to write if the whole call is admitted.
+            let decision = sliding_log::decide(p, &mut log, now, cost, true)?;
+            Ok(Evaluation {
+                decision,
+                charged: (log != before).then(|| sliding_log::encode_log(&log)),
+                // an uncharged check leaves the log as it is
+                settled: None,
+            })
+        })
     }
 
     /// The time from which the encoded `state` is equivalent to fresh.
@@ -219,15 +212,9 @@ impl Engine {
             let states = decode_rates::<A>(params, Some(state));
             algorithm::horizon_rates::<A>(params, &states)
         }
-        match self {
-            Engine::Gcra(p) => rates::<gcra::Gcra>(p, state),
-            Engine::TokenBucket(p) => rates::<token_bucket::TokenBucket>(p, state),
-            Engine::FixedWindow(p) => rates::<fixed_window::FixedWindow>(p, state),
-            Engine::SlidingWindow(p) => rates::<sliding_window::SlidingWindow>(p, state),
-            Engine::SlidingLog(p) => {
-                sliding_log::decode_log(state).map_or(0, |log| sliding_log::horizon(p, &log))
-            }
-        }
+        dispatch!(self, p => rates(state), log => {
+            sliding_log::decode_log(state).map_or(0, |log| sliding_log::horizon(p, &log))
+        })
     }
 }
 

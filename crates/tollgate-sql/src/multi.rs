@@ -1,46 +1,12 @@
-//! Several keys, each with its own policy, decided all-or-nothing in one call: the SQL stores
-//! implement the core capability [`tollgate::store::multi::MultiBackend`] (one function call
-//! on PostgreSQL, one transaction on SQLite); this module holds the checks they share.
+//! Several keys, each with its own policy, decided all-or-nothing in one call: both SQL
+//! backends implement the core capability [`tollgate::store::multi::MultiBackend`] (one
+//! function call on PostgreSQL, one transaction on SQLite), which
+//! [`tollgate::Limiter::check_all`] and every surface use. This module holds the check they
+//! share.
 
 use tollgate::Error;
 
-use crate::{PgBackend, SqliteBackend};
-use futures_util::future::BoxFuture;
-use tollgate::store::multi::{first_backend, MultiBackend, MultiOp};
 pub use tollgate::store::multi::{KeyCheck, MultiDecision};
-use tollgate::time::Micros;
-
-/// `MultiBackend` for a SQL backend whose `store()` runs `many` / `many_async` (one function
-/// call on PostgreSQL, rows locked in key order; one transaction on SQLite).
-macro_rules! sql_multi_backend {
-    ($backend:ty) => {
-        impl MultiBackend for $backend {
-            fn execute_all(
-                items: &[KeyCheck<'_, Self>],
-                op: MultiOp,
-                now: Micros,
-            ) -> Result<MultiDecision, Error> {
-                first_backend(items)?
-                    .store()
-                    .many(items, op == MultiOp::Check, now)
-            }
-
-            fn execute_all_async<'a>(
-                items: &'a [KeyCheck<'a, Self>],
-                op: MultiOp,
-                now: Micros,
-            ) -> BoxFuture<'a, Result<MultiDecision, Error>> {
-                Box::pin(async move {
-                    let store = first_backend(items)?.store();
-                    store.many_async(items, op == MultiOp::Check, now).await
-                })
-            }
-        }
-    };
-}
-
-sql_multi_backend!(SqliteBackend);
-sql_multi_backend!(PgBackend);
 
 /// The checks common to both stores, before anything reaches the database: at least one
 /// key, and no stored key twice.

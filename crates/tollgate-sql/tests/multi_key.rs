@@ -1,4 +1,4 @@
-//! Multi-key all-or-nothing (`check_all` / `peek_all`) on a real PostgreSQL (DATABASE_URL;
+//! Multi-key all-or-nothing (`MultiBackend::execute_all`, what `Limiter::check_all` runs) on a real PostgreSQL (DATABASE_URL;
 //! CI fails when it is missing) and real SQLite files: a denial leaves every key uncharged,
 //! mixed policies and algorithms decide like the memory store, the combined decision
 //! follows the multi-rate rule across keys, clear errors. The multi-process concurrency
@@ -6,7 +6,9 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
+use tollgate::store::multi::{MultiBackend, MultiOp};
 use tollgate::store::{memory::MemoryStore, Backend, Op, Store};
+use tollgate::time::{Clock, SystemClock};
 use tollgate::{parse_rates, Decision, Error, Policy, Rate};
 use tollgate_sql::{KeyCheck, MultiDecision, PgBackend, PgStore, SqliteBackend, SqliteStore};
 
@@ -115,10 +117,10 @@ impl MultiStore for PgStore {
         c: &[KeyCheck<'_, PgBackend>],
         now: u64,
     ) -> Result<MultiDecision, Error> {
-        PgStore::check_all_at(self, c, now)
+        PgBackend::execute_all(c, MultiOp::Check, now)
     }
     fn peek_all_at(&self, c: &[KeyCheck<'_, PgBackend>], now: u64) -> Result<MultiDecision, Error> {
-        PgStore::peek_all_at(self, c, now)
+        PgBackend::execute_all(c, MultiOp::Peek, now)
     }
 }
 
@@ -135,15 +137,31 @@ impl MultiStore for SqliteStore {
         c: &[KeyCheck<'_, SqliteBackend>],
         now: u64,
     ) -> Result<MultiDecision, Error> {
-        SqliteStore::check_all_at(self, c, now)
+        SqliteBackend::execute_all(c, MultiOp::Check, now)
     }
     fn peek_all_at(
         &self,
         c: &[KeyCheck<'_, SqliteBackend>],
         now: u64,
     ) -> Result<MultiDecision, Error> {
-        SqliteStore::peek_all_at(self, c, now)
+        SqliteBackend::execute_all(c, MultiOp::Peek, now)
     }
+}
+
+/// The async multi-key check of the core capability (what `Limiter::check_all_async` runs).
+async fn check_at_async<B: MultiBackend>(
+    checks: &[KeyCheck<'_, B>],
+    now: u64,
+) -> Result<MultiDecision, Error> {
+    B::execute_all_async(checks, MultiOp::Check, now).await
+}
+
+/// The async multi-key peek of the core capability.
+async fn peek_at_async<B: MultiBackend>(
+    checks: &[KeyCheck<'_, B>],
+    now: u64,
+) -> Result<MultiDecision, Error> {
+    B::execute_all_async(checks, MultiOp::Peek, now).await
 }
 
 fn us(d: Duration) -> u64 {
@@ -656,17 +674,17 @@ async fn postgres_async_api_and_database_clock() {
         .bind(&Policy::sliding_log(parse_rates("3/min").unwrap()).unwrap())
         .unwrap();
     let checks = [KeyCheck::new(&user, "u", 1), KeyCheck::new(&log, "g", 1)];
-    let d = caller.check_all_at_async(&checks, T0).await.unwrap();
+    let d = check_at_async(&checks, T0).await.unwrap();
     assert!(d.allowed);
     assert_eq!(d.tightest().unwrap().1.remaining, 1); // user: 2 - 1 (the log has 2 left)
-    let d = caller.check_all_at_async(&checks, T0).await.unwrap();
+    let d = check_at_async(&checks, T0).await.unwrap();
     assert!(d.allowed);
-    let d = caller.check_all_at_async(&checks, T0).await.unwrap();
+    let d = check_at_async(&checks, T0).await.unwrap();
     assert_eq!(
         (d.allowed, d.binding().map(|(key, _)| key)),
         (false, Some(0))
     );
-    let p = caller.peek_all_at_async(&checks[1..], T0).await.unwrap();
+    let p = peek_at_async(&checks[1..], T0).await.unwrap();
     assert_eq!(p.decisions[0].remaining, 0); // the log: 3 - 2 - this peek's 1
 
     // the database clock: a store without caller time ignores `now`
@@ -686,16 +704,23 @@ async fn postgres_async_api_and_database_clock() {
         KeyCheck::new(&user, "db-u", 1),
         KeyCheck::new(&fixed, "db-f", 1),
     ];
-    assert!(db.check_all_async(&checks).await.unwrap().allowed);
-    let d = db.check_all_async(&checks).await.unwrap();
+    assert!(
+        check_at_async(&checks, SystemClock.now())
+            .await
+            .unwrap()
+            .allowed
+    );
+    let d = check_at_async(&checks, SystemClock.now()).await.unwrap();
     assert_eq!(
         (d.allowed, d.binding().map(|(key, _)| key)),
         (false, Some(1))
     );
     // denied by the fixed window: the user key kept its second unit
-    let p = db.peek_all_async(&checks[..1]).await.unwrap();
+    let p = peek_at_async(&checks[..1], SystemClock.now())
+        .await
+        .unwrap();
     assert!(p.allowed && p.decisions[0].remaining == 0);
-    let sync = db.peek_all(&checks[..1]).unwrap();
+    let sync = PgBackend::execute_all(&checks[..1], MultiOp::Peek, SystemClock.now()).unwrap();
     assert!(sync.allowed);
 }
 
@@ -710,18 +735,22 @@ async fn sqlite_async_api() {
         .bind(&Policy::token_bucket(1, 1, Duration::from_secs(60)).unwrap())
         .unwrap();
     let checks = [KeyCheck::new(&a, "a", 1), KeyCheck::new(&b, "b", 1)];
-    assert!(store.check_all_at_async(&checks, T0).await.unwrap().allowed);
-    let d = store.check_all_at_async(&checks, T0).await.unwrap();
+    assert!(check_at_async(&checks, T0).await.unwrap().allowed);
+    let d = check_at_async(&checks, T0).await.unwrap();
     assert_eq!(
         (d.allowed, d.binding().map(|(key, _)| key)),
         (false, Some(1))
     );
-    let p = store.peek_all_at_async(&checks[..1], T0).await.unwrap();
+    let p = peek_at_async(&checks[..1], T0).await.unwrap();
     assert_eq!(p.decisions[0].remaining, 0); // 2 - 1 charged - 1 peeked
-    assert!(store.check_all_async(&checks[..1]).await.unwrap().allowed);
     assert!(
-        store
-            .peek_all_async(&checks[..1])
+        check_at_async(&checks[..1], SystemClock.now())
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        peek_at_async(&checks[..1], SystemClock.now())
             .await
             .unwrap()
             .decisions

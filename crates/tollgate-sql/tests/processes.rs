@@ -11,9 +11,10 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tollgate::store::multi::{MultiBackend, MultiOp};
 use tollgate::store::{Backend, Op, Store};
 use tollgate::{Algorithm, Policy};
-use tollgate_sql::{KeyCheck, MultiDecision, PgStore, SqliteStore};
+use tollgate_sql::{KeyCheck, MultiDecision, PgBackend, PgStore, SqliteBackend, SqliteStore};
 
 const CHILD: &str = "TOLLGATE_SQL_CHILD";
 
@@ -427,7 +428,7 @@ fn multi_child(job: Job) {
             let backends: Vec<_> = policies.iter().map(|p| store.bind(p).unwrap()).collect();
             std::thread::scope(|s| {
                 for task in 0..job.tasks {
-                    let (store, backends, tally) = (&store, &backends, &tally);
+                    let (backends, tally) = (&backends, &tally);
                     s.spawn(move || {
                         let keys = multi_keys(task);
                         for attempt in 0..job.attempts {
@@ -435,7 +436,10 @@ fn multi_child(job: Job) {
                                 .into_iter()
                                 .map(|i| KeyCheck::new(&backends[i], keys[i].as_str(), 1))
                                 .collect();
-                            tally.record(task, store.check_all_at(&checks, job.now));
+                            tally.record(
+                                task,
+                                SqliteBackend::execute_all(&checks, MultiOp::Check, job.now),
+                            );
                         }
                     });
                 }
@@ -459,7 +463,7 @@ fn multi_child(job: Job) {
             rt.block_on(async {
                 let mut handles = Vec::new();
                 for task in 0..job.tasks {
-                    let (store, backends, tally) = (store.clone(), backends.clone(), tally.clone());
+                    let (backends, tally) = (backends.clone(), tally.clone());
                     let job = job.clone();
                     handles.push(tokio::spawn(async move {
                         let keys = multi_keys(task);
@@ -471,17 +475,16 @@ fn multi_child(job: Job) {
                                     .iter()
                                     .map(|&i| KeyCheck::new(&backends[i], keys[i].as_str(), 1))
                                     .collect();
-                                store.check_all_at_async(&checks, job.now).await
+                                PgBackend::execute_all_async(&checks, MultiOp::Check, job.now).await
                             } else {
-                                let (store, backends, keys) =
-                                    (store.clone(), backends.clone(), keys.clone());
+                                let (backends, keys) = (backends.clone(), keys.clone());
                                 let now = job.now;
                                 tokio::task::spawn_blocking(move || {
                                     let checks: Vec<_> = order
                                         .iter()
                                         .map(|&i| KeyCheck::new(&backends[i], keys[i].as_str(), 1))
                                         .collect();
-                                    store.check_all_at(&checks, now)
+                                    PgBackend::execute_all(&checks, MultiOp::Check, now)
                                 })
                                 .await
                                 .unwrap()

@@ -1,6 +1,13 @@
 //! [`PgStoreBuilder`]: the URL, table, namespace, pool, clock and timeouts of a [`PgStore`].
 
-use super::*;
+use super::conn::{OwnedRuntime, PgManager, Shared};
+use super::{pg_error, PgStore};
+use crate::table::TableName;
+use deadpool::managed::Pool;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+use tollgate::Error;
 
 /// Configures and connects a [`PgStore`].
 ///
@@ -78,7 +85,11 @@ impl PgStoreBuilder {
     }
 
     /// The time limit of one call, connection included (default 5 s). An expired call is a
-    /// `StoreError` with `timeout == true`.
+    /// `StoreError` with `timeout == true`, and it charged nothing: a decision's statement
+    /// must end in the database within half this time (`statement_timeout`), else
+    /// PostgreSQL cancels and rolls it back — also while it waits for a locked row — and the
+    /// other half is the margin for the reply. So a database that takes longer than half the
+    /// call timeout to decide is reported as timing out.
     ///
     /// ```
     /// let b = tollgate_sql::PgStore::builder("postgres://localhost/db")
@@ -152,7 +163,14 @@ impl PgStoreBuilder {
             .enable_all()
             .build()
             .map_err(|e| pg_error("cannot start the store's runtime", e))?;
-        let pool = Pool::builder(PgManager { config })
+        let manager = PgManager {
+            config,
+            // at least 1 ms: 0 would mean no limit
+            statement_timeout_ms: ((self.call_timeout / 2).as_micros() as u64)
+                .div_ceil(1000)
+                .max(1),
+        };
+        let pool = Pool::builder(manager)
             .max_size(self.max_connections)
             .runtime(deadpool::Runtime::Tokio1)
             .wait_timeout(Some(self.call_timeout))
@@ -225,13 +243,10 @@ impl PgStoreBuilder {
     pub async fn connect_async(self) -> Result<PgStore, Error> {
         let store = self.build()?;
         let shared = store.shared.clone();
-        join(
-            "cannot connect",
-            store
-                .shared
-                .spawn("", async move { shared.get().await.map(drop) }),
-        )
-        .await?;
+        store
+            .shared
+            .run_async("", async move { shared.get().await.map(drop) })
+            .await?;
         Ok(store)
     }
 }

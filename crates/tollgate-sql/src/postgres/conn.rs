@@ -1,11 +1,27 @@
-//! The PostgreSQL connection pool (deadpool over tokio-postgres) and the runtime a sync
-//! caller's calls run on.
+//! The PostgreSQL connection pool (deadpool over tokio-postgres), the store's own runtime —
+//! the one bridge every sync and async call crosses — and the guard that keeps a call which
+//! failed or was abandoned from running on in the server.
 
-use super::*;
+use super::{pg_driver_error, pg_error, STORE};
+use crate::table::TableName;
+use deadpool::managed::{self, Metrics, Pool, RecycleError, RecycleResult};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_postgres::{CancelToken, NoTls, Statement};
+use tollgate::time::Micros;
+use tollgate::{Error, StoreError, StoreErrorKind};
 
 pub(super) struct PgConn {
     pub(super) client: tokio_postgres::Client,
-    pub(super) statements: HashMap<String, Statement>,
+    statements: HashMap<String, Statement>,
+    /// This session's `statement_timeout` in ms, as last set.
+    statement_timeout_ms: u64,
+    /// Set when a call was dropped with a statement in flight: the connection is never
+    /// handed out again (a late cancel request could hit the next call's statement).
+    abandoned: Arc<AtomicBool>,
 }
 
 impl PgConn {
@@ -20,10 +36,55 @@ impl PgConn {
         self.statements.insert(sql.to_string(), s.clone());
         Ok(s)
     }
+
+    /// Arms the guard of a call's statements on this connection; [`InFlight::done`] once
+    /// they answered.
+    pub(super) fn in_flight(&self) -> InFlight {
+        InFlight {
+            token: self.client.cancel_token(),
+            abandoned: Arc::clone(&self.abandoned),
+            armed: true,
+        }
+    }
+}
+
+/// Armed while a call's statements are in flight. Dropped armed — the call timeout fired,
+/// or an async caller gave up — it sends the server a cancel request for the statement (so
+/// it stops and rolls back instead of charging later) and retires the connection.
+pub(super) struct InFlight {
+    token: CancelToken,
+    abandoned: Arc<AtomicBool>,
+    armed: bool,
+}
+
+impl InFlight {
+    /// The statements answered (successfully or not): nothing is left running.
+    pub(super) fn done(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.abandoned.store(true, Ordering::Relaxed);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let token = self.token.clone();
+            runtime.spawn(async move {
+                if let Err(e) = token.cancel_query(NoTls).await {
+                    tracing::debug!(error = %e, "tollgate-sql: cannot cancel an abandoned statement");
+                }
+            });
+        }
+    }
 }
 
 pub(super) struct PgManager {
     pub(super) config: tokio_postgres::Config,
+    /// Every session's `statement_timeout` (ms): half the call timeout.
+    pub(super) statement_timeout_ms: u64,
 }
 
 impl managed::Manager for PgManager {
@@ -38,9 +99,14 @@ impl managed::Manager for PgManager {
                 tracing::debug!(error = %e, "tollgate-sql: PostgreSQL connection closed");
             }
         });
+        client
+            .batch_execute(&set_timeout(self.statement_timeout_ms))
+            .await?;
         Ok(PgConn {
             client,
             statements: HashMap::new(),
+            statement_timeout_ms: self.statement_timeout_ms,
+            abandoned: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -52,8 +118,15 @@ impl managed::Manager for PgManager {
         if conn.client.is_closed() {
             return Err(RecycleError::message("connection closed"));
         }
+        if conn.abandoned.load(Ordering::Relaxed) {
+            return Err(RecycleError::message("a call was abandoned on it"));
+        }
         Ok(())
     }
+}
+
+fn set_timeout(ms: u64) -> String {
+    format!("SET statement_timeout = {ms}")
 }
 
 /// The store's own runtime; shut down in the background on drop, so dropping the last
@@ -61,7 +134,7 @@ impl managed::Manager for PgManager {
 pub(super) struct OwnedRuntime(pub(super) Option<tokio::runtime::Runtime>);
 
 impl OwnedRuntime {
-    pub(super) fn handle(&self) -> &tokio::runtime::Handle {
+    fn handle(&self) -> &tokio::runtime::Handle {
         match &self.0 {
             Some(rt) => rt.handle(),
             None => unreachable_runtime(),
@@ -70,7 +143,7 @@ impl OwnedRuntime {
 }
 
 #[cold]
-pub(super) fn unreachable_runtime() -> ! {
+fn unreachable_runtime() -> ! {
     // `OwnedRuntime.0` is only taken in `drop`.
     panic!("tollgate-sql: the PostgreSQL store's runtime is gone")
 }
@@ -95,9 +168,19 @@ pub(super) struct Shared {
     pub(super) calls: AtomicU64,
 }
 
+/// A spawned call that is aborted when its awaiting future is dropped (an async caller
+/// that gives up stops the call, whose [`InFlight`] guard then cancels the statement).
+struct AbortOnDrop<R>(tokio::task::JoinHandle<R>);
+
+impl<R> Drop for AbortOnDrop<R> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Shared {
     /// Runs `fut` on the store's runtime with the call timeout.
-    pub(super) fn spawn<R: Send + 'static>(
+    fn spawn<R: Send + 'static>(
         &self,
         what: &'static str,
         fut: impl Future<Output = Result<R, Error>> + Send + 'static,
@@ -118,7 +201,8 @@ impl Shared {
         })
     }
 
-    /// Runs `fut` on the store's runtime and blocks the calling thread until it is done.
+    /// Runs `fut` on the store's runtime and blocks the calling thread until it is done
+    /// (the sync front of every call; works with or without a runtime of the caller's).
     pub(super) fn block_on<R: Send + 'static>(
         &self,
         what: &'static str,
@@ -127,14 +211,21 @@ impl Shared {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let handle = self.spawn(what, fut);
         self.runtime.handle().spawn(async move {
-            let result = match handle.await {
-                Ok(r) => r,
-                Err(e) => Err(pg_error(what, format!("the task failed: {e}"))),
-            };
-            let _ = tx.send(result);
+            let _ = tx.send(joined(what, handle.await));
         });
         rx.recv()
             .unwrap_or_else(|_| Err(pg_error(what, "the store's runtime stopped")))
+    }
+
+    /// Runs `fut` on the store's runtime (the async front of every call, from any
+    /// executor). Dropping the returned future aborts the call.
+    pub(super) fn run_async<R: Send + 'static>(
+        &self,
+        what: &'static str,
+        fut: impl Future<Output = Result<R, Error>> + Send + 'static,
+    ) -> impl Future<Output = Result<R, Error>> + Send + 'static {
+        let mut task = AbortOnDrop(self.spawn(what, fut));
+        async move { joined(what, (&mut task.0).await) }
     }
 
     pub(super) async fn get(&self) -> Result<managed::Object<PgManager>, Error> {
@@ -149,20 +240,66 @@ impl Shared {
         })
     }
 
+    /// A connection for a decision call that started at `started`, and the `SET
+    /// statement_timeout` to send just before its statement when the session's limit must
+    /// change. The statement must end on the server by `started + call_timeout / 2` (the
+    /// other half is the margin for the reply): past that the server cancels it and rolls
+    /// it back, so a call reported timed out never charges afterwards. A call that waited
+    /// that long for a connection fails here, without sending anything.
+    pub(super) async fn call_conn(
+        &self,
+        started: Instant,
+    ) -> Result<(managed::Object<PgManager>, Option<String>), Error> {
+        let mut conn = self.get().await?;
+        let half = self.call_timeout / 2;
+        let left = half.saturating_sub(started.elapsed()).as_micros() as u64;
+        if left == 0 {
+            return Err(Error::Store(StoreError::with_kind(
+                STORE,
+                StoreErrorKind::Timeout,
+                format!(
+                    "timed out waiting for a connection: no time left of the call timeout \
+                     ({:?}) for the statement; nothing was sent",
+                    self.call_timeout
+                ),
+            )));
+        }
+        // Lower the session's limit when it would let the statement end after its deadline
+        // (a 5 % tolerance keeps an ordinary call from setting it every time); raise it back
+        // once it is far below.
+        let left = left.div_ceil(1000); // ms, at least 1 (0 would mean no limit)
+        let tolerance = (half / 20).as_millis() as u64;
+        let current = conn.statement_timeout_ms;
+        let set = (current > left + tolerance || current < left / 2).then(|| {
+            conn.statement_timeout_ms = left;
+            set_timeout(left)
+        });
+        Ok((conn, set))
+    }
+
     pub(super) fn now_param(&self, now: Micros) -> Option<i64> {
-        self.caller_time.then(|| to_i64(now))
+        self.caller_time.then(|| super::to_i64(now))
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// The store and its builder.
-
-pub(super) async fn join<R>(
+fn joined<R>(
     what: &'static str,
-    handle: tokio::task::JoinHandle<Result<R, Error>>,
+    r: Result<Result<R, Error>, tokio::task::JoinError>,
 ) -> Result<R, Error> {
-    match handle.await {
-        Ok(r) => r,
-        Err(e) => Err(pg_error(what, format!("the task failed: {e}"))),
+    r.unwrap_or_else(|e| Err(pg_error(what, format!("the task failed: {e}"))))
+}
+
+/// Sends `set` (a `SET statement_timeout`), if any, pipelined with `query` (one round trip).
+pub(super) async fn limited<R>(
+    client: &tokio_postgres::Client,
+    set: Option<&str>,
+    query: impl Future<Output = Result<R, tokio_postgres::Error>>,
+) -> Result<R, tokio_postgres::Error> {
+    match set {
+        None => query.await,
+        Some(set) => {
+            let (_, r) = futures_util::future::try_join(client.batch_execute(set), query).await?;
+            Ok(r)
+        }
     }
 }

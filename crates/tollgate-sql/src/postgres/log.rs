@@ -1,7 +1,8 @@
 //! [`LogBackend`] for PostgreSQL: reads a sliding-log row and the clock the store decides
 //! with (the database's, or the caller's) in one `SELECT`.
 
-use super::{join, pg_driver_error, PgBackend, Shared};
+use super::conn::Shared;
+use super::{pg_driver_error, PgBackend};
 use crate::engine::Engine;
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
@@ -71,9 +72,7 @@ impl LogBackend for PgBackend {
         key: &'a str,
         now: Micros,
     ) -> BoxFuture<'a, Result<Vec<LogEntry>, Error>> {
-        Box::pin(async move {
-            let r = self.log_read(key, now)?;
-            join("log read", self.shared.spawn("log read", read(r))).await
-        })
+        let r = self.log_read(key, now);
+        Box::pin(async move { self.shared.run_async("log read", read(r?)).await })
     }
 }

@@ -22,11 +22,19 @@
 //!   [`PgStoreBuilder::sweep_batch`] expired rows (`FOR UPDATE SKIP LOCKED`, never waiting).
 //!   [`PgStore::purge_expired`] deletes all of them on demand.
 //! - **Sync and async**: the store runs its own small tokio runtime (2 threads by default)
-//!   that owns the connections, so the sync [`Backend::execute`] works from any thread, with
-//!   or without a runtime, and [`Backend::execute_async`] works from any executor.
+//!   that owns the connections and runs every call, so the sync
+//!   [`Backend::execute`](tollgate::store::Backend::execute) works from any thread, with or
+//!   without a runtime, and [`Backend::execute_async`](tollgate::store::Backend::execute_async)
+//!   works from any executor.
 //! - **Failures** are `Error::Store(StoreError { store: "postgres", .. })`, never denials;
 //!   every call has a timeout (default 5 s). Wrap the backend in
 //!   `tollgate::store::failure` for fail-open / fail-closed / fall-back behaviour.
+//! - **A failed call charges nothing**: a decision's statement must end on the server
+//!   within half the call timeout (the session's `statement_timeout`, lowered for a call
+//!   that waited for a connection), else PostgreSQL cancels it and rolls it back — also
+//!   while it waits for a locked row. A call abandoned with its statement in flight (the
+//!   timeout fired, an async caller dropped it) sends a cancel request and retires the
+//!   connection.
 //!
 //! ```no_run
 //! use tollgate::{Limiter, Policy, Rate};
@@ -41,27 +49,23 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use crate::engine::Engine;
 use crate::table::TableName;
-use deadpool::managed::{self, Metrics, Pool, RecycleError, RecycleResult};
-use futures_util::future::BoxFuture;
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_postgres::{NoTls, Statement};
-use tollgate::store::{Backend, Op, Store};
 use tollgate::time::Micros;
-use tollgate::{Decision, Error, Policy, StoreError, StoreErrorKind};
+use tollgate::{Error, StoreError, StoreErrorKind};
 
+mod backend;
 mod builder;
 mod conn;
 mod log;
 mod multi;
+mod schema;
 
+pub use backend::PgBackend;
 pub use builder::PgStoreBuilder;
-use conn::{join, OwnedRuntime, PgManager, Shared};
+use conn::Shared;
 
 const STORE: &str = "postgres";
 
@@ -83,6 +87,8 @@ fn pg_kind(e: &tokio_postgres::Error) -> StoreErrorKind {
     if let Some(db) = e.as_db_error() {
         return match db.code().code() {
             "28P01" | "28000" => StoreErrorKind::Auth,
+            // statement_timeout: the call's time ran out on the server (rolled back)
+            "57014" => StoreErrorKind::Timeout,
             "42883" | "42P01" => StoreErrorKind::ScriptMissing,
             _ => StoreErrorKind::Other,
         };
@@ -114,6 +120,9 @@ fn describe(e: &tokio_postgres::Error) -> String {
             "42883" | "42P01" => " (the schema is missing: call PgStore::migrate() first)",
             "42501" => " (the database user lacks a privilege on this table or schema)",
             "3F000" => " (the schema does not exist: create it first)",
+            "57014" => {
+                " (the call's time ran out in the database: rolled back, nothing was charged)"
+            }
             _ => "",
         };
         return format!("{} [SQLSTATE {code}]{hint}", db.message());
@@ -131,9 +140,6 @@ fn describe(e: &tokio_postgres::Error) -> String {
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
-
-// ---------------------------------------------------------------------------------------
-// The connection pool.
 
 /// A PostgreSQL database that holds rate-limit state for a fleet. Cheap to clone.
 ///
@@ -157,79 +163,6 @@ impl std::fmt::Debug for PgStore {
             .field("caller_time", &self.shared.caller_time)
             .finish()
     }
-}
-
-/// The function names and bodies, one per algorithm.
-const ALGORITHMS: [(&str, &str); 5] = [
-    ("gcra", include_str!("sql/gcra.sql")),
-    ("token_bucket", include_str!("sql/token_bucket.sql")),
-    ("fixed_window", include_str!("sql/fixed_window.sql")),
-    ("sliding_window", include_str!("sql/sliding_window.sql")),
-    ("sliding_log", include_str!("sql/sliding_log.sql")),
-];
-
-/// The `CREATE OR REPLACE FUNCTION` statement of one algorithm for `table`: lock the key's
-/// row, the algorithm's section (every rate's verdict, charged and settled states), the
-/// all-or-nothing combination across rates, then the write.
-fn function_sql(table: &TableName, algorithm: &str, body: &str) -> String {
-    let (eval, horizon) = body.split_once("-- @horizon\n").unwrap_or((body, ""));
-    let head = include_str!("sql/head.sql");
-    let combine = include_str!("sql/combine.sql");
-    let tail = include_str!("sql/tail.sql");
-    format!("{head}{eval}{combine}{tail}")
-        .replace("{{DECLARE}}", include_str!("sql/declare.sql"))
-        .replace("{{SWEEP}}", include_str!("sql/sweep.sql"))
-        .replace("{{HORIZON}}", horizon)
-        .replace("{{ALGORITHM}}", algorithm)
-        .replace("{{FUNCTION}}", &table.quoted(&format!("_{algorithm}")))
-        .replace("{{TABLE}}", &table.quoted(""))
-}
-
-/// The name suffix of the multi-key function (`<table>_check_all`).
-const CHECK_ALL: &str = "_check_all";
-
-/// The argument types of the multi-key function (for `DROP FUNCTION`).
-const CHECK_ALL_ARGS: &str =
-    "bigint, integer, text[], text[], bigint[], integer[], bigint[], bigint[], bigint[], bigint[], integer";
-
-/// The `CREATE OR REPLACE FUNCTION` statement of the multi-key function: every algorithm's
-/// section, chosen per key, between the same declarations and combination as the
-/// single-key functions.
-fn check_all_sql(table: &TableName) -> String {
-    let mut evaluate = String::new();
-    for (n, (algorithm, body)) in ALGORITHMS.iter().enumerate() {
-        let (eval, horizon) = body.split_once("-- @horizon\n").unwrap_or((body, ""));
-        let keyword = if n == 0 { "IF" } else { "ELSIF" };
-        evaluate.push_str(&format!(
-            "        {keyword} m_algorithms[k] = '{algorithm}' THEN\n{eval}\
-             \x20       IF p_op = 0 THEN\n\
-             \x20           v_next := v_cand; v_horizon := 0;\n{horizon}\
-             \x20           r_h_cand[k] := v_horizon;\n\
-             \x20           v_next := v_settle; v_horizon := 0;\n{horizon}\
-             \x20           r_h_settle[k] := v_horizon;\n\
-             \x20       END IF;\n"
-        ));
-    }
-    evaluate.push_str(
-        "        ELSE\n            RAISE EXCEPTION 'tollgate: unknown algorithm %', m_algorithms[k];\n        END IF;",
-    );
-    include_str!("sql/check_all.sql")
-        .replace("{{DECLARE}}", include_str!("sql/declare.sql"))
-        .replace("{{EVALUATE}}", &evaluate)
-        .replace("{{COMBINE}}", include_str!("sql/combine.sql"))
-        .replace("{{SWEEP}}", include_str!("sql/sweep.sql"))
-        .replace("{{FUNCTION}}", &table.quoted(CHECK_ALL))
-        .replace("{{TABLE}}", &table.quoted(""))
-}
-
-/// A stable 64-bit id of the table, for the migration's advisory lock.
-fn lock_id(table: &TableName) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in format!("tollgate-sql migrate {table}").bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h as i64
 }
 
 impl PgStore {
@@ -303,18 +236,7 @@ impl PgStore {
     /// assert!(sql.contains("FUNCTION \"limits_gcra\""));
     /// ```
     pub fn schema_sql(table: &TableName) -> String {
-        let t = table.quoted("");
-        let index = table.quoted_local("_expires_at");
-        let mut sql = format!(
-            "CREATE TABLE IF NOT EXISTS {t} (\n    key text PRIMARY KEY,\n    state bigint[] NOT NULL,\n    expires_at bigint NOT NULL\n);\nCREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at);\n"
-        );
-        for (name, body) in ALGORITHMS {
-            sql.push_str(&function_sql(table, name, body));
-            sql.push('\n');
-        }
-        sql.push_str(&check_all_sql(table));
-        sql.push('\n');
-        sql
+        schema::schema_sql(table)
     }
 
     /// Creates the table, its index and the functions if needed, and replaces the functions
@@ -327,9 +249,8 @@ impl PgStore {
     /// store.migrate().unwrap(); // no-op
     /// ```
     pub fn migrate(&self) -> Result<(), Error> {
-        let shared = self.shared.clone();
         self.shared
-            .block_on("cannot migrate", Self::migrate_on(shared))
+            .block_on("cannot migrate", self.batch(schema::migrate_sql))
     }
 
     /// [`migrate`](Self::migrate) without blocking the executor.
@@ -341,27 +262,9 @@ impl PgStore {
     /// # }
     /// ```
     pub async fn migrate_async(&self) -> Result<(), Error> {
-        let shared = self.shared.clone();
-        join(
-            "cannot migrate",
-            self.shared
-                .spawn("cannot migrate", Self::migrate_on(shared)),
-        )
-        .await
-    }
-
-    async fn migrate_on(shared: Arc<Shared>) -> Result<(), Error> {
-        let conn = shared.get().await?;
-        let sql = format!(
-            "BEGIN;\nSELECT pg_advisory_xact_lock({});\n{}COMMIT;",
-            lock_id(&shared.table),
-            Self::schema_sql(&shared.table)
-        );
-        if let Err(e) = conn.client.batch_execute(&sql).await {
-            let _ = conn.client.batch_execute("ROLLBACK").await;
-            return Err(pg_error(&format!("table {}", shared.table), describe(&e)));
-        }
-        Ok(())
+        self.shared
+            .run_async("cannot migrate", self.batch(schema::migrate_sql))
+            .await
     }
 
     /// Drops the table and the functions [`migrate`](Self::migrate) created (every key's
@@ -372,31 +275,26 @@ impl PgStore {
     /// store.drop_schema().unwrap();
     /// ```
     pub fn drop_schema(&self) -> Result<(), Error> {
-        let shared = self.shared.clone();
-        self.shared.block_on("cannot drop the schema", async move {
+        self.shared
+            .block_on("cannot drop the schema", self.batch(schema::drop_sql))
+    }
+
+    /// Runs the SQL `sql(table, call_timeout)` (one transaction, whose statements may take
+    /// the whole call timeout) on a connection of the pool, rolling back on failure.
+    fn batch(
+        &self,
+        sql: fn(&TableName, Duration) -> String,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        let shared = Arc::clone(&self.shared);
+        async move {
             let conn = shared.get().await?;
-            let mut sql = format!(
-                "BEGIN;\nSELECT pg_advisory_xact_lock({});\nDROP TABLE IF EXISTS {};\n",
-                lock_id(&shared.table),
-                shared.table.quoted("")
-            );
-            for (name, _) in ALGORITHMS {
-                sql.push_str(&format!(
-                    "DROP FUNCTION IF EXISTS {}(text, bigint, integer, bigint, bigint[], bigint[], bigint[], bigint[], integer);\n",
-                    shared.table.quoted(&format!("_{name}"))
-                ));
-            }
-            sql.push_str(&format!(
-                "DROP FUNCTION IF EXISTS {}({CHECK_ALL_ARGS});\n",
-                shared.table.quoted(CHECK_ALL)
-            ));
-            sql.push_str("COMMIT;");
+            let sql = sql(&shared.table, shared.call_timeout);
             if let Err(e) = conn.client.batch_execute(&sql).await {
                 let _ = conn.client.batch_execute("ROLLBACK").await;
                 return Err(pg_error(&format!("table {}", shared.table), describe(&e)));
             }
             Ok(())
-        })
+        }
     }
 
     /// Deletes every expired row now (at the database clock, or at `now` µs with caller
@@ -450,213 +348,5 @@ impl PgStore {
     /// ```
     pub fn reconnect(&self) {
         self.shared.pool.retain(|_, _| false);
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// The backend.
-
-struct Call {
-    engine: Engine,
-    /// The algorithm's function suffix (`gcra`, `token_bucket`, …).
-    algorithm: &'static str,
-    decide_sql: String,
-    reset_sql: String,
-    prefix: String,
-    a: Vec<i64>,
-    b: Vec<i64>,
-    c: Vec<i64>,
-    d: Vec<i64>,
-}
-
-/// A [`PgStore`] bound to one policy.
-///
-/// ```no_run
-/// use tollgate::store::{Backend, Op, Store};
-/// let store = tollgate_sql::PgStore::connect("postgres://localhost/db").unwrap();
-/// let policy = tollgate::Policy::gcra(tollgate::Rate::per_second(1).unwrap()).unwrap();
-/// let backend = store.bind(&policy).unwrap();
-/// let d = backend.execute("k", Op::Check(1), 0).unwrap().unwrap();
-/// # let _ = d;
-/// ```
-#[derive(Clone)]
-pub struct PgBackend {
-    shared: Arc<Shared>,
-    call: Arc<Call>,
-}
-
-impl std::fmt::Debug for PgBackend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgBackend")
-            .field("table", &self.shared.table.as_str())
-            .field("function", &self.call.decide_sql)
-            .finish()
-    }
-}
-
-impl Store for PgStore {
-    type Backend = PgBackend;
-
-    /// Binds `policy` (no round trip; a missing schema shows on the first call, with a hint
-    /// to run [`PgStore::migrate`]).
-    fn bind(&self, policy: &Policy) -> Result<PgBackend, Error> {
-        let engine = Engine::new(policy)?;
-        let name = policy.algorithm().name();
-        // One parameter array per position of the algorithm's script parameters
-        // (`RateAlgorithm::script_params`: the layout shared with the Lua scripts); unused
-        // positions are empty arrays.
-        let rows = engine.script_params();
-        let column = |k: usize| -> Vec<i64> {
-            rows.iter()
-                .filter_map(|r| r.get(k).copied().map(to_i64))
-                .collect()
-        };
-        let (a, b, c, d) = (column(0), column(1), column(2), column(3));
-        let t = &self.shared.table;
-        Ok(PgBackend {
-            shared: self.shared.clone(),
-            call: Arc::new(Call {
-                decide_sql: format!(
-                    "SELECT * FROM {}($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    t.quoted(&format!("_{name}"))
-                ),
-                reset_sql: format!("DELETE FROM {} WHERE key = $1", t.quoted("")),
-                prefix: format!(
-                    "{}{}:",
-                    self.shared.namespace,
-                    self.scope
-                        .as_deref()
-                        .map_or_else(|| tollgate::store::default_scope(policy), str::to_owned)
-                ),
-                algorithm: name,
-                engine,
-                a,
-                b,
-                c,
-                d,
-            }),
-        })
-    }
-}
-
-impl PgBackend {
-    /// The store this backend belongs to (for multi-key calls).
-    pub(crate) fn store(&self) -> PgStore {
-        PgStore {
-            shared: Arc::clone(&self.shared),
-            scope: None,
-        }
-    }
-
-    async fn run(
-        shared: Arc<Shared>,
-        call: Arc<Call>,
-        key: String,
-        op: Op,
-        now: Micros,
-    ) -> Result<Option<Decision>, Error> {
-        let mut conn = shared.get().await?;
-        let key = format!("{}{key}", call.prefix);
-        let (op_code, cost) = match op {
-            Op::Check(c) => (0i32, c),
-            Op::Peek(c) => (1, c),
-            Op::Refund(c) => (2, c),
-            _ => {
-                let stmt = conn
-                    .statement(&call.reset_sql)
-                    .await
-                    .map_err(|e| pg_driver_error("reset", &e))?;
-                conn.client
-                    .execute(&stmt, &[&key])
-                    .await
-                    .map_err(|e| pg_driver_error("reset", &e))?;
-                return Ok(None);
-            }
-        };
-        let sweep: i32 = if shared.calls.fetch_add(1, Ordering::Relaxed) % shared.sweep_every
-            == shared.sweep_every - 1
-        {
-            shared.sweep_batch
-        } else {
-            0
-        };
-        let stmt = conn
-            .statement(&call.decide_sql)
-            .await
-            .map_err(|e| pg_driver_error("prepare", &e))?;
-        let row = conn
-            .client
-            .query_opt(
-                &stmt,
-                &[
-                    &key,
-                    &shared.now_param(now),
-                    &op_code,
-                    &to_i64(cost),
-                    &call.a,
-                    &call.b,
-                    &call.c,
-                    &call.d,
-                    &sweep,
-                ],
-            )
-            .await
-            .map_err(|e| pg_driver_error("decide", &e))?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let get = |i: usize| -> Result<u64, Error> {
-            let v: i64 = row
-                .try_get(i)
-                .map_err(|e| pg_error("bad reply", describe(&e)))?;
-            u64::try_from(v).map_err(|_| pg_error("bad reply", format!("negative value {v}")))
-        };
-        let allowed: bool = row
-            .try_get(0)
-            .map_err(|e| pg_error("bad reply", describe(&e)))?;
-        let denied_by: Option<i32> = row
-            .try_get(5)
-            .map_err(|e| pg_error("bad reply", describe(&e)))?;
-        Ok(Some(Decision::from_parts(
-            allowed,
-            get(1)?,
-            get(2)?,
-            get(3)?,
-            get(4)?,
-            denied_by.map(|d| d as usize),
-        )))
-    }
-}
-
-impl Backend for PgBackend {
-    fn execute(&self, key: &str, op: Op, now: Micros) -> Result<Option<Decision>, Error> {
-        self.call.engine.validate(op)?;
-        let fut = Self::run(
-            self.shared.clone(),
-            self.call.clone(),
-            key.to_string(),
-            op,
-            now,
-        );
-        self.shared.block_on("postgres call", fut)
-    }
-
-    fn execute_async<'a>(
-        &'a self,
-        key: &'a str,
-        op: Op,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
-        Box::pin(async move {
-            self.call.engine.validate(op)?;
-            let fut = Self::run(
-                self.shared.clone(),
-                self.call.clone(),
-                key.to_string(),
-                op,
-                now,
-            );
-            join("postgres call", self.shared.spawn("postgres call", fut)).await
-        })
     }
 }

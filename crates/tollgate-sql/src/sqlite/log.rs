@@ -1,6 +1,6 @@
 //! [`LogBackend`] for SQLite: reads a sliding-log row (one `SELECT`).
 
-use super::{read_state, sqlite_error, SqliteBackend};
+use super::{off_thread, read_state, SqliteBackend};
 use crate::engine::Engine;
 use futures_util::future::BoxFuture;
 use tollgate::store::log::{not_a_log, visible, LogBackend, LogEntry};
@@ -34,18 +34,8 @@ impl LogBackend for SqliteBackend {
         key: &'a str,
         now: Micros,
     ) -> BoxFuture<'a, Result<Vec<LogEntry>, Error>> {
-        Box::pin(async move {
-            match tokio::runtime::Handle::try_current() {
-                Ok(handle) => {
-                    let this = self.clone();
-                    let key = key.to_string();
-                    handle
-                        .spawn_blocking(move || this.read_log(&key, now))
-                        .await
-                        .map_err(|e| sqlite_error("the blocking task failed", e))?
-                }
-                Err(_) => self.read_log(key, now),
-            }
-        })
+        let this = self.clone();
+        let key = key.to_string();
+        Box::pin(off_thread(move || this.read_log(&key, now)))
     }
 }

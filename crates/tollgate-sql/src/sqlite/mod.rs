@@ -35,22 +35,23 @@
 //! assert!(!limiter.check("alice").unwrap().allowed);
 //! ```
 
+mod backend;
+mod conn;
 mod log;
 mod multi;
 
-use crate::engine::{decode_blob, encode_blob, Engine};
-use crate::multi::{check_keys, KeyCheck, MultiDecision};
+pub use backend::SqliteBackend;
+use conn::read_state;
+
 use crate::table::TableName;
-use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use rusqlite::params;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
-use tollgate::store::{Backend, Op, Store};
-use tollgate::time::{Clock, Micros, SystemClock};
-use tollgate::{Decision, Error, Policy, StoreError, StoreErrorKind};
+use tollgate::time::Micros;
+use tollgate::{Error, StoreError, StoreErrorKind};
 
 fn sqlite_error(context: &str, e: impl std::fmt::Display) -> Error {
     let message = e.to_string();
@@ -379,232 +380,16 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-impl Shared {
-    fn connect(&self) -> Result<rusqlite::Connection, Error> {
-        let Location::File(path) = &self.location else {
-            return Err(sqlite_error("in-memory database", "no second connection"));
-        };
-        let context = || format!("cannot open {}", path.display());
-        let conn = rusqlite::Connection::open(path).map_err(|e| sqlite_error(&context(), e))?;
-        conn.busy_timeout(self.busy_timeout)
-            .map_err(|e| sqlite_error(&context(), e))?;
-        // Switching to WAL needs a lock; the busy timeout above makes it wait for one.
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(|e| sqlite_error(&context(), e))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(sqlite_error(
-                &context(),
-                format!("the database refused WAL mode (journal_mode is {mode})"),
-            ));
-        }
-        conn.execute_batch("PRAGMA synchronous = NORMAL")
-            .map_err(|e| sqlite_error(&context(), e))?;
-        // Reading the schema fails now on a file that is not a database.
-        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-            r.get::<_, i64>(0)
-        })
-        .map_err(|e| sqlite_error(&context(), e))?;
-        Ok(conn)
-    }
-
-    /// Runs `f` on a connection of the pool (opening one if none is idle).
-    fn with_conn<R>(
-        &self,
-        f: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<R>,
-    ) -> Result<R, Error> {
-        self.try_with_conn(|c| f(c).map_err(|e| sqlite_error("statement failed", e)))
-    }
-
-    fn try_with_conn<R>(
-        &self,
-        f: impl FnOnce(&mut rusqlite::Connection) -> Result<R, Error>,
-    ) -> Result<R, Error> {
-        if let Some(memory) = &self.memory {
-            return f(&mut memory.lock());
-        }
-        let pooled = self.idle.lock().pop();
-        let mut conn = match pooled {
-            Some(c) => c,
-            None => self.connect()?,
-        };
-        let result = f(&mut conn);
-        if !conn.is_autocommit() {
-            // A failed statement left a transaction open: drop the connection.
-            return result;
-        }
-        let mut idle = self.idle.lock();
-        if idle.len() < 64 {
-            idle.push(conn);
-        }
-        result
+/// Runs `f` on tokio's blocking pool when inside a tokio runtime (so an executor never
+/// waits on the database lock), else inline: the async front of every SQLite call.
+async fn off_thread<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, Error> + Send + 'static,
+) -> Result<R, Error> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle
+            .spawn_blocking(f)
+            .await
+            .map_err(|e| sqlite_error("the blocking task failed", e))?,
+        Err(_) => f(),
     }
 }
-
-/// A [`SqliteStore`] bound to one policy.
-///
-/// ```
-/// use tollgate::store::{Backend, Op, Store};
-/// let store = tollgate_sql::SqliteStore::in_memory().unwrap();
-/// store.ensure_schema().unwrap();
-/// let policy = tollgate::Policy::gcra(tollgate::Rate::per_second(1).unwrap()).unwrap();
-/// let backend = store.bind(&policy).unwrap();
-/// assert!(backend.execute("k", Op::Check(1), 5_000_000).unwrap().unwrap().allowed);
-/// assert!(!backend.execute("k", Op::Check(1), 5_000_000).unwrap().unwrap().allowed);
-/// ```
-#[derive(Clone)]
-pub struct SqliteBackend {
-    shared: Arc<Shared>,
-    engine: Arc<Engine>,
-    prefix: String,
-}
-
-impl std::fmt::Debug for SqliteBackend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteBackend")
-            .field("table", &self.shared.table.as_str())
-            .field("prefix", &self.prefix)
-            .finish()
-    }
-}
-
-impl Store for SqliteStore {
-    type Backend = SqliteBackend;
-
-    /// Binds `policy`; errors when the table does not exist (run
-    /// [`SqliteStore::ensure_schema`] first).
-    fn bind(&self, policy: &Policy) -> Result<SqliteBackend, Error> {
-        let exists: bool = self.shared.with_conn(|conn| {
-            conn.query_row(
-                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-                params![self.shared.table.name()],
-                |r| r.get(0),
-            )
-        })?;
-        if !exists {
-            return Err(sqlite_error(
-                "cannot bind",
-                format!(
-                    "table {} does not exist; call SqliteStore::ensure_schema() first",
-                    self.shared.table
-                ),
-            ));
-        }
-        Ok(SqliteBackend {
-            shared: self.shared.clone(),
-            engine: Arc::new(Engine::new(policy)?),
-            prefix: format!(
-                "{}{}:",
-                self.shared.namespace,
-                self.scope
-                    .as_deref()
-                    .map_or_else(|| tollgate::store::default_scope(policy), str::to_owned)
-            ),
-        })
-    }
-}
-
-impl SqliteBackend {
-    /// The store this backend belongs to (for multi-key calls).
-    pub(crate) fn store(&self) -> SqliteStore {
-        SqliteStore {
-            shared: Arc::clone(&self.shared),
-            scope: None,
-        }
-    }
-
-    fn run(&self, key: &str, op: Op, now: Micros) -> Result<Option<Decision>, Error> {
-        self.engine.validate(op)?;
-        let key = format!("{}{key}", self.prefix);
-        let sql = &self.shared.sql;
-        let engine = &self.engine;
-        match op {
-            Op::Reset => self.shared.with_conn(|conn| {
-                conn.prepare_cached(&sql.delete)?.execute(params![key])?;
-                Ok(None)
-            }),
-            Op::Peek(_) => self.shared.try_with_conn(|conn| {
-                let state = read_state(conn, &sql.select, &key)?;
-                Ok(engine.apply(state.as_deref(), now, op)?.0)
-            }),
-            _ => {
-                let sweep = self.shared.writes.fetch_add(1, Ordering::Relaxed)
-                    % self.shared.sweep_every
-                    == self.shared.sweep_every - 1;
-                self.shared.try_with_conn(|conn| {
-                    let tx = conn
-                        .transaction_with_behavior(TransactionBehavior::Immediate)
-                        .map_err(|e| sqlite_error("cannot begin a transaction", e))?;
-                    let state = read_state(&tx, &sql.select, &key)?;
-                    let (decision, next) = engine.apply(state.as_deref(), now, op)?;
-                    let write = |tx: &rusqlite::Transaction<'_>| -> rusqlite::Result<()> {
-                        if let Some(next) = next {
-                            let horizon = engine.horizon(&next);
-                            if horizon <= now {
-                                tx.prepare_cached(&sql.delete)?.execute(params![key])?;
-                            } else {
-                                tx.prepare_cached(&sql.upsert)?.execute(params![
-                                    key,
-                                    encode_blob(&next),
-                                    to_i64(horizon)
-                                ])?;
-                            }
-                        }
-                        if sweep {
-                            tx.prepare_cached(&sql.sweep)?
-                                .execute(params![to_i64(now), to_i64(self.shared.sweep_batch)])?;
-                        }
-                        Ok(())
-                    };
-                    write(&tx).map_err(|e| sqlite_error("cannot write state", e))?;
-                    tx.commit().map_err(|e| sqlite_error("cannot commit", e))?;
-                    Ok(decision)
-                })
-            }
-        }
-    }
-}
-
-fn read_state(
-    conn: &rusqlite::Connection,
-    sql: &str,
-    key: &str,
-) -> Result<Option<Vec<u64>>, Error> {
-    let blob: Option<Vec<u8>> = conn
-        .prepare_cached(sql)
-        .and_then(|mut st| st.query_row(params![key], |r| r.get(0)).optional())
-        .map_err(|e| sqlite_error("cannot read state", e))?;
-    Ok(blob.and_then(|b| decode_blob(&b)))
-}
-
-impl Backend for SqliteBackend {
-    fn execute(&self, key: &str, op: Op, now: Micros) -> Result<Option<Decision>, Error> {
-        self.run(key, op, now)
-    }
-
-    /// Runs the call on tokio's blocking pool when inside a tokio runtime (so the executor
-    /// never waits on the database lock), else inline.
-    fn execute_async<'a>(
-        &'a self,
-        key: &'a str,
-        op: Op,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
-        Box::pin(async move {
-            match tokio::runtime::Handle::try_current() {
-                Ok(handle) => {
-                    let this = self.clone();
-                    let key = key.to_string();
-                    handle
-                        .spawn_blocking(move || this.run(&key, op, now))
-                        .await
-                        .map_err(|e| sqlite_error("the blocking task failed", e))?
-                }
-                Err(_) => self.run(key, op, now),
-            }
-        })
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Several keys, all-or-nothing.

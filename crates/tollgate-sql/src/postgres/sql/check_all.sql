@@ -89,21 +89,7 @@ DECLARE
         p_d := m_d[v_offset[k] + 1 : v_offset[k] + v_n];
         v_state := NULL;
         v_found := false;
-        IF p_op = 1 THEN
-            SELECT t.state INTO v_state FROM {{TABLE}} t WHERE t.key = p_key;
-            v_found := FOUND;
-        ELSE
-            LOOP
-                SELECT t.state INTO v_state FROM {{TABLE}} t WHERE t.key = p_key FOR UPDATE;
-                IF FOUND THEN
-                    v_found := cardinality(v_state) > 0;
-                    EXIT;
-                END IF;
-                INSERT INTO {{TABLE}} (key, state, expires_at) VALUES (p_key, '{}', 0)
-                    ON CONFLICT (key) DO NOTHING;
-            END LOOP;
-        END IF;
-        v_old := '{}'; v_cand := '{}'; v_settle := '{}';
+{{LOCK}}        v_old := '{}'; v_cand := '{}'; v_settle := '{}';
         va_allowed := '{}'; va_limit := '{}'; va_remaining := '{}';
         va_retry := '{}'; va_reset := '{}'; va_reset_unch := '{}';
         -- one algorithm's section: the verdict of every rate (va_*), the charged state

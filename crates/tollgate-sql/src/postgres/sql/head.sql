@@ -22,23 +22,4 @@ DECLARE
     v_now bigint := coalesce(p_now, floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint);
     v_n integer := coalesce(array_length(p_a, 1), 0);
 {{DECLARE}}BEGIN
-    IF p_op = 1 THEN
-        -- peek: read only, no lock
-        SELECT t.state INTO v_state FROM {{TABLE}} t WHERE t.key = p_key;
-        v_found := FOUND;
-    ELSE
-        -- check / refund: lock the key's row (creating it if needed) until commit, so
-        -- concurrent calls on one key are serialised: no read-then-write race.
-        LOOP
-            SELECT t.state INTO v_state FROM {{TABLE}} t WHERE t.key = p_key FOR UPDATE;
-            IF FOUND THEN
-                v_found := cardinality(v_state) > 0;
-                EXIT;
-            END IF;
-            IF p_op = 2 THEN
-                RETURN; -- refund of an unknown key: nothing to give back
-            END IF;
-            INSERT INTO {{TABLE}} (key, state, expires_at) VALUES (p_key, '{}', 0)
-                ON CONFLICT (key) DO NOTHING;
-        END LOOP;
-    END IF;
+{{LOCK}}
