@@ -50,6 +50,7 @@ mod builder;
 mod failure;
 mod memory;
 mod permit;
+mod wait;
 
 pub use backend::{
     poll_backoff, AcquireOutcome, AcquireRequest, ExtendOutcome, HolderId, PermitBacking,
@@ -245,16 +246,6 @@ impl Semaphore<MemorySemaphoreBackend> {
     }
 }
 
-/// Outcome of the shared wait loop.
-enum Attempted {
-    Granted(Micros, PermitBacking),
-    /// Permits in use, and µs until the earliest live lease ends (if any holder).
-    TimedOut(u64, Option<Micros>),
-}
-
-/// A wait that ran out: permits in use, and µs until the earliest live lease ends.
-type TimedOut = (u64, Option<Micros>);
-
 impl<B: SemaphoreBackend + ?Sized> Semaphore<B> {
     /// The name.
     ///
@@ -353,140 +344,6 @@ impl<B: SemaphoreBackend + ?Sized> Semaphore<B> {
         Ok(())
     }
 
-    fn request(
-        &self,
-        holder: HolderId,
-        permits: u64,
-        queue: bool,
-        now: Micros,
-    ) -> AcquireRequest<'_> {
-        AcquireRequest {
-            name: &self.inner.name,
-            holder,
-            permits,
-            capacity: self.inner.config.capacity,
-            lease: self.lease_us(),
-            queue_ttl: queue.then(|| micros(QUEUE_TTL)),
-            now,
-        }
-    }
-
-    /// How long to wait after a busy answer, or `None` when the deadline has passed.
-    fn next_wait(
-        &self,
-        deadline: Option<Micros>,
-        next_expiry_in: Option<Micros>,
-    ) -> Option<Duration> {
-        let now = self.now();
-        let left = match deadline {
-            Some(d) if now >= d => return None,
-            Some(d) => d - now,
-            None => u64::MAX,
-        };
-        let until_expiry = next_expiry_in.map_or(u64::MAX, |e| e.max(1));
-        let slice = if self.inner.config.custom_clock {
-            CUSTOM_CLOCK_SLICE
-        } else {
-            WAIT_SLICE
-        };
-        Some(Duration::from_micros(left.min(until_expiry)).min(slice))
-    }
-
-    fn deadline(&self, max_wait: Option<Duration>) -> Option<Micros> {
-        max_wait.map(|w| self.now().saturating_add(micros(w)))
-    }
-
-    fn timeout_error(
-        &self,
-        max_wait: Option<Duration>,
-        in_use: u64,
-        next_expiry_in: Option<Micros>,
-    ) -> SemaphoreError {
-        metrics::counter!("tollgate_semaphore_timeouts_total").increment(1);
-        SemaphoreError::WaitTimeout {
-            max_wait: max_wait.unwrap_or(Duration::MAX),
-            in_use,
-            capacity: self.inner.config.capacity,
-            retry_after: next_expiry_in.map(Duration::from_micros),
-        }
-    }
-
-    /// Gives back whatever `holder` may hold or queue for, ignoring failures (the lease or
-    /// the queue TTL then cleans up).
-    fn forget_holder(&self, holder: HolderId) {
-        let _ = self
-            .inner
-            .backend
-            .release(&self.inner.name, holder, self.now());
-    }
-
-    fn wait_loop(
-        &self,
-        holder: HolderId,
-        permits: u64,
-        max_wait: Option<Duration>,
-    ) -> Result<Attempted, SemaphoreError> {
-        self.check_permits(permits)?;
-        let deadline = self.deadline(max_wait);
-        let queue = max_wait != Some(Duration::ZERO);
-        let mut attempt = 0u32;
-        loop {
-            let req = self.request(holder, permits, queue, self.now());
-            let outcome = match self.inner.backend.try_acquire(&req) {
-                Ok(o) => o,
-                Err(e) => {
-                    // The store may have granted before failing to answer: give it back.
-                    self.forget_holder(holder);
-                    return Err(e.into());
-                }
-            };
-            match outcome {
-                AcquireOutcome::Granted { expires_at } => {
-                    return Ok(Attempted::Granted(expires_at, PermitBacking::Store))
-                }
-                AcquireOutcome::GrantedWithoutStore {
-                    expires_at,
-                    backing,
-                } => return Ok(Attempted::Granted(expires_at, backing)),
-                AcquireOutcome::Busy {
-                    in_use,
-                    next_expiry_in,
-                    epoch,
-                } => {
-                    let Some(wait) = self.next_wait(deadline, next_expiry_in) else {
-                        if queue {
-                            self.forget_holder(holder);
-                        }
-                        return Ok(Attempted::TimedOut(in_use, next_expiry_in));
-                    };
-                    self.inner
-                        .backend
-                        .wait_blocking(&self.inner.name, epoch, attempt, wait);
-                    attempt = attempt.saturating_add(1);
-                }
-            }
-        }
-    }
-
-    /// `Ok(Err(in_use))` when nothing was granted within `max_wait`.
-    fn acquire_sync(
-        &self,
-        permits: u64,
-        max_wait: Option<Duration>,
-    ) -> Result<Result<Permit<B>, TimedOut>, SemaphoreError> {
-        let holder = HolderId::random();
-        Ok(match self.wait_loop(holder, permits, max_wait)? {
-            Attempted::Granted(expires_at, backing) => Ok(Permit::new(
-                self.clone(),
-                holder,
-                permits,
-                expires_at,
-                backing,
-            )),
-            Attempted::TimedOut(in_use, next) => Err((in_use, next)),
-        })
-    }
-
     /// Takes one permit, waiting up to the maximum wait (blocking the thread).
     ///
     /// ```
@@ -526,7 +383,7 @@ impl<B: SemaphoreBackend + ?Sized> Semaphore<B> {
         n: u64,
         max_wait: Option<Duration>,
     ) -> Result<Permit<B>, SemaphoreError> {
-        self.acquire_sync(n, max_wait)?
+        self.acquire_blocking(n, max_wait)?
             .map_err(|(in_use, next)| self.timeout_error(max_wait, in_use, next))
     }
 
@@ -552,7 +409,7 @@ impl<B: SemaphoreBackend + ?Sized> Semaphore<B> {
     /// assert!(s.try_acquire_n(2).unwrap().is_none()); // only 1 left while `two` lives
     /// ```
     pub fn try_acquire_n(&self, n: u64) -> Result<Option<Permit<B>>, SemaphoreError> {
-        Ok(self.acquire_sync(n, Some(Duration::ZERO))?.ok())
+        Ok(self.acquire_blocking(n, Some(Duration::ZERO))?.ok())
     }
 
     /// Permits held by live holders now.

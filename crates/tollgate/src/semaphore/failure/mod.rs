@@ -234,16 +234,7 @@ impl<B, F> FailSafeSemaphore<B, F> {
 
     /// Runs a store call through the breaker: an open breaker answers with its error at
     /// once, without touching the store.
-    fn guarded<T>(&self, call: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let admission = self.guard.breaker.admit();
-        if let Admission::Reject(err) = admission {
-            return Err(err);
-        }
-        self.settle(admission.is_probe(), call())
-    }
-
-    /// [`guarded`](Self::guarded) for a future.
-    async fn guarded_async<T>(
+    async fn guarded<T>(
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
