@@ -149,20 +149,12 @@ impl StoreUrl {
         if s.eq_ignore_ascii_case("memory") {
             return Ok(StoreUrl::Memory);
         }
-        if let Some(rest) = s.strip_prefix("redis+cluster://") {
-            let nodes: Vec<String> = rest
-                .split(',')
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .map(|n| format!("redis://{n}"))
-                .collect();
-            if nodes.is_empty() {
-                return Err("redis+cluster:// needs at least one host:port".into());
-            }
-            return Ok(StoreUrl::RedisCluster(nodes));
-        }
-        if s.starts_with("redis://") || s.starts_with("rediss://") {
-            return Ok(StoreUrl::Redis(s.to_string()));
+        if tollgate_redis::RedisUrl::is_redis_url(s) {
+            // One parser for every surface that takes a Redis URL.
+            return Ok(match tollgate_redis::RedisUrl::parse(s)? {
+                tollgate_redis::RedisUrl::Standalone(url) => StoreUrl::Redis(url),
+                tollgate_redis::RedisUrl::Cluster(nodes) => StoreUrl::RedisCluster(nodes),
+            });
         }
         Err(format!(
             "expected \"memory\", redis://host:port[/db] or redis+cluster://host:port,host:port (got {s:?})"

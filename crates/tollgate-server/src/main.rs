@@ -117,6 +117,15 @@ struct Cli {
     log: String,
 }
 
+/// A duration flag that must be greater than zero.
+fn positive_duration(flag: &str, value: &str) -> Result<Duration, ConfigError> {
+    match parse_duration(value) {
+        Ok(d) if d.is_zero() => Err(ConfigError::new(flag, "must be greater than zero")),
+        Ok(d) => Ok(d),
+        Err(m) => Err(ConfigError::new(flag, m)),
+    }
+}
+
 fn build_config(cli: &Cli) -> Result<Config, ConfigError> {
     let mut c = match &cli.config {
         Some(path) => load_file(path)?,
@@ -137,40 +146,16 @@ fn build_config(cli: &Cli) -> Result<Config, ConfigError> {
             .map_err(|m: String| ConfigError::new("--failure", m))?;
     }
     if let Some(t) = &cli.store_timeout {
-        c.store_timeout = parse_duration(t)
-            .and_then(|d| {
-                if d.is_zero() {
-                    Err("must be greater than zero".into())
-                } else {
-                    Ok(d)
-                }
-            })
-            .map_err(|m| ConfigError::new("--store-timeout", m))?;
+        c.store_timeout = positive_duration("--store-timeout", t)?;
     }
     if let Some(n) = cli.breaker_failures {
         c.breaker_failures = n;
     }
     if let Some(t) = &cli.breaker_cool_down {
-        c.breaker_cool_down = parse_duration(t)
-            .and_then(|d| {
-                if d.is_zero() {
-                    Err("must be greater than zero".into())
-                } else {
-                    Ok(d)
-                }
-            })
-            .map_err(|m| ConfigError::new("--breaker-cool-down", m))?;
+        c.breaker_cool_down = positive_duration("--breaker-cool-down", t)?;
     }
     if let Some(t) = &cli.idle_timeout {
-        c.idle_timeout = parse_duration(t)
-            .and_then(|d| {
-                if d.is_zero() {
-                    Err("must be greater than zero".into())
-                } else {
-                    Ok(d)
-                }
-            })
-            .map_err(|m| ConfigError::new("--idle-timeout", m))?;
+        c.idle_timeout = positive_duration("--idle-timeout", t)?;
     }
     if let Some(ns) = &cli.namespace {
         c.namespace = validate_namespace(ns).map_err(|m| ConfigError::new("--namespace", m))?;
@@ -243,15 +228,7 @@ fn rls_settings(cli: &Cli) -> Result<Option<RlsSettings>, ConfigError> {
     let mut s = RlsSettings::new(addr, dir.clone());
     s.response_headers = cli.rls_response_headers;
     if let Some(t) = &cli.rls_reload_interval {
-        s.reload_interval = parse_duration(t)
-            .and_then(|d| {
-                if d.is_zero() {
-                    Err("must be greater than zero".into())
-                } else {
-                    Ok(d)
-                }
-            })
-            .map_err(|m| ConfigError::new("--rls-reload-interval", m))?;
+        s.reload_interval = positive_duration("--rls-reload-interval", t)?;
     }
     Ok(Some(s))
 }

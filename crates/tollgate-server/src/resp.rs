@@ -516,32 +516,26 @@ mod tests {
         assert!(whole[2].is_empty());
         // Feed the input in two pieces at every split point: the first piece yields a prefix
         // of the commands, and the rest follows once the remainder arrives.
+        // Parses the complete commands in `buf` from `pos` on, into `got`; moves `pos` past them.
+        let drain = |buf: &[u8], pos: &mut usize, got: &mut Vec<Vec<Vec<u8>>>| {
+            let mut args = Vec::new();
+            while let Parsed::Command { consumed } =
+                parse_command(&buf[*pos..], &Limits::default(), &mut args).unwrap()
+            {
+                got.push(
+                    args.iter()
+                        .map(|r| buf[*pos..][r.clone()].to_vec())
+                        .collect(),
+                );
+                *pos += consumed;
+            }
+        };
         for split in 0..input.len() {
             let mut buf = input[..split].to_vec();
-            let mut args = Vec::new();
-            let mut got = Vec::new();
-            let mut pos = 0;
-            while let Parsed::Command { consumed } =
-                parse_command(&buf[pos..], &Limits::default(), &mut args).unwrap()
-            {
-                got.push(
-                    args.iter()
-                        .map(|r| buf[pos..][r.clone()].to_vec())
-                        .collect::<Vec<_>>(),
-                );
-                pos += consumed;
-            }
+            let (mut got, mut pos) = (Vec::new(), 0);
+            drain(&buf, &mut pos, &mut got);
             buf.extend_from_slice(&input[split..]);
-            while let Parsed::Command { consumed } =
-                parse_command(&buf[pos..], &Limits::default(), &mut args).unwrap()
-            {
-                got.push(
-                    args.iter()
-                        .map(|r| buf[pos..][r.clone()].to_vec())
-                        .collect::<Vec<_>>(),
-                );
-                pos += consumed;
-            }
+            drain(&buf, &mut pos, &mut got);
             assert_eq!(got, whole, "split at {split}");
         }
     }

@@ -24,8 +24,8 @@ use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 /// A running server: its bound addresses and a handle to stop it.
@@ -126,6 +126,28 @@ async fn accept_error_pause(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
+/// The next accepted connection with its connection slot (waiting for a free slot first);
+/// `None` once shutdown is requested.
+async fn next_connection(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<(TcpStream, OwnedSemaphorePermit)> {
+    let permit = tokio::select! {
+        p = Arc::clone(slots).acquire_owned() => p.ok()?,
+        _ = shutdown.changed() => return None,
+    };
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => return Some((s, permit)),
+                Err(e) => accept_error_pause(e).await,
+            },
+            _ = shutdown.changed() => return None,
+        }
+    }
+}
+
 async fn http_loop(
     listener: TcpListener,
     state: HttpState,
@@ -140,18 +162,7 @@ async fn http_loop(
     let router = router(state);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(max_connections));
-    loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.changed() => break,
-        };
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => { accept_error_pause(e).await; continue; }
-            },
-            _ = shutdown.changed() => break,
-        };
+    while let Some((stream, permit)) = next_connection(&listener, &slots, &mut shutdown).await {
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let conn = hyper::server::conn::http1::Builder::new()
@@ -179,18 +190,7 @@ async fn resp_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
-    loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.changed() => break,
-        };
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => { accept_error_pause(e).await; continue; }
-            },
-            _ = shutdown.changed() => break,
-        };
+    while let Some((stream, permit)) = next_connection(&listener, &slots, &mut shutdown).await {
         let app = Arc::clone(&app);
         let rx = shutdown.clone();
         tokio::spawn(async move {

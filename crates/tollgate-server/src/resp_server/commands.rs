@@ -6,10 +6,11 @@
 //! replies.
 
 use super::{connection, Args, Session};
-use crate::app::{App, AppError, MultiItem, Outcome, SemAcquire};
+use crate::app::{App, AppError, MultiItem, Outcome, PolicyEntry, SemAcquire};
 use crate::cell;
 use crate::resp::Reply;
 use bytes::BytesMut;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What a command is, once its name is known.
@@ -161,6 +162,29 @@ fn positive(out: &mut BytesMut, arg: &[u8], what: &str) -> Option<u64> {
     }
 }
 
+/// `<policy> <key> [<number>]` at `args[i..]`: the named policy, the key and the positive
+/// number (`default` when given: the number is optional there and `default` stands for an
+/// absent one); `None` after writing the error reply.
+fn policy_key_number<'a>(
+    app: &App,
+    args: &Args<'a>,
+    i: usize,
+    out: &mut BytesMut,
+    what: &str,
+    default: Option<u64>,
+) -> Option<(Arc<PolicyEntry>, &'a str, u64)> {
+    let entry = app
+        .named(&String::from_utf8_lossy(args.get(i)))
+        .map_err(|e| app_error(out, &e))
+        .ok()?;
+    let key = utf8(out, "key", args.get(i + 1))?;
+    let number = match default {
+        Some(n) => n,
+        None => positive(out, args.get(i + 2), what)?,
+    };
+    Some((entry, key, number))
+}
+
 fn ceil_millis(d: Duration) -> i64 {
     d.as_micros().div_ceil(1000) as i64
 }
@@ -236,19 +260,8 @@ async fn throttle(app: &App, args: &Args<'_>, out: &mut BytesMut) {
 
 /// `TG.CHECK` / `TG.PEEK <policy> <key> [cost]`.
 async fn decide(app: &App, args: &Args<'_>, out: &mut BytesMut, charge: bool) {
-    let cost = if args.len() == 4 {
-        match positive(out, args.get(3), "the cost") {
-            Some(c) => c,
-            None => return,
-        }
-    } else {
-        1
-    };
-    let entry = match app.named(&String::from_utf8_lossy(args.get(1))) {
-        Ok(e) => e,
-        Err(e) => return app_error(out, &e),
-    };
-    let Some(key) = utf8(out, "key", args.get(2)) else {
+    let default = (args.len() < 4).then_some(1);
+    let Some((entry, key, cost)) = policy_key_number(app, args, 1, out, "the cost", default) else {
         return;
     };
     let result = if charge {
@@ -294,14 +307,8 @@ async fn decide_all(app: &App, args: &Args<'_>, out: &mut BytesMut, charge: bool
     }
     let mut items = Vec::with_capacity((args.len() - 1) / 3);
     for i in (1..args.len()).step_by(3) {
-        let entry = match app.named(&String::from_utf8_lossy(args.get(i))) {
-            Ok(e) => e,
-            Err(e) => return app_error(out, &e),
-        };
-        let Some(key) = utf8(out, "key", args.get(i + 1)) else {
-            return;
-        };
-        let Some(cost) = positive(out, args.get(i + 2), "the cost") else {
+        let Some((entry, key, cost)) = policy_key_number(app, args, i, out, "the cost", None)
+        else {
             return;
         };
         items.push(MultiItem {
@@ -327,19 +334,9 @@ async fn decide_all(app: &App, args: &Args<'_>, out: &mut BytesMut, charge: bool
 /// `TG.RESET <policy> <key>` and `TG.REFUND <policy> <key> <amount>` (the same
 /// [`App::reset`] / [`App::refund`] as `POST /v1/reset` and `/v1/refund`).
 async fn reset_or_refund(app: &App, args: &Args<'_>, out: &mut BytesMut, cmd: Cmd) {
-    let amount = if cmd == Cmd::TgRefund {
-        match positive(out, args.get(3), "the amount") {
-            Some(a) => a,
-            None => return,
-        }
-    } else {
-        0
-    };
-    let entry = match app.named(&String::from_utf8_lossy(args.get(1))) {
-        Ok(e) => e,
-        Err(e) => return app_error(out, &e),
-    };
-    let Some(key) = utf8(out, "key", args.get(2)) else {
+    let default = (cmd != Cmd::TgRefund).then_some(0);
+    let Some((entry, key, amount)) = policy_key_number(app, args, 1, out, "the amount", default)
+    else {
         return;
     };
     if cmd == Cmd::TgRefund {
