@@ -32,8 +32,9 @@
 //!
 //! - **Atomic**: one `EVALSHA` per decision (check, peek, refund, reset; multi-rate policies
 //!   all-or-nothing), reloaded automatically after `SCRIPT FLUSH` or a restart (`NOSCRIPT`).
-//! - **Several keys at once**: [`RedisStore::check_all`] decides keys of different policies
-//!   together (per-user + per-IP + global) and charges all or none.
+//! - **Several keys at once**: [`tollgate::Limiter::check_all`] (the library's multi-key
+//!   capability, [`tollgate::store::multi`]) decides keys of different policies together
+//!   (per-user + per-IP + global) in one script call and charges all or none.
 //! - **Time**: the Redis server clock (`TIME`) by default, or the caller's ([`TimeSource`]).
 //! - **Expiry**: every key written gets its TTL in the same script: the algorithm's horizon
 //!   (when the state is back to fresh), rounded up to the ms.

@@ -8,7 +8,7 @@ use crate::store::{
 };
 use std::sync::Arc;
 use std::time::Instant;
-use tollgate::time::{Clock, Micros, SystemClock};
+use tollgate::time::Micros;
 use tollgate::Error;
 
 use tollgate::store::multi::{first_backend, MultiBackend, MultiOp};
@@ -66,139 +66,6 @@ impl RedisStore {
             started: Instant::now(),
         })
     }
-
-    /// Decides every check together and charges all of them or none (a denial charges
-    /// nothing). Uses the server clock, or with [`crate::TimeSource::Caller`] the system
-    /// clock (see [`check_all_at`](Self::check_all_at)). On a Cluster every key must be in
-    /// one slot: start the user keys with a common hash tag (`"{tenant-7}:…"`), else the call
-    /// fails with `Error::InvalidKey` before reaching Redis.
-    ///
-    /// ```no_run
-    /// use tollgate::{Policy, Rate, store::Store};
-    /// use tollgate_redis::{KeyCheck, RedisStore};
-    /// let store = RedisStore::open("redis://127.0.0.1:6379/").unwrap();
-    /// let user = store.scope("user").bind(&Policy::gcra(Rate::per_second(5).unwrap()).unwrap()).unwrap();
-    /// let ip = store.scope("ip").bind(&Policy::gcra(Rate::per_second(20).unwrap()).unwrap()).unwrap();
-    /// let d = store.check_all(&[KeyCheck::new(&user, "alice", 1), KeyCheck::new(&ip, "203.0.113.7", 1)]).unwrap();
-    /// assert!(d.allowed);
-    /// ```
-    pub fn check_all(&self, checks: &[KeyCheck<'_, RedisBackend>]) -> Result<MultiDecision, Error> {
-        self.check_all_at(checks, SystemClock.now())
-    }
-
-    /// [`check_all`](Self::check_all) at the caller's time `now` (µs), used only with
-    /// [`crate::TimeSource::Caller`].
-    ///
-    /// ```no_run
-    /// # use tollgate::{Policy, Rate, store::Store};
-    /// # use tollgate_redis::{KeyCheck, RedisStore};
-    /// # let store = RedisStore::open("redis://127.0.0.1:6379/").unwrap();
-    /// # let user = store.bind(&Policy::gcra(Rate::per_second(5).unwrap()).unwrap()).unwrap();
-    /// let d = store.check_all_at(&[KeyCheck::new(&user, "alice", 1)], 1_000_000).unwrap();
-    /// # let _ = d;
-    /// ```
-    pub fn check_all_at(
-        &self,
-        checks: &[KeyCheck<'_, RedisBackend>],
-        now: Micros,
-    ) -> Result<MultiDecision, Error> {
-        self.run_all(checks, MultiOp::Check, now)
-    }
-
-    /// The decision [`check_all`](Self::check_all) would return, charging nothing.
-    ///
-    /// ```no_run
-    /// # use tollgate::{Policy, Rate, store::Store};
-    /// # use tollgate_redis::{KeyCheck, RedisStore};
-    /// # let store = RedisStore::open("redis://127.0.0.1:6379/").unwrap();
-    /// # let user = store.bind(&Policy::gcra(Rate::per_second(5).unwrap()).unwrap()).unwrap();
-    /// let d = store.peek_all(&[KeyCheck::new(&user, "alice", 1)]).unwrap();
-    /// # let _ = d;
-    /// ```
-    pub fn peek_all(&self, checks: &[KeyCheck<'_, RedisBackend>]) -> Result<MultiDecision, Error> {
-        self.peek_all_at(checks, SystemClock.now())
-    }
-
-    /// [`peek_all`](Self::peek_all) at the caller's time `now` (µs).
-    ///
-    /// ```no_run
-    /// # use tollgate::{Policy, Rate, store::Store};
-    /// # use tollgate_redis::{KeyCheck, RedisStore};
-    /// # let store = RedisStore::open("redis://127.0.0.1:6379/").unwrap();
-    /// # let user = store.bind(&Policy::gcra(Rate::per_second(5).unwrap()).unwrap()).unwrap();
-    /// let d = store.peek_all_at(&[KeyCheck::new(&user, "alice", 1)], 1_000_000).unwrap();
-    /// # let _ = d;
-    /// ```
-    pub fn peek_all_at(
-        &self,
-        checks: &[KeyCheck<'_, RedisBackend>],
-        now: Micros,
-    ) -> Result<MultiDecision, Error> {
-        self.run_all(checks, MultiOp::Peek, now)
-    }
-
-    /// Async [`check_all`](Self::check_all).
-    ///
-    /// ```no_run
-    /// # use tollgate::{Policy, Rate, store::Store};
-    /// # use tollgate_redis::{KeyCheck, RedisStore};
-    /// # async fn demo() {
-    /// # let store = RedisStore::open("redis://127.0.0.1:6379/").unwrap();
-    /// # let user = store.bind(&Policy::gcra(Rate::per_second(5).unwrap()).unwrap()).unwrap();
-    /// let d = store.check_all_async(&[KeyCheck::new(&user, "alice", 1)]).await.unwrap();
-    /// # let _ = d;
-    /// # }
-    /// ```
-    pub async fn check_all_async(
-        &self,
-        checks: &[KeyCheck<'_, RedisBackend>],
-    ) -> Result<MultiDecision, Error> {
-        self.check_all_at_async(checks, SystemClock.now()).await
-    }
-
-    /// Async [`check_all_at`](Self::check_all_at).
-    ///
-    /// ```no_run
-    /// # use tollgate::{Policy, Rate, store::Store};
-    /// # use tollgate_redis::{KeyCheck, RedisStore};
-    /// # async fn demo() {
-    /// # let store = RedisStore::open("redis://127.0.0.1:6379/").unwrap();
-    /// # let user = store.bind(&Policy::gcra(Rate::per_second(5).unwrap()).unwrap()).unwrap();
-    /// let d = store.check_all_at_async(&[KeyCheck::new(&user, "alice", 1)], 5).await.unwrap();
-    /// # let _ = d;
-    /// # }
-    /// ```
-    pub async fn check_all_at_async(
-        &self,
-        checks: &[KeyCheck<'_, RedisBackend>],
-        now: Micros,
-    ) -> Result<MultiDecision, Error> {
-        self.run_all_async(checks, MultiOp::Check, now).await
-    }
-}
-
-impl RedisStore {
-    fn run_all(
-        &self,
-        checks: &[KeyCheck<'_, RedisBackend>],
-        op: MultiOp,
-        now: Micros,
-    ) -> Result<MultiDecision, Error> {
-        let prepared = self.prepare_many(checks, op == MultiOp::Check, now)?;
-        let shared = Arc::clone(self.shared());
-        self.shared().block_on(run_many(shared, prepared))
-    }
-
-    async fn run_all_async(
-        &self,
-        checks: &[KeyCheck<'_, RedisBackend>],
-        op: MultiOp,
-        now: Micros,
-    ) -> Result<MultiDecision, Error> {
-        let prepared = self.prepare_many(checks, op == MultiOp::Check, now)?;
-        let shared = Arc::clone(self.shared());
-        self.shared().spawn(run_many(shared, prepared)).await
-    }
 }
 
 /// One `EVALSHA` of `lua/multi.lua` for the whole call (one round trip); every backend must
@@ -209,7 +76,10 @@ impl MultiBackend for RedisBackend {
         op: MultiOp,
         now: Micros,
     ) -> Result<MultiDecision, Error> {
-        first_backend(items)?.inner().store.run_all(items, op, now)
+        let store = &first_backend(items)?.inner().store;
+        let prepared = store.prepare_many(items, op == MultiOp::Check, now)?;
+        let shared = store.shared();
+        shared.block_on(run_many(Arc::clone(shared), prepared))
     }
 
     fn execute_all_async<'a>(
@@ -219,7 +89,9 @@ impl MultiBackend for RedisBackend {
     ) -> futures_util::future::BoxFuture<'a, Result<MultiDecision, Error>> {
         Box::pin(async move {
             let store = &first_backend(items)?.inner().store;
-            store.run_all_async(items, op, now).await
+            let prepared = store.prepare_many(items, op == MultiOp::Check, now)?;
+            let shared = store.shared();
+            shared.spawn(run_many(Arc::clone(shared), prepared)).await
         })
     }
 }

@@ -2,9 +2,10 @@
 
 use crate::common::*;
 use std::time::Duration;
+use tollgate::store::multi::{MultiBackend, MultiDecision, MultiOp};
 use tollgate::store::{Backend, Op, Store};
 use tollgate::{Algorithm, Error, Limiter, Policy, Rate};
-use tollgate_redis::{KeyCheck, RedisStore, TimeSource};
+use tollgate_redis::{KeyCheck, RedisBackend, RedisStore, TimeSource};
 use tollgate_testkit::RedisServer;
 
 fn gcra(per_second: u64, burst: u64) -> Policy {
@@ -233,11 +234,11 @@ fn multi_key_is_all_or_nothing() {
         KeyCheck::new(&window, "w", 1),
     ];
     for _ in 0..2 {
-        let d = store.check_all_at(&checks, now).unwrap();
+        let d = check_all(&checks, now).unwrap();
         assert!(d.allowed);
         assert!(d.decisions.iter().all(|d| d.allowed));
     }
-    let d = store.check_all_at(&checks, now).unwrap();
+    let d = check_all(&checks, now).unwrap();
     assert!(!d.allowed);
     assert_eq!(d.binding().unwrap().0, 0, "the user rate denies");
     assert!(d.decisions[1..].iter().all(|d| d.allowed));
@@ -250,13 +251,13 @@ fn multi_key_is_all_or_nothing() {
     assert_eq!(peek(&bucket, "b"), 7);
     assert_eq!(peek(&window, "w"), 7);
     // a peek over all keys changes nothing either
-    let p = store.peek_all_at(&checks[1..], now).unwrap();
+    let p = peek_all(&checks[1..], now).unwrap();
     assert!(p.allowed);
     assert_eq!(peek(&ip, "203.0.113.7"), 2);
     // a key twice, or a backend of another store: clear errors
     let dup = [KeyCheck::new(&ip, "x", 1), KeyCheck::new(&ip, "x", 1)];
     assert!(matches!(
-        store.check_all_at(&dup, now),
+        check_all(&dup, now),
         Err(Error::InvalidKey { .. })
     ));
     let other = standalone_store(server, &ns, TimeSource::Caller)
@@ -264,12 +265,12 @@ fn multi_key_is_all_or_nothing() {
         .unwrap();
     let mixed = [KeyCheck::new(&ip, "x", 1), KeyCheck::new(&other, "y", 1)];
     assert!(matches!(
-        store.check_all_at(&mixed, now),
+        check_all(&mixed, now),
         Err(Error::InvalidKey { .. })
     ));
     let too_big = [KeyCheck::new(&user, "alice", 3)];
     assert!(matches!(
-        store.check_all_at(&too_big, now),
+        check_all(&too_big, now),
         Err(Error::CostExceedsCapacity { .. })
     ));
     assert!(assert_every_key_has_ttl(&[server.port()], &ns) >= 5);
@@ -291,9 +292,7 @@ fn multi_key_on_cluster_needs_a_common_hash_tag() {
         tollgate::keys::cluster_slot(&user.redis_key(a).unwrap()),
         tollgate::keys::cluster_slot(&ip.redis_key(b).unwrap())
     );
-    let err = store
-        .check_all(&[KeyCheck::new(&user, a, 1), KeyCheck::new(&ip, b, 1)])
-        .unwrap_err();
+    let err = check_all_now(&[KeyCheck::new(&user, a, 1), KeyCheck::new(&ip, b, 1)]).unwrap_err();
     match err {
         Error::InvalidKey { reason } => assert!(reason.contains("hash tag"), "{reason}"),
         other => panic!("expected InvalidKey, got {other}"),
@@ -302,9 +301,9 @@ fn multi_key_on_cluster_needs_a_common_hash_tag() {
         KeyCheck::new(&user, "{tenant-7}:alice", 1),
         KeyCheck::new(&ip, "{tenant-7}:203.0.113.7", 1),
     ];
-    assert!(store.check_all(&tagged).unwrap().allowed);
-    assert!(store.check_all(&tagged).unwrap().allowed);
-    let d = store.check_all(&tagged).unwrap();
+    assert!(check_all_now(&tagged).unwrap().allowed);
+    assert!(check_all_now(&tagged).unwrap().allowed);
+    let d = check_all_now(&tagged).unwrap();
     assert!(!d.allowed, "burst of 2 on the user key");
     let left = ip
         .execute("{tenant-7}:203.0.113.7", Op::Peek(1), 0)
@@ -384,4 +383,19 @@ fn denial_cache_answers_locally_until_retry_after() {
     assert!(matches!(limiter.check("other"), Err(Error::Store(_))));
     server.restart().unwrap();
     let _ = RedisServer::url(&server);
+}
+
+/// A multi-key check through the store's `MultiBackend` (one script call).
+fn check_all(items: &[KeyCheck<'_, RedisBackend>], now: u64) -> Result<MultiDecision, Error> {
+    RedisBackend::execute_all(items, MultiOp::Check, now)
+}
+
+/// A multi-key peek (charges nothing).
+fn peek_all(items: &[KeyCheck<'_, RedisBackend>], now: u64) -> Result<MultiDecision, Error> {
+    RedisBackend::execute_all(items, MultiOp::Peek, now)
+}
+
+/// A multi-key check on the server's clock (the `now` is not used).
+fn check_all_now(items: &[KeyCheck<'_, RedisBackend>]) -> Result<MultiDecision, Error> {
+    check_all(items, 0)
 }

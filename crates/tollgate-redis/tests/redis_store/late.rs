@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate::store::failure::{FailSafeStore, FailurePolicy};
+use tollgate::store::multi::{MultiBackend, MultiOp};
 use tollgate::{Error, Limiter, Policy, Rate, StoreErrorKind};
-use tollgate_redis::{KeyCheck, RedisStore, TimeSource};
+use tollgate_redis::{KeyCheck, RedisBackend, RedisStore, TimeSource};
 use tollgate_testkit::RedisServer;
 
 const TIMEOUT: Duration = Duration::from_millis(300);
@@ -114,10 +115,11 @@ fn timed_out_multi_key_calls_charge_nothing() {
     frozen(&server, || {
         for _ in 0..2 {
             assert_timeout(both());
-            assert_timeout(store.check_all(&[
+            let items = [
                 KeyCheck::new(&ub, "alice", 1),
                 KeyCheck::new(&ib, "198.51.100.7", 1),
-            ]));
+            ];
+            assert_timeout(RedisBackend::execute_all(&items, MultiOp::Check, 0));
         }
     });
     let d = both().unwrap();
