@@ -309,6 +309,7 @@ impl App {
                     failure: config.failure,
                     hook,
                     fallback: MemoryStore::new().max_keys(config.max_keys),
+                    leases: config.leases.clone(),
                 };
                 (StoreFactory::Redis(Box::new(factory)), Arc::new(sem))
             }

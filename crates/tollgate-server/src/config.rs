@@ -24,11 +24,12 @@ mod file;
 mod parse;
 
 pub use file::{
-    FileConfig, KeysSection, PolicySection, SemaphoreSection, ServerSection, StoreSection,
+    FileConfig, KeysSection, LeaseSection, PolicySection, SemaphoreSection, ServerSection,
+    StoreSection,
 };
 pub use parse::{
-    parse_duration, parse_listen, parse_policy, valid_policy_name, validate_namespace,
-    validate_secret,
+    parse_duration, parse_lease, parse_listen, parse_policy, valid_policy_name,
+    validate_namespace, validate_secret,
 };
 
 /// The default HTTP/JSON listen address (loopback only).
@@ -230,6 +231,8 @@ pub struct Config {
     pub key_secret: Option<Vec<u8>>,
     /// Named policies.
     pub policies: BTreeMap<String, Policy>,
+    /// Local leases of named policies (by policy name), for a shared (Redis) store.
+    pub leases: BTreeMap<String, tollgate::store::lease::LeaseConfig>,
     /// Named semaphores (concurrency limits with leases).
     pub semaphores: BTreeMap<String, SemaphoreSpec>,
 }
@@ -255,6 +258,7 @@ impl Default for Config {
             namespace: "tollgate".into(),
             key_secret: None,
             policies: BTreeMap::new(),
+            leases: BTreeMap::new(),
             semaphores: BTreeMap::new(),
         }
     }
@@ -389,6 +393,11 @@ impl Config {
                 p.initial_tokens,
                 |f| format!("policies.{name}.{f}"),
             )?;
+            if let Some(l) = &p.lease {
+                let lease = parse_lease(l, &c.policies[name])
+                    .map_err(|m| ConfigError::new(format!("policies.{name}.lease"), m))?;
+                c.leases.insert(name.clone(), lease);
+            }
         }
         Ok(c)
     }

@@ -2,6 +2,8 @@
 //! its breaker), how user keys become store keys, and what `/ready` reports.
 
 use super::*;
+use std::collections::BTreeMap;
+use tollgate::store::lease::{LeaseBackend, LeaseConfig};
 
 /// How user keys are turned into store keys. The Redis store applies the namespace, the
 /// policy scope and the optional HMAC itself (`tollgate::keys`); for the in-memory store the
@@ -40,6 +42,9 @@ pub(super) struct RedisFactory {
     /// The in-memory store of the `local` failure policy: one, so its `max_keys` is one
     /// budget for every policy's fallback (not one per policy).
     pub(super) fallback: MemoryStore,
+    /// Local leases of named policies (by scope = policy name): the lease wraps the failure
+    /// policy, so batches already reserved are still spent while Redis is down.
+    pub(super) leases: BTreeMap<String, LeaseConfig>,
 }
 
 impl StoreFactory {
@@ -89,11 +94,13 @@ impl StoreFactory {
             }
             FailurePolicy::Error | FailurePolicy::Closed => FailSafe::fail_closed(primary),
         };
-        Ok(Arc::new(
-            guarded
-                .with_breaker(Arc::clone(&f.breaker))
-                .hook(f.hook.clone()),
-        ))
+        let guarded = guarded
+            .with_breaker(Arc::clone(&f.breaker))
+            .hook(f.hook.clone());
+        match scope.and_then(|s| f.leases.get(s)) {
+            Some(lease) => Ok(Arc::new(LeaseBackend::new(guarded, policy, lease.clone())?)),
+            None => Ok(Arc::new(guarded)),
+        }
     }
 }
 

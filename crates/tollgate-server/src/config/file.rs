@@ -128,4 +128,28 @@ pub struct PolicySection {
     pub rates: String,
     /// Token bucket: tokens a new key starts with.
     pub initial_tokens: Option<u64>,
+    /// Local leases for hot keys on a shared store (GCRA and token bucket only):
+    /// `lease = { max_batch = 1000, duration = "100ms" }`.
+    pub lease: Option<LeaseSection>,
+}
+
+/// `lease = { ... }` of a policy: reserve batches of a hot key's units in the shared store
+/// and decide from them locally (`tollgate::store::lease`). Every field is optional.
+///
+/// ```
+/// let l: tollgate_server::config::LeaseSection =
+///     toml::from_str("max_batch = 500\nduration = \"50ms\"").unwrap();
+/// assert_eq!(l.max_batch, Some(500));
+/// ```
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseSection {
+    /// The most units one reserve takes (default 1000).
+    pub max_batch: Option<u64>,
+    /// The smallest batch worth reserving (default 16): quieter keys are not leased.
+    pub min_batch: Option<u64>,
+    /// How long a batch is kept before its unused units are given back (default `"100ms"`).
+    pub duration: Option<String>,
+    /// The most keys tracked (default 10 000).
+    pub max_keys: Option<usize>,
 }

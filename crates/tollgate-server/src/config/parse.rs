@@ -118,3 +118,35 @@ pub fn validate_secret(secret: &str) -> Result<Vec<u8>, String> {
     }
     Ok(secret.as_bytes().to_vec())
 }
+
+/// Parses a policy's `lease` section into a lease configuration checked against `policy`
+/// (GCRA or token bucket; sensible batch sizes and duration).
+///
+/// ```
+/// use tollgate_server::config::{parse_lease, parse_policy, LeaseSection};
+/// let gcra = parse_policy(None, "1000/s", None).unwrap();
+/// let l: LeaseSection = toml::from_str("max_batch = 200").unwrap();
+/// assert_eq!(parse_lease(&l, &gcra).unwrap().get_max_batch(), 200);
+/// let window = parse_policy(Some("fixed_window"), "1000/s", None).unwrap();
+/// assert!(parse_lease(&l, &window).unwrap_err().contains("fixed_window"));
+/// ```
+pub fn parse_lease(
+    l: &LeaseSection,
+    policy: &Policy,
+) -> Result<tollgate::store::lease::LeaseConfig, String> {
+    let mut c = tollgate::store::lease::LeaseConfig::default();
+    if let Some(n) = l.max_batch {
+        c = c.max_batch(n);
+    }
+    if let Some(n) = l.min_batch {
+        c = c.min_batch(n);
+    }
+    if let Some(d) = &l.duration {
+        c = c.duration(parse_duration(d)?);
+    }
+    if let Some(n) = l.max_keys {
+        c = c.max_keys(n);
+    }
+    c.validate(policy).map_err(|e| e.to_string())?;
+    Ok(c)
+}
