@@ -43,21 +43,7 @@ pub struct Decision {
 
 impl PartialEq for Decision {
     fn eq(&self, other: &Self) -> bool {
-        (
-            self.allowed,
-            self.limit,
-            self.remaining,
-            self.retry_after,
-            self.reset_after,
-            self.denied_by,
-        ) == (
-            other.allowed,
-            other.limit,
-            other.remaining,
-            other.retry_after,
-            other.reset_after,
-            other.denied_by,
-        )
+        self.compared() == other.compared()
     }
 }
 
@@ -65,6 +51,14 @@ impl Eq for Decision {}
 
 impl std::hash::Hash for Decision {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.compared().hash(state);
+    }
+}
+
+impl Decision {
+    /// What equality and hashing look at: everything but the time of the decision.
+    #[allow(clippy::type_complexity)]
+    fn compared(&self) -> (bool, u64, u64, Duration, Duration, Option<usize>) {
         (
             self.allowed,
             self.limit,
@@ -73,11 +67,8 @@ impl std::hash::Hash for Decision {
             self.reset_after,
             self.denied_by,
         )
-            .hash(state);
     }
-}
 
-impl Decision {
     /// A decision from raw microsecond fields (used by stores that compute decisions remotely).
     ///
     /// ```

@@ -61,6 +61,10 @@ pub(crate) struct Anchor {
     counter: quanta::Clock,
     raw_at_anchor: u64,
     wall_at_anchor: Micros,
+    /// Microseconds per counter tick as a 0.64 fixed-point fraction: `µs = ticks * this >> 64`
+    /// (one multiply; quanta's own scaling to nanoseconds and a division by 1,000 cost three
+    /// times as many instructions on the decision path).
+    us_per_tick_q64: u64,
 }
 
 impl fmt::Debug for Anchor {
@@ -71,13 +75,37 @@ impl fmt::Debug for Anchor {
     }
 }
 
+/// Counter ticks over which [`Anchor::us_per_tick_q64`] is measured from quanta's calibration:
+/// 2^40 ticks (minutes of TSC time) keeps the relative error near 10^-12.
+const CALIBRATION_TICKS_LOG2: u32 = 40;
+
+/// `us_per_tick * 2^64`, from how many nanoseconds quanta says `2^CALIBRATION_TICKS_LOG2`
+/// ticks take (saturating: a counter slower than 1 MHz, which quanta never uses, would read
+/// as 1 µs per tick).
+fn us_per_tick_q64(ns_per_calibration: u64) -> u64 {
+    let q = (u128::from(ns_per_calibration) << (64 - CALIBRATION_TICKS_LOG2)) / 1_000;
+    u64::try_from(q).unwrap_or(u64::MAX)
+}
+
 impl Anchor {
+    fn new(counter: quanta::Clock, wall_at_anchor: Micros) -> Anchor {
+        let raw_at_anchor = counter.raw();
+        let ns = counter.delta_as_nanos(0, 1 << CALIBRATION_TICKS_LOG2);
+        Anchor {
+            counter,
+            raw_at_anchor,
+            wall_at_anchor,
+            us_per_tick_q64: us_per_tick_q64(ns),
+        }
+    }
+
     #[inline(always)]
     fn now(&self) -> Micros {
-        let elapsed_ns = self
-            .counter
-            .delta_as_nanos(self.raw_at_anchor, self.counter.raw());
-        self.wall_at_anchor + elapsed_ns / 1_000
+        // A counter read behind the anchor (TSC skew between cores) counts as no time, as in
+        // quanta's `delta_as_nanos`.
+        let ticks = self.counter.raw().saturating_sub(self.raw_at_anchor);
+        let elapsed_us = (u128::from(ticks) * u128::from(self.us_per_tick_q64)) >> 64;
+        self.wall_at_anchor + elapsed_us as u64
     }
 }
 
@@ -85,17 +113,11 @@ impl Anchor {
 fn anchor() -> &'static Anchor {
     static ANCHOR: OnceLock<Anchor> = OnceLock::new();
     ANCHOR.get_or_init(|| {
-        let counter = quanta::Clock::new();
-        let raw_at_anchor = counter.raw();
         let wall_at_anchor = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(micros)
             .unwrap_or(0);
-        Anchor {
-            counter,
-            raw_at_anchor,
-            wall_at_anchor,
-        }
+        Anchor::new(quanta::Clock::new(), wall_at_anchor)
     })
 }
 
@@ -308,5 +330,61 @@ impl ClockHandle {
             ClockHandle::System(_) => Box::pin(tokio::time::sleep(d)),
             ClockHandle::Custom(c) => c.sleep(d),
         }
+    }
+}
+
+#[cfg(test)]
+mod anchor_tests {
+    use super::*;
+
+    /// The one-multiply scaling agrees with quanta's nanoseconds / 1,000 to within a
+    /// microsecond (plus 10^-11 of the value) from one tick to weeks of ticks.
+    #[test]
+    fn anchor_scaling_matches_quanta() {
+        let anchor = Anchor::new(quanta::Clock::new(), 0);
+        for ticks in [
+            0u64,
+            1,
+            999,
+            1_000_000,
+            3_000_000_007,
+            1 << 40,
+            1 << 50,
+            3 << 50,
+        ] {
+            let ours = ((u128::from(ticks) * u128::from(anchor.us_per_tick_q64)) >> 64) as u64;
+            let quanta_us = anchor.counter.delta_as_nanos(0, ticks) / 1_000;
+            let tolerance = 1 + quanta_us / 100_000_000_000;
+            assert!(
+                ours.abs_diff(quanta_us) <= tolerance,
+                "{ticks} ticks: {ours} µs vs quanta's {quanta_us} µs"
+            );
+        }
+    }
+
+    #[test]
+    fn nanosecond_ticks_scale_to_a_thousandth() {
+        // 2^40 ticks of 1 ns each
+        assert_eq!(
+            us_per_tick_q64(1 << 40),
+            (1u128 << 64).div_euclid(1_000) as u64
+        );
+        assert_eq!(us_per_tick_q64(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn system_clock_tracks_the_wall_clock() {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(micros)
+            .unwrap();
+        let ours = SystemClock.now();
+        assert!(ours.abs_diff(wall) < 1_000_000, "{ours} vs wall {wall}");
+        std::thread::sleep(Duration::from_millis(20));
+        let later = SystemClock.now();
+        assert!(
+            (15_000..5_000_000).contains(&(later - ours)),
+            "{ours} -> {later}"
+        );
     }
 }

@@ -73,7 +73,13 @@ impl RateAlgorithm for Gcra {
             let verdict = Verdict {
                 allowed: false,
                 limit: p.burst,
-                remaining: (now + p.tolerance).saturating_sub(tat0) / p.divisor,
+                // Denied means `now + tau - tat0 < cost * T`, so fewer than `cost` units
+                // remain: none for the usual cost of 1 (no division on that path).
+                remaining: if cost == 1 {
+                    0
+                } else {
+                    (now + p.tolerance).saturating_sub(tat0) / p.divisor
+                },
                 retry_after: new_tat - p.tolerance - now,
                 reset_after: reset_after_uncharged,
                 reset_after_uncharged,
@@ -133,5 +139,23 @@ mod tests {
         assert!(!v.allowed);
         assert_eq!(v.retry_after, 200_000);
         assert_eq!(v.reset_after, 1_000_000);
+    }
+
+    /// A denial's `remaining` skips the division for a cost of 1 (always 0 then) and is the
+    /// division's result for every other cost.
+    #[test]
+    fn denied_remaining_matches_the_division() {
+        let p = Params::new(&Rate::per_second(7).unwrap().with_burst(9).unwrap());
+        let now = 5_000_000;
+        for tat in (now..now + 2 * p.tolerance).step_by(997) {
+            for cost in 1..=p.burst {
+                let (v, _) = Gcra::evaluate(&p, &tat, now, cost).unwrap();
+                if !v.allowed {
+                    let expected = (now + p.tolerance).saturating_sub(tat) / p.emission_interval;
+                    assert_eq!(v.remaining, expected, "tat {tat} cost {cost}");
+                    assert!(v.remaining < cost);
+                }
+            }
+        }
     }
 }

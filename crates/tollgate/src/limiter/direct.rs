@@ -1,6 +1,6 @@
 //! [`DirectLimiter`]: an unkeyed limiter for one shared resource (the fastest path).
 
-use super::{expect_decision, next_wait, Limiter};
+use super::{next_step, Limiter, Step};
 use crate::decision::Decision;
 use crate::error::Error;
 use crate::policy::Policy;
@@ -58,11 +58,22 @@ impl DirectLimiter {
         &self.inner.policy
     }
 
+    /// Runs an operation that decides nothing (`Refund`, `Reset`).
+    fn run(&self, op: Op) -> Result<(), Error> {
+        self.inner
+            .slot
+            .execute(op, self.inner.clock.now())
+            .map(|_| ())
+    }
+
+    /// Decides `cost` now (charging it when admitted and `charge` is set), stamped with the
+    /// time it was decided.
     #[inline(always)]
-    fn run(&self, op: Op) -> Result<Option<Decision>, Error> {
+    fn decide(&self, cost: u64, charge: bool) -> Result<Decision, Error> {
         let now = self.inner.clock.now();
-        let d = self.inner.slot.execute(op, now)?;
-        Ok(d.map(|d| d.with_decided_at(now)))
+        let mut decision = self.inner.slot.decide(cost, charge, now)?;
+        decision.set_decided_at(now);
+        Ok(decision)
     }
 
     /// Decides one unit and charges it when admitted.
@@ -84,7 +95,7 @@ impl DirectLimiter {
     /// ```
     #[inline]
     pub fn check_n(&self, cost: u64) -> Result<Decision, Error> {
-        self.run(Op::Check(cost)).and_then(expect_decision)
+        self.decide(cost, true)
     }
 
     /// The decision `check_n` would return, without charging.
@@ -95,7 +106,7 @@ impl DirectLimiter {
     /// assert_eq!(l.peek(1).unwrap().remaining, 3);
     /// ```
     pub fn peek(&self, cost: u64) -> Result<Decision, Error> {
-        self.run(Op::Peek(cost)).and_then(expect_decision)
+        self.decide(cost, false)
     }
 
     /// Back to fresh.
@@ -119,7 +130,7 @@ impl DirectLimiter {
     /// assert!(l.check().unwrap().allowed);
     /// ```
     pub fn refund(&self, amount: u64) -> Result<(), Error> {
-        self.run(Op::Refund(amount)).map(|_| ())
+        self.run(Op::Refund(amount))
     }
 
     /// Waits (blocking) until `cost` is admitted, at most `max_wait`.
@@ -131,13 +142,10 @@ impl DirectLimiter {
     pub fn acquire(&self, cost: u64, max_wait: Duration) -> Result<Decision, Error> {
         let mut waited = Duration::ZERO;
         loop {
-            let decision = self.check_n(cost)?;
-            if decision.allowed {
-                return Ok(decision);
+            match next_step(self.check_n(cost), &mut waited, max_wait)? {
+                Step::Admitted(decision) => return Ok(decision),
+                Step::Sleep(wait) => self.inner.clock.sleep_blocking(wait),
             }
-            let wait = next_wait(&decision, waited, max_wait)?;
-            self.inner.clock.sleep_blocking(wait);
-            waited = waited.saturating_add(wait);
         }
     }
 
@@ -152,13 +160,10 @@ impl DirectLimiter {
     pub async fn acquire_async(&self, cost: u64, max_wait: Duration) -> Result<Decision, Error> {
         let mut waited = Duration::ZERO;
         loop {
-            let decision = self.check_n(cost)?;
-            if decision.allowed {
-                return Ok(decision);
+            match next_step(self.check_n(cost), &mut waited, max_wait)? {
+                Step::Admitted(decision) => return Ok(decision),
+                Step::Sleep(wait) => self.inner.clock.sleep(wait).await,
             }
-            let wait = next_wait(&decision, waited, max_wait)?;
-            self.inner.clock.sleep(wait).await;
-            waited = waited.saturating_add(wait);
         }
     }
 }

@@ -281,13 +281,10 @@ impl<B: Backend> Limiter<B> {
     pub fn acquire(&self, key: &str, cost: u64, max_wait: Duration) -> Result<Decision, Error> {
         let mut waited = Duration::ZERO;
         loop {
-            let decision = self.check_n(key, cost)?;
-            if decision.allowed {
-                return Ok(decision);
+            match next_step(self.check_n(key, cost), &mut waited, max_wait)? {
+                Step::Admitted(decision) => return Ok(decision),
+                Step::Sleep(wait) => self.inner.clock.sleep_blocking(wait),
             }
-            let wait = next_wait(&decision, waited, max_wait)?;
-            self.inner.clock.sleep_blocking(wait);
-            waited = waited.saturating_add(wait);
         }
     }
 
@@ -381,13 +378,10 @@ impl<B: Backend> Limiter<B> {
     ) -> Result<Decision, Error> {
         let mut waited = Duration::ZERO;
         loop {
-            let decision = self.check_n_async(key, cost).await?;
-            if decision.allowed {
-                return Ok(decision);
+            match next_step(self.check_n_async(key, cost).await, &mut waited, max_wait)? {
+                Step::Admitted(decision) => return Ok(decision),
+                Step::Sleep(wait) => self.inner.clock.sleep(wait).await,
             }
-            let wait = next_wait(&decision, waited, max_wait)?;
-            self.inner.clock.sleep(wait).await;
-            waited = waited.saturating_add(wait);
         }
     }
 
@@ -550,19 +544,39 @@ impl<B: Backend> Limiter<B> {
     }
 }
 
-/// How long to sleep before trying again, or the timeout error.
-fn next_wait(decision: &Decision, waited: Duration, max_wait: Duration) -> Result<Duration, Error> {
+/// What a wait loop does after one check.
+enum Step {
+    /// Admitted: return this decision.
+    Admitted(Decision),
+    /// Denied: sleep this long, then check again.
+    Sleep(Duration),
+}
+
+/// One round of every wait loop (`acquire`, `acquire_async`, keyed and direct): a store error
+/// ends the loop; an admission is returned; a denial sleeps `retry_after` (at least 1 µs) and
+/// counts it into `waited`, or fails at once with [`Error::WaitTimeout`] when that would
+/// exceed `max_wait`.
+fn next_step(
+    checked: Result<Decision, Error>,
+    waited: &mut Duration,
+    max_wait: Duration,
+) -> Result<Step, Error> {
+    let decision = checked?;
+    if decision.allowed {
+        return Ok(Step::Admitted(decision));
+    }
     let wait = decision.retry_after.max(Duration::from_micros(1));
     if waited.saturating_add(wait) > max_wait {
         return Err(Error::WaitTimeout {
             retry_after: decision.retry_after,
         });
     }
-    Ok(wait)
+    *waited = waited.saturating_add(wait);
+    Ok(Step::Sleep(wait))
 }
 
 #[inline(always)]
-fn expect_decision(d: Option<Decision>) -> Result<Decision, Error> {
+pub(crate) fn expect_decision(d: Option<Decision>) -> Result<Decision, Error> {
     // Check and Peek always produce a decision; a backend that returns none is broken, and
     // that is a store error, never a denial.
     match d {

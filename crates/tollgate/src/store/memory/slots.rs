@@ -47,28 +47,8 @@ impl SlotKind for GcraOne {
         op: Op,
     ) -> Result<Option<Decision>, Error> {
         match op {
-            Op::Check(cost) | Op::Peek(cost) => {
-                let mut tat = slot.load(Ordering::Acquire);
-                loop {
-                    let (v, next) = gcra::Gcra::evaluate(p, &tat, now, cost)?;
-                    let decision = Decision::from_parts(
-                        v.allowed,
-                        v.limit,
-                        v.remaining,
-                        v.retry_after,
-                        v.reset_after,
-                        (!v.allowed).then_some(0),
-                    );
-                    if !v.allowed || matches!(op, Op::Peek(_)) {
-                        return Ok(Some(decision));
-                    }
-                    match slot.compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
-                    {
-                        Ok(_) => return Ok(Some(decision)),
-                        Err(actual) => tat = actual,
-                    }
-                }
-            }
+            Op::Check(cost) => GcraOne::decide(p, slot, now, cost, true).map(Some),
+            Op::Peek(cost) => GcraOne::decide(p, slot, now, cost, false).map(Some),
             Op::Refund(amount) => {
                 let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
                     Some(gcra::Gcra::refund(p, &tat, now, amount))
@@ -88,6 +68,66 @@ impl SlotKind for GcraOne {
 
     fn is_fresh(_p: &gcra::Params, slot: &AtomicU64) -> bool {
         slot.load(Ordering::Acquire) == 0
+    }
+}
+
+impl GcraOne {
+    /// Decides `cost` (charging it when admitted and `charge` is set): the single-rate GCRA
+    /// decision without the `Op`/`Option` wrapping, for the unkeyed limiter's fast path.
+    /// A cost of 0 is [`Error::InvalidCost`], as for every operation.
+    #[inline(always)]
+    pub(crate) fn decide(
+        p: &gcra::Params,
+        slot: &AtomicU64,
+        now: Micros,
+        cost: u64,
+        charge: bool,
+    ) -> Result<Decision, Error> {
+        if cost == 0 {
+            return Err(Error::InvalidCost);
+        }
+        let mut tat = slot.load(Ordering::Acquire);
+        loop {
+            let (v, next) = gcra::Gcra::evaluate(p, &tat, now, cost)?;
+            let decision = Decision::from_parts(
+                v.allowed,
+                v.limit,
+                v.remaining,
+                v.retry_after,
+                v.reset_after,
+                (!v.allowed).then_some(0),
+            );
+            if !v.allowed || !charge {
+                return Ok(decision);
+            }
+            match slot.compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(decision),
+                Err(actual) => tat = actual,
+            }
+        }
+    }
+}
+
+/// One operation on a state held under its key's mutex: the arms every locked kind shares.
+#[inline(always)]
+fn apply_locked<S: ?Sized>(
+    state: &mut S,
+    op: Op,
+    decide: impl FnOnce(&mut S, u64, bool) -> Result<Decision, Error>,
+    refund: impl FnOnce(&mut S, u64),
+    reset: impl FnOnce(&mut S),
+) -> Result<Option<Decision>, Error> {
+    match op {
+        Op::Check(cost) => decide(state, cost, true).map(Some),
+        Op::Peek(cost) => decide(state, cost, false).map(Some),
+        Op::Refund(amount) => {
+            refund(state, amount);
+            Ok(None)
+        }
+        Op::Reset => {
+            reset(state);
+            Ok(None)
+        }
     }
 }
 
@@ -113,23 +153,13 @@ where
         now: Micros,
         op: Op,
     ) -> Result<Option<Decision>, Error> {
-        let mut states = slot.lock();
-        match op {
-            Op::Check(cost) => {
-                algorithm::decide_rates::<A>(p, &mut states, now, cost, true).map(Some)
-            }
-            Op::Peek(cost) => {
-                algorithm::decide_rates::<A>(p, &mut states, now, cost, false).map(Some)
-            }
-            Op::Refund(amount) => {
-                algorithm::refund_rates::<A>(p, &mut states, now, amount);
-                Ok(None)
-            }
-            Op::Reset => {
-                states.fill(A::State::default());
-                Ok(None)
-            }
-        }
+        apply_locked(
+            &mut slot.lock()[..],
+            op,
+            |states, cost, charge| algorithm::decide_rates::<A>(p, states, now, cost, charge),
+            |states, amount| algorithm::refund_rates::<A>(p, states, now, amount),
+            |states| states.fill(A::State::default()),
+        )
     }
 
     fn horizon(p: &Self::Params, slot: &Self::Slot) -> Micros {
@@ -164,19 +194,13 @@ impl SlotKind for LogKind {
         now: Micros,
         op: Op,
     ) -> Result<Option<Decision>, Error> {
-        let mut log = slot.lock();
-        match op {
-            Op::Check(cost) => sliding_log::decide(p, &mut log, now, cost, true).map(Some),
-            Op::Peek(cost) => sliding_log::decide(p, &mut log, now, cost, false).map(Some),
-            Op::Refund(amount) => {
-                sliding_log::refund(p, &mut log, now, amount);
-                Ok(None)
-            }
-            Op::Reset => {
-                log.entries.clear();
-                Ok(None)
-            }
-        }
+        apply_locked(
+            &mut *slot.lock(),
+            op,
+            |log, cost, charge| sliding_log::decide(p, log, now, cost, charge),
+            |log, amount| sliding_log::refund(p, log, now, amount),
+            |log| log.entries.clear(),
+        )
     }
 
     fn horizon(p: &Self::Params, slot: &Self::Slot) -> Micros {
