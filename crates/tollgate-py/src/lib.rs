@@ -32,6 +32,7 @@ fn _tollgate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(multi::check_all_future, m)?)?;
     m.add_function(wrap_pyfunction!(multi::peek_all_future, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_after_fork_in_child, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime::_quiesce, m)?)?;
     m.add_function(wrap_pyfunction!(fields::ratelimit_fields, m)?)?;
     m.add_function(wrap_pyfunction!(fields::retry_after_field, m)?)?;
     m.add_function(wrap_pyfunction!(fields::check_policy_name, m)?)?;

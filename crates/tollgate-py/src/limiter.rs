@@ -7,7 +7,6 @@ use crate::store::{DynBackend, DynLog, PyStore, StoreShared};
 use crate::types::{rates_from, PyDecision, PyManualClock, PyRate};
 use parking_lot::{Mutex, RwLock};
 use pyo3::prelude::*;
-use pyo3::types::PyString;
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate::hooks::Hook;
@@ -136,17 +135,17 @@ fn hooks(
     let mut all: Vec<Hook> = Vec::new();
     if let Some(f) = on_allow {
         all.push(Hook::on_allow(move |key, d| {
-            Python::attach(|py| call_hook(py, &f, (key, PyDecision::new(*d))))
+            runtime::attach_unless_exiting(|py| call_hook(py, &f, (key, PyDecision::new(*d))))
         }));
     }
     if let Some(f) = on_block {
         all.push(Hook::on_block(move |key, d| {
-            Python::attach(|py| call_hook(py, &f, (key, PyDecision::new(*d))))
+            runtime::attach_unless_exiting(|py| call_hook(py, &f, (key, PyDecision::new(*d))))
         }));
     }
     if let Some(f) = on_error {
         all.push(Hook::on_error(move |key, err| {
-            Python::attach(|py| {
+            runtime::attach_unless_exiting(|py| {
                 let exc = errors::store(py, err).into_value(py);
                 call_hook(py, &f, (key, exc))
             })
@@ -232,6 +231,22 @@ impl PyLimiter {
             Err(e) => runtime::ready(py, Err(errors::limiter(py, e))),
         }
     }
+
+    /// [`Self::spawn`] for an operation of `n` units (a cost or a refund), checked first.
+    fn spawn_n<'py, T, Fut>(
+        &self,
+        py: Python<'py>,
+        n: i64,
+        convert: fn(Python<'_>, Result<T, Error>) -> PyResult<Py<PyAny>>,
+        f: impl FnOnce(Limiter<DynBackend>, u64) -> Fut,
+    ) -> PyResult<Bound<'py, PyAny>>
+    where
+        Fut: std::future::Future<Output = Result<T, Error>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let n = cost_of(py, n)?;
+        self.spawn(py, convert, move |l| f(l, n))
+    }
 }
 
 #[pymethods]
@@ -259,22 +274,7 @@ impl PyLimiter {
                 .with_initial_tokens(n)
                 .map_err(|e| errors::quota(py, e))?;
         }
-        let store = match store {
-            None => StoreShared::memory(),
-            Some(s) => {
-                if let Ok(s) = s.cast::<PyStore>() {
-                    Arc::clone(&s.get().shared)
-                } else if let Ok(url) = s.cast::<PyString>() {
-                    let url = url.to_cow()?.into_owned();
-                    let store = Bound::new(py, PyStore::from_url(py, &url)?)?;
-                    Arc::clone(&store.get().shared)
-                } else {
-                    return Err(pyo3::exceptions::PyTypeError::new_err(
-                        "store must be a tollgate.Store, a store URL, or None (memory)",
-                    ));
-                }
-            }
-        };
+        let store = PyStore::shared_of(py, store)?;
         let config = Config {
             policy,
             store,
@@ -374,14 +374,14 @@ impl PyLimiter {
         key: String,
         cost: i64,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let cost = cost_of(py, cost)?;
         if self.shared.store.is_memory() {
             // Never blocks: decide now, hand back a completed future.
+            let cost = cost_of(py, cost)?;
             let r = self.shared.limiter().and_then(|l| l.check_n(&key, cost));
             return runtime::ready(py, decision_to_py(py, r));
         }
-        self.spawn(py, decision_to_py, move |l| async move {
-            l.check_n_async(&key, cost).await
+        self.spawn_n(py, cost, decision_to_py, move |l, n| async move {
+            l.check_n_async(&key, n).await
         })
     }
 
@@ -393,9 +393,8 @@ impl PyLimiter {
         key: String,
         cost: i64,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let cost = cost_of(py, cost)?;
-        self.spawn(py, decision_to_py, move |l| async move {
-            l.peek_async(&key, cost).await
+        self.spawn_n(py, cost, decision_to_py, move |l, n| async move {
+            l.peek_async(&key, n).await
         })
     }
 
@@ -416,9 +415,8 @@ impl PyLimiter {
         key: String,
         amount: i64,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let amount = cost_of(py, amount)?;
-        self.spawn(py, unit_to_py, move |l| async move {
-            l.refund_async(&key, amount).await
+        self.spawn_n(py, amount, unit_to_py, move |l, n| async move {
+            l.refund_async(&key, n).await
         })
     }
 
@@ -432,10 +430,9 @@ impl PyLimiter {
         cost: i64,
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let cost = cost_of(py, cost)?;
         let max_wait = timeout_of(py, timeout)?;
-        self.spawn(py, decision_to_py, move |l| async move {
-            l.acquire_async(&key, cost, max_wait).await
+        self.spawn_n(py, cost, decision_to_py, move |l, n| async move {
+            l.acquire_async(&key, n, max_wait).await
         })
     }
 

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::runtime::Runtime;
 use tokio::task::AbortHandle;
@@ -29,6 +29,40 @@ static RUNTIME: Mutex<Option<(u64, Arc<Runtime>)>> = Mutex::new(None);
 /// The fork generation of this process.
 pub(crate) fn fork_gen() -> u64 {
     FORK_GEN.load(Ordering::Acquire)
+}
+
+/// Set by [`_quiesce`] (at interpreter exit): runtime threads no longer enter Python.
+static EXITING: AtomicBool = AtomicBool::new(false);
+/// Runtime threads inside [`attach_unless_exiting`] now.
+static IN_PYTHON: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs `f` with the GIL from a runtime thread, unless the interpreter is exiting.
+///
+/// A thread that waits for the GIL once Python is finalizing is ended by `pthread_exit`,
+/// which aborts the process when it unwinds through Rust frames. That happened when a
+/// program's last await was a tollgate call: the loop saw the result (queued by
+/// `call_soon_threadsafe`) and Python began to exit while this thread was still inside
+/// `call_soon_threadsafe`, writing to the loop's wake-up socket with the GIL released.
+/// [`_quiesce`] (an `atexit` callback, run before finalization) waits for such threads.
+pub(crate) fn attach_unless_exiting(f: impl for<'py> FnOnce(Python<'py>)) {
+    IN_PYTHON.fetch_add(1, Ordering::SeqCst);
+    if !EXITING.load(Ordering::SeqCst) {
+        Python::attach(f);
+    }
+    IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Called at interpreter exit (`atexit`): stops runtime threads from entering Python and
+/// waits (at most 2 s, the GIL released) for those inside it to leave.
+#[pyfunction]
+pub(crate) fn _quiesce(py: Python<'_>) {
+    EXITING.store(true, Ordering::SeqCst);
+    py.detach(|| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while IN_PYTHON.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    });
 }
 
 /// Called in the child after `fork()` (from `os.register_at_fork`).
@@ -100,7 +134,7 @@ where
     let rt = runtime()?;
     let task = rt.spawn(async move {
         let out = fut.await;
-        Python::attach(|py| {
+        attach_unless_exiting(|py| {
             let (ok, value) = match convert(py, out) {
                 Ok(v) => (true, v),
                 Err(e) => (false, e.into_value(py).into_any()),

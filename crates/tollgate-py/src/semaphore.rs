@@ -7,7 +7,7 @@ use crate::store::{PyStore, StoreShared};
 use crate::types::PyManualClock;
 use parking_lot::{Mutex, RwLock};
 use pyo3::prelude::*;
-use pyo3::types::PyString;
+use pyo3::types::PyTuple;
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate::semaphore::{Permit, Semaphore, SemaphoreBackend, SemaphoreError};
@@ -16,6 +16,7 @@ use tollgate::time::ManualClock;
 type DynSemaphore = Semaphore<dyn SemaphoreBackend>;
 type DynPermit = Permit<dyn SemaphoreBackend>;
 
+#[derive(Clone)]
 struct Config {
     name: String,
     capacity: u64,
@@ -71,6 +72,26 @@ impl Shared {
         }
         Ok(bound.1.clone())
     }
+
+    /// The same configuration under another name (the library's `Semaphore::with_name`).
+    fn renamed(&self, name: String) -> Result<Shared, SemaphoreError> {
+        let sem = self.semaphore()?.with_name(name.clone())?;
+        Ok(Shared {
+            config: Config {
+                name,
+                ..self.config.clone()
+            },
+            bound: RwLock::new((fork_gen(), sem)),
+        })
+    }
+}
+
+/// A permit (or `None`) as a Python object.
+fn permit_to_py(py: Python<'_>, p: Option<DynPermit>) -> PyResult<Py<PyAny>> {
+    match p {
+        Some(p) => Ok(Py::new(py, PyPermit::new(p))?.into_any()),
+        None => Ok(py.None()),
+    }
 }
 
 fn seconds(py: Python<'_>, what: &str, v: f64) -> PyResult<Duration> {
@@ -106,8 +127,11 @@ pub(crate) struct PySemaphore {
 #[pymethods]
 impl PySemaphore {
     /// `Semaphore(name, capacity, *, lease=30.0, max_wait=None, store=None, clock=None)`.
+    /// (`_like=other`: `other`'s configuration under `name`, for `with_name`; the other
+    /// arguments are then ignored.)
     #[new]
-    #[pyo3(signature = (name, capacity, *, lease=30.0, max_wait=None, store=None, clock=None))]
+    #[pyo3(signature = (name, capacity, *, lease=30.0, max_wait=None, store=None, clock=None, _like=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         name: String,
@@ -116,22 +140,19 @@ impl PySemaphore {
         max_wait: Option<f64>,
         store: Option<&Bound<'_, PyAny>>,
         clock: Option<PyRef<'_, PyManualClock>>,
+        _like: Option<PyRef<'_, PySemaphore>>,
     ) -> PyResult<Self> {
-        let store = match store {
-            None => StoreShared::memory(),
-            Some(s) => {
-                if let Ok(s) = s.cast::<PyStore>() {
-                    Arc::clone(&s.get().shared)
-                } else if let Ok(url) = s.cast::<PyString>() {
-                    let url = url.to_cow()?.into_owned();
-                    Arc::clone(&PyStore::from_url(py, &url)?.shared)
-                } else {
-                    return Err(pyo3::exceptions::PyTypeError::new_err(
-                        "store must be a tollgate.Store, a store URL, or None (memory)",
-                    ));
-                }
-            }
-        };
+        if let Some(like) = _like {
+            let shared = like
+                .shared
+                .renamed(name)
+                .map_err(|e| errors::semaphore(py, e))?;
+            return Ok(PySemaphore {
+                shared: Arc::new(shared),
+                entered: Mutex::new(Vec::new()),
+            });
+        }
+        let store = PyStore::shared_of(py, store)?;
         let config = Config {
             name,
             capacity,
@@ -221,7 +242,30 @@ impl PySemaphore {
             py,
             async move { sem.acquire_n_within_async(n, within).await },
             |py, r| match r {
-                Ok(p) => Ok(Py::new(py, PyPermit::new(p))?.into_any()),
+                Ok(p) => permit_to_py(py, Some(p)),
+                Err(e) => Err(errors::semaphore(py, e)),
+            },
+        )
+    }
+
+    /// Awaitable `try_acquire`: the permit, or `None` if they are not free now.
+    #[pyo3(signature = (permits=1))]
+    fn try_acquire_async<'py>(&self, py: Python<'py>, permits: i64) -> PyResult<Bound<'py, PyAny>> {
+        let n = permits_of(py, permits)?;
+        let sem = match self.shared.semaphore() {
+            Ok(s) => s,
+            Err(e) => return runtime::ready(py, Err(errors::semaphore(py, e))),
+        };
+        if sem.backend().is_local() {
+            // Never blocks: decide now, hand back a completed future.
+            let r = sem.try_acquire_n(n).map_err(|e| errors::semaphore(py, e));
+            return runtime::ready(py, r.and_then(|p| permit_to_py(py, p)));
+        }
+        runtime::spawn(
+            py,
+            async move { sem.try_acquire_n_async(n).await },
+            |py, r| match r {
+                Ok(p) => permit_to_py(py, p),
                 Err(e) => Err(errors::semaphore(py, e)),
             },
         )
@@ -241,13 +285,8 @@ impl PySemaphore {
         Ok(permit)
     }
 
-    fn __exit__(
-        &self,
-        py: Python<'_>,
-        _t: Option<&Bound<'_, PyAny>>,
-        _v: Option<&Bound<'_, PyAny>>,
-        _tb: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<bool> {
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
         let permit = self.entered.lock().pop();
         if let Some(p) = permit {
             p.get().release(py)?;
@@ -347,6 +386,11 @@ impl PyPermit {
     fn release_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         match self.permit.lock().take() {
             None => runtime::ready(py, Ok(py.None())),
+            Some(p) if p.semaphore().backend().is_local() => {
+                // Never blocks: release now, hand back a completed future.
+                let r = p.release().map_err(|e| errors::semaphore(py, e));
+                runtime::ready(py, r.map(|()| py.None()))
+            }
             Some(p) => runtime::spawn(py, async move { p.release_async().await }, |py, r| {
                 r.map(|()| py.None()).map_err(|e| errors::semaphore(py, e))
             }),
@@ -362,23 +406,17 @@ impl PyPermit {
         runtime::ready(py, Ok(slf.into_any().unbind()))
     }
 
+    #[pyo3(signature = (*_exc))]
     fn __aexit__<'py>(
         &self,
         py: Python<'py>,
-        _t: Option<&Bound<'_, PyAny>>,
-        _v: Option<&Bound<'_, PyAny>>,
-        _tb: Option<&Bound<'_, PyAny>>,
+        _exc: &Bound<'_, PyTuple>,
     ) -> PyResult<Bound<'py, PyAny>> {
         self.release_async(py)
     }
 
-    fn __exit__(
-        &self,
-        py: Python<'_>,
-        _t: Option<&Bound<'_, PyAny>>,
-        _v: Option<&Bound<'_, PyAny>>,
-        _tb: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<bool> {
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
         self.release(py)?;
         Ok(false)
     }

@@ -307,6 +307,26 @@ impl PyStore {
     pub(crate) fn from_url(py: Python<'_>, url: &str) -> PyResult<PyStore> {
         PyStore::new(py, url, None, None, None, None, "server")
     }
+
+    /// The state behind a `store=` argument: a `Store`, a store URL, or `None` (a private
+    /// in-memory store).
+    pub(crate) fn shared_of(
+        py: Python<'_>,
+        store: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Arc<StoreShared>> {
+        let Some(s) = store else {
+            return Ok(StoreShared::memory());
+        };
+        if let Ok(s) = s.cast::<PyStore>() {
+            Ok(Arc::clone(&s.get().shared))
+        } else if let Ok(url) = s.cast::<PyString>() {
+            Ok(PyStore::from_url(py, &url.to_cow()?)?.shared)
+        } else {
+            Err(pyo3::exceptions::PyTypeError::new_err(
+                "store must be a tollgate.Store, a store URL, or None (memory)",
+            ))
+        }
+    }
 }
 
 #[pymethods]

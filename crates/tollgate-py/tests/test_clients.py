@@ -9,7 +9,7 @@ import time
 
 import pytest
 import tollgate
-from webutil import WerkzeugThread, need
+from webutil import WerkzeugThread, need, sent_within_quota
 
 
 class Remote:
@@ -40,11 +40,6 @@ def remote():
     app.url = s.url  # type: ignore[attr-defined]
     yield app
     s.stop()
-
-
-def sent_within_quota(arrivals, limit, period):
-    """No window of ``period`` seconds saw more than ``limit`` arrivals (10 ms of slack)."""
-    return all(sum(1 for b in arrivals if a <= b < a + period - 0.01) <= limit for a in arrivals)
 
 
 def test_httpx_sync_transport_waits_before_sending(remote):
@@ -114,11 +109,11 @@ def test_retry_after_parsing():
     assert 25 <= retry_after_seconds(when) <= 30  # type: ignore[operator]
 
 
-@pytest.mark.parametrize("name", ["_web", "asgi", "wsgi", "clients"])
+@pytest.mark.parametrize("name", ["_web", "_inflight", "asgi", "wsgi", "clients"])
 def test_module_doctests(name):
     import doctest
     import importlib
 
-    need("httpx", "requests")
+    need("httpx", "requests", "aiohttp")
     result = doctest.testmod(importlib.import_module(f"tollgate.{name}"))
     assert result.attempted > 0 and result.failed == 0

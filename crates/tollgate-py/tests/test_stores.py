@@ -4,7 +4,6 @@ failure policies and the error hook against a store that is down."""
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 
 import pytest

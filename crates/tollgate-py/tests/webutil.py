@@ -27,6 +27,13 @@ def need(*modules: str) -> None:
             pytest.skip(f"python package {m} missing")
 
 
+def sent_within_quota(arrivals: list[float], limit: int, period: float) -> bool:
+    """No window of ``period`` seconds saw more than ``limit`` arrivals, with 50 ms of slack:
+    arrivals lag the limiter's admissions by a varying delivery time (new connections, a
+    loaded machine)."""
+    return all(sum(1 for b in arrivals if a <= b < a + period - 0.05) <= limit for a in arrivals)
+
+
 class UvicornThread:
     """An ASGI app served by uvicorn on 127.0.0.1 in a background thread.
 

@@ -16,6 +16,7 @@ See ``docs/python.md`` for the full guide.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import inspect
 import os
@@ -38,6 +39,9 @@ from ._errors import (
 from ._tollgate import Decision, ManualClock, MultiDecision, Rate, Store
 
 __version__ = _tollgate.__version__
+
+# At exit, keep the runtime's threads out of the finalizing interpreter (see runtime.rs).
+atexit.register(_tollgate._quiesce)
 
 if hasattr(os, "register_at_fork"):
     # After fork() the child rebuilds the runtime and every Redis/SQL connection on first
@@ -272,6 +276,22 @@ class Semaphore(_tollgate.Semaphore):
         """Awaitable :meth:`acquire`: never blocks the event loop; cancelling it leaks no
         permit."""
         return await super().acquire_async(permits, timeout)
+
+    async def try_acquire_async(self, permits: int = 1) -> "Optional[Permit]":
+        """Awaitable :meth:`try_acquire`: the permit, or ``None`` if they are not free now."""
+        return await super().try_acquire_async(permits)
+
+    def with_name(self, name: str) -> "Semaphore":
+        """The same semaphore (capacity, lease, maximum wait, store, clock) under another
+        name: e.g. one per tenant or per client.
+
+        >>> base = Semaphore("tenant", 1)
+        >>> a, b = base.with_name("tenant:a"), base.with_name("tenant:b")
+        >>> held = a.try_acquire()
+        >>> a.try_acquire() is None, b.try_acquire() is not None
+        (True, True)
+        """
+        return type(self)(name, self.capacity, _like=self)
 
     async def __aenter__(self) -> "Permit":
         permit = await self.acquire_async()

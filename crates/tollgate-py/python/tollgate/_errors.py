@@ -79,17 +79,3 @@ class SemaphoreTimeout(SemaphoreError):
 class LeaseExpired(SemaphoreError):
     """The lease had ended before this release or extension: the holder held nothing any more."""
 
-
-__all__ = [
-    "TollgateError",
-    "InvalidRate",
-    "ConfigError",
-    "InvalidCost",
-    "CostExceedsCapacity",
-    "InvalidKey",
-    "RateLimitExceeded",
-    "StoreError",
-    "SemaphoreError",
-    "SemaphoreTimeout",
-    "LeaseExpired",
-]

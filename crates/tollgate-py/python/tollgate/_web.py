@@ -16,10 +16,11 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Iterable, Sequence
-from typing import Callable, Optional, Union
+from http import HTTPStatus
+from typing import Callable, Optional, TypeVar, Union
 
 from . import _tollgate
-from ._errors import StoreError, TollgateError
+from ._errors import TollgateError
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -100,7 +101,32 @@ def global_key(req: RequestInfo) -> str | None:
     return "global"
 
 
-class Policy:
+class Rule:
+    """What every middleware policy has: ``name``, the ``key`` extractor (``None``:
+    :func:`client_ip`), and the ``path`` prefix and ``methods`` it is limited to.
+
+    >>> r = Rule("r", header("x-k"), "/api", ["get"])
+    >>> r.applies(RequestInfo("GET", "/api/x", None, {})), r.applies(RequestInfo("GET", "/", None, {}))
+    (True, False)
+    """
+
+    __slots__ = ("key", "methods", "name", "path")
+
+    def __init__(self, name: str, key: Extractor | None, path: str | None,
+                 methods: Sequence[str] | None):
+        self.name = name
+        self.key: Extractor = key if key is not None else client_ip()
+        self.path = path
+        self.methods = frozenset(m.upper() for m in methods) if methods else None
+
+    def applies(self, req: RequestInfo) -> bool:
+        """Whether this policy limits ``req`` (path prefix and method)."""
+        if self.path is not None and not req.path.startswith(self.path):
+            return False
+        return self.methods is None or req.method.upper() in self.methods
+
+
+class Policy(Rule):
     """One limit of the middleware: ``Policy(name, limiter, key=client_ip(), *, path=None,
     methods=None, cost=1)``.
 
@@ -115,7 +141,7 @@ class Policy:
     (False, True)
     """
 
-    __slots__ = ("cost", "key", "limiter", "methods", "name", "path")
+    __slots__ = ("cost", "limiter")
 
     def __init__(
         self,
@@ -127,30 +153,37 @@ class Policy:
         methods: Sequence[str] | None = None,
         cost: int = 1,
     ):
-        self.name = name
+        super().__init__(name, key, path, methods)
         self.limiter = limiter
-        self.key: Extractor = key if key is not None else client_ip()
-        self.path = path
-        self.methods = frozenset(m.upper() for m in methods) if methods else None
         self.cost = cost
-
-    def applies(self, req: RequestInfo) -> bool:
-        """Whether this policy limits ``req`` (path prefix and method)."""
-        if self.path is not None and not req.path.startswith(self.path):
-            return False
-        return self.methods is None or req.method.upper() in self.methods
 
 
 PolicyLike = Union[Policy, tuple]
 
 
+R = TypeVar("R", bound=Rule)
+
+
+def as_rules(rules: Iterable[R | tuple], kind: type[R]) -> list[R]:
+    """``kind`` policies from objects or from ``(name, limiter_or_semaphore[, key[, path[,
+    methods]]])`` tuples; every name is checked now (``ConfigError`` for a name no field can
+    carry).
+
+    >>> import tollgate
+    >>> as_rules([("w", tollgate.Limiter("1/s"), global_key, "/api", ["POST"])], Policy)[0].methods
+    frozenset({'POST'})
+    """
+    out = [r if isinstance(r, kind) else kind(*r[:3], **dict(zip(("path", "methods"), r[3:])))
+           for r in rules]
+    for r in out:
+        _tollgate.check_policy_name(r.name)
+    return out
+
+
 def as_policies(policies: Iterable[PolicyLike]) -> list[Policy]:
     """Policies from :class:`Policy` objects or ``(name, limiter[, key[, path[, methods]]])``
-    tuples; every name is checked now (``ConfigError`` for a name no field can carry)."""
-    out = [p if isinstance(p, Policy) else Policy(*p) for p in policies]
-    for p in out:
-        _tollgate.check_policy_name(p.name)
-    return out
+    tuples (see :func:`as_rules`)."""
+    return as_rules(policies, Policy)
 
 
 Headers = list[tuple[str, str]]
@@ -179,9 +212,13 @@ def problem(status: int, title: str, detail: str, **extensions: object) -> Outco
     return Outcome(status, headers, body)
 
 
-def keys_for(policies: list[Policy], req: RequestInfo) -> Work | Outcome:
+PASS = Outcome(None, [])
+"""Pass the request on, adding nothing."""
+
+
+def keys_for(policies: list[R], req: RequestInfo) -> list[tuple[R, str]] | Outcome:
     """The applicable policies with their keys, or the ``400`` for a request without a key."""
-    work: Work = []
+    work: list[tuple[R, str]] = []
     for p in policies:
         if not p.applies(req):
             continue
@@ -201,7 +238,7 @@ def fields(items: list[tuple[Policy, _tollgate.Decision]]) -> Headers:
     return [("ratelimit", pair[0]), ("ratelimit-policy", pair[1])]
 
 
-def unavailable(work: Work, error: TollgateError) -> Outcome:
+def unavailable(work: Sequence[tuple[Rule, object]], error: TollgateError) -> Outcome:
     """The ``503`` when the store failed closed (never a ``500``)."""
     names = ", ".join(p.name for p, _ in work)
     kind = getattr(error, "kind", "other")
@@ -230,6 +267,31 @@ def outcome(work: Work, decisions: list[_tollgate.Decision], shadow: bool) -> Ou
     return out
 
 
-def is_store_failure(error: BaseException) -> bool:
-    """A store that failed closed (the limiter raised instead of deciding)."""
-    return isinstance(error, StoreError)
+class RateGate:
+    """What :class:`tollgate.asgi.RateLimitMiddleware` and
+    :class:`tollgate.wsgi.RateLimitMiddleware` share: the policies, which of them apply, and
+    the answer once the limiters decided (or the store failed)."""
+
+    def __init__(self, policies: Iterable[PolicyLike], shadow: bool):
+        self.policies: list[Policy] = as_policies(policies)
+        self.shadow = shadow
+
+    def plan(self, req: RequestInfo) -> Work | Outcome:
+        """The policies to check with their keys, or the answer without a check."""
+        work = keys_for(self.policies, req)
+        if isinstance(work, Outcome):
+            return work
+        return work if work else PASS
+
+    def settle(self, work: Work, decisions: list[_tollgate.Decision]) -> Outcome:
+        """The answer for these decisions."""
+        return outcome(work, decisions, self.shadow)
+
+
+def status_line(status: int) -> str:
+    """``"429 Too Many Requests"``.
+
+    >>> status_line(503)
+    '503 Service Unavailable'
+    """
+    return f"{status} {HTTPStatus(status).phrase}"

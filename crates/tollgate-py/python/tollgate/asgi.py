@@ -1,4 +1,5 @@
-"""``RateLimitMiddleware`` for any ASGI application (Starlette, FastAPI, Quart, ...).
+"""``RateLimitMiddleware`` and ``ConcurrencyLimitMiddleware`` for any ASGI application
+(Starlette, FastAPI, Quart, ...).
 
 Every request is checked against the policies that apply to it (path prefix, methods), all
 together and all-or-nothing (:func:`tollgate.check_all_async`: a denied request charges no
@@ -12,6 +13,14 @@ closed is a ``503`` (never a ``500``). ``shadow=True`` decides and reports but n
 ...     await send({"type": "http.response.start", "status": 200, "headers": []})
 ...     await send({"type": "http.response.body", "body": b"ok"})
 >>> guarded = RateLimitMiddleware(app, [Policy("per-ip", tollgate.Limiter("10/s"), client_ip())])
+
+``ConcurrencyLimitMiddleware`` bounds the requests *in flight* per key instead (see
+:class:`ConcurrencyPolicy`): a request holds its permits until its response is sent
+completely (streaming bodies included), the client went away or the app raised.
+
+>>> from tollgate.asgi import ConcurrencyLimitMiddleware, ConcurrencyPolicy
+>>> guarded = ConcurrencyLimitMiddleware(app, [
+...     ConcurrencyPolicy("in-flight", tollgate.Semaphore("api", 4), client_ip())])
 """
 
 from __future__ import annotations
@@ -19,22 +28,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Iterable, MutableMapping
 from typing import Any, Callable
 
-from . import check_all_async
-from ._errors import TollgateError
-from ._web import (
-    Outcome,
-    Policy,
-    PolicyLike,
-    RequestInfo,
-    as_policies,
-    client_ip,
-    global_key,
-    header,
-    is_store_failure,
-    keys_for,
-    outcome,
-    unavailable,
-)
+from . import _inflight, _web, check_all_async
+from ._errors import StoreError
+from ._inflight import ConcurrencyPolicy
+from ._web import Policy, RequestInfo, client_ip, global_key, header
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -55,6 +52,18 @@ def request_info(scope: Scope) -> RequestInfo:
                        client[0] if client else None, headers)
 
 
+def encoded(headers: _web.Headers) -> list[tuple[bytes, bytes]]:
+    """ASGI header pairs."""
+    return [(k.encode(), v.encode()) for k, v in headers]
+
+
+async def answer(send: Send, out: _web.Outcome) -> None:
+    """Sends ``out`` (a status, its headers and body) as the whole response."""
+    await send({"type": "http.response.start", "status": out.status,
+                "headers": encoded(out.headers)})
+    await send({"type": "http.response.body", "body": out.body})
+
+
 class RateLimitMiddleware:
     """``RateLimitMiddleware(app, policies, *, shadow=False)``: see the module docs.
 
@@ -63,18 +72,17 @@ class RateLimitMiddleware:
     ``app.add_middleware(RateLimitMiddleware, policies=[...])``.
     """
 
-    def __init__(self, app: ASGIApp, policies: Iterable[PolicyLike], *, shadow: bool = False):
+    def __init__(self, app: ASGIApp, policies: Iterable[_web.PolicyLike], *,
+                 shadow: bool = False):
         self.app = app
-        self.policies: list[Policy] = as_policies(policies)
-        self.shadow = shadow
+        self.gate = _web.RateGate(policies, shadow)
+        self.policies = self.gate.policies
 
-    async def decide(self, req: RequestInfo) -> Outcome:
+    async def decide(self, req: RequestInfo) -> _web.Outcome:
         """The :class:`Outcome` for one request (checks and charges the policies)."""
-        work = keys_for(self.policies, req)
-        if isinstance(work, Outcome):
+        work = self.gate.plan(req)
+        if isinstance(work, _web.Outcome):
             return work
-        if not work:
-            return Outcome(None, [])
         try:
             if len(work) == 1:
                 p, key = work[0]
@@ -82,11 +90,9 @@ class RateLimitMiddleware:
             else:
                 multi = await check_all_async([(p.limiter, key, p.cost) for p, key in work])
                 decisions = multi.decisions
-        except TollgateError as e:
-            if is_store_failure(e):
-                return unavailable(work, e)
-            raise
-        return outcome(work, decisions, self.shadow)
+        except StoreError as e:
+            return _web.unavailable(work, e)
+        return self.gate.settle(work, decisions)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -94,14 +100,12 @@ class RateLimitMiddleware:
             return
         out = await self.decide(request_info(scope))
         if out.status is not None:
-            await send({"type": "http.response.start", "status": out.status,
-                        "headers": [(k.encode(), v.encode()) for k, v in out.headers]})
-            await send({"type": "http.response.body", "body": out.body})
+            await answer(send, out)
             return
         if not out.headers:
             await self.app(scope, receive, send)
             return
-        extra = [(k.encode(), v.encode()) for k, v in out.headers]
+        extra = encoded(out.headers)
 
         async def send_with_fields(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -112,12 +116,36 @@ class RateLimitMiddleware:
         await self.app(scope, receive, send_with_fields)
 
 
-__all__ = [
-    "Policy",
-    "RateLimitMiddleware",
-    "RequestInfo",
-    "client_ip",
-    "global_key",
-    "header",
-    "request_info",
-]
+class ConcurrencyLimitMiddleware:
+    """``ConcurrencyLimitMiddleware(app, policies, *, wait=0.0, retry_after=1,
+    when_full=429)``: at most ``semaphore.capacity`` requests in flight per key and policy.
+
+    ``policies`` are :class:`ConcurrencyPolicy` objects or ``(name, semaphore, key, path,
+    methods)`` tuples. A request whose key is full (after waiting up to ``wait`` seconds) is
+    answered ``when_full`` (``429``, or ``503``) with ``Retry-After: retry_after`` and a
+    problem+json body; a store that fails closed is a ``503``. The permits are given back
+    when the app returns: after the last body chunk, a client disconnect or an exception.
+    """
+
+    def __init__(self, app: ASGIApp, policies: Iterable[ConcurrencyPolicy | tuple], *,
+                 wait: float = 0.0, retry_after: int = 1, when_full: int = 429):
+        self.app = app
+        self.gate = _inflight.ConcurrencyGate(policies, wait=wait, retry_after=retry_after,
+                                              when_full=when_full)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held, out = await self.gate.enter_async(request_info(scope))
+        if out is not None:
+            await answer(send, out)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            await self.gate.leave_async(held)
+
+
+__all__ = ["ConcurrencyLimitMiddleware", "ConcurrencyPolicy", "Policy", "RateLimitMiddleware",
+           "RequestInfo", "client_ip", "global_key", "header", "request_info"]

@@ -1,7 +1,9 @@
 """Client-side throttles: stay under a remote API's quota by waiting *before* sending.
 
 - :class:`ThrottledTransport` / :class:`AsyncThrottledTransport`: ``httpx`` transports;
-- :class:`ThrottledAdapter`: a ``requests`` ``HTTPAdapter``.
+- :class:`ThrottledAdapter`: a ``requests`` ``HTTPAdapter``;
+- :class:`AiohttpThrottle` / :func:`throttled_session`: an ``aiohttp`` client middleware and a
+  ``ClientSession`` that uses it (aiohttp 3.12 or later).
 
 Each one waits (``Limiter.acquire`` / ``acquire_async``) for ``cost`` on the request's key
 (default: the URL's host) before sending; with a Redis-backed limiter the quota is shared by
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import inspect
 import time
+from collections.abc import Awaitable
 from datetime import datetime, timezone
 from typing import Any, Callable, Union
 
@@ -30,6 +34,8 @@ from . import Limiter
 RETRY_STATUSES = (429, 503)
 
 KeyFn = Union[str, Callable[[Any], str], None]
+# What the sequence needs to know of a response: (status, Retry-After value).
+Inspect = Callable[[Any], "tuple[int, str | None]"]
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -67,12 +73,52 @@ class _Throttle:
             return host
         return self.key(request) if callable(self.key) else self.key
 
-    def retry_wait(self, status: int, retry_after: str | None) -> float | None:
+    def retry_wait(self, response: Any, inspect_: Inspect) -> float | None:
         """Seconds to wait before the one retry, or ``None`` for no retry."""
+        status, retry_after = inspect_(response)
         if status not in RETRY_STATUSES:
             return None
         wait = retry_after_seconds(retry_after)
         return wait if wait is not None and wait <= self.max_retry_wait else None
+
+    def send(self, key: str, send: Callable[[], Any], inspect_: Inspect,
+             close: Callable[[Any], object]) -> Any:
+        """The blocking sequence: wait on the limiter, send; on a ``429``/``503`` with a short
+        enough ``Retry-After``, close that answer, sleep, wait on the limiter again and send
+        once more."""
+        self.limiter.acquire(key, self.cost, self.timeout)
+        response = send()
+        wait = self.retry_wait(response, inspect_)
+        if wait is None:
+            return response
+        close(response)
+        time.sleep(wait)
+        self.limiter.acquire(key, self.cost, self.timeout)
+        return send()
+
+    async def send_async(self, key: str, send: Callable[[], Awaitable[Any]], inspect_: Inspect,
+                         close: Callable[[Any], object]) -> Any:
+        """:meth:`send` for asyncio: the waits never block the event loop (``close`` may
+        return an awaitable)."""
+        await self.limiter.acquire_async(key, self.cost, self.timeout)
+        response = await send()
+        wait = self.retry_wait(response, inspect_)
+        if wait is None:
+            return response
+        closed = close(response)
+        if inspect.isawaitable(closed):
+            await closed
+        await asyncio.sleep(wait)
+        await self.limiter.acquire_async(key, self.cost, self.timeout)
+        return await send()
+
+
+def _status_code(response: Any) -> tuple[int, str | None]:
+    return response.status_code, response.headers.get("retry-after")
+
+
+def _aiohttp_status(response: Any) -> tuple[int, str | None]:
+    return response.status, response.headers.get("Retry-After")
 
 
 def _httpx() -> Any:
@@ -99,16 +145,9 @@ class ThrottledTransport(_Throttle):
         self.transport = transport if transport is not None else _httpx().HTTPTransport()
 
     def handle_request(self, request: Any) -> Any:
-        key = self.key_of(request, request.url.host)
-        self.limiter.acquire(key, self.cost, self.timeout)
-        response = self.transport.handle_request(request)
-        wait = self.retry_wait(response.status_code, response.headers.get("retry-after"))
-        if wait is None:
-            return response
-        response.close()
-        time.sleep(wait)
-        self.limiter.acquire(key, self.cost, self.timeout)
-        return self.transport.handle_request(request)
+        return self.send(self.key_of(request, request.url.host),
+                         lambda: self.transport.handle_request(request), _status_code,
+                         lambda r: r.close())
 
     def close(self) -> None:
         self.transport.close()
@@ -135,16 +174,9 @@ class AsyncThrottledTransport(_Throttle):
         self.transport = transport if transport is not None else _httpx().AsyncHTTPTransport()
 
     async def handle_async_request(self, request: Any) -> Any:
-        key = self.key_of(request, request.url.host)
-        await self.limiter.acquire_async(key, self.cost, self.timeout)
-        response = await self.transport.handle_async_request(request)
-        wait = self.retry_wait(response.status_code, response.headers.get("retry-after"))
-        if wait is None:
-            return response
-        await response.aclose()
-        await asyncio.sleep(wait)
-        await self.limiter.acquire_async(key, self.cost, self.timeout)
-        return await self.transport.handle_async_request(request)
+        return await self.send_async(self.key_of(request, request.url.host),
+                                     lambda: self.transport.handle_async_request(request),
+                                     _status_code, lambda r: r.aclose())
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -183,21 +215,59 @@ class ThrottledAdapter(_adapter_base()):  # type: ignore[misc]
         from urllib.parse import urlsplit
 
         t = self.throttle
-        key = t.key_of(request, urlsplit(request.url).hostname or "")
-        t.limiter.acquire(key, t.cost, t.timeout)
-        response = super().send(request, *args, **kwargs)
-        wait = t.retry_wait(response.status_code, response.headers.get("Retry-After"))
-        if wait is None:
-            return response
-        response.close()
-        time.sleep(wait)
-        t.limiter.acquire(key, t.cost, t.timeout)
-        return super().send(request, *args, **kwargs)
+        return t.send(t.key_of(request, urlsplit(request.url).hostname or ""),
+                      lambda: super(ThrottledAdapter, self).send(request, *args, **kwargs),
+                      _status_code, lambda r: r.close())
+
+
+class AiohttpThrottle(_Throttle):
+    """``AiohttpThrottle(limiter, key=None, *, cost=1, timeout=None, max_retry_wait=60.0)``:
+    an aiohttp client middleware (aiohttp 3.12 or later) that waits on ``limiter`` before each
+    request, never blocking the event loop, and honours ``429``/``503`` ``Retry-After`` once.
+    ``key`` is a string, a function of the ``aiohttp.ClientRequest``, or ``None`` (the host).
+
+    >>> import tollgate
+    >>> throttle = AiohttpThrottle(tollgate.Limiter("5/s"), key="partner-api")
+    >>> # aiohttp.ClientSession(middlewares=(throttle,)), or throttled_session(...)
+    """
+
+    def __init__(self, limiter: Limiter, key: KeyFn = None, *, cost: int = 1,
+                 timeout: float | None = None, max_retry_wait: float = 60.0):
+        super().__init__(limiter, key, cost, timeout, max_retry_wait)
+
+    async def __call__(self, request: Any, handler: Callable[[Any], Awaitable[Any]]) -> Any:
+        return await self.send_async(self.key_of(request, request.url.host or ""),
+                                     lambda: handler(request), _aiohttp_status,
+                                     lambda r: r.release())
+
+
+def throttled_session(limiter: Limiter, key: KeyFn = None, *, cost: int = 1,
+                      timeout: float | None = None, max_retry_wait: float = 60.0,
+                      **session_kwargs: Any) -> Any:
+    """An ``aiohttp.ClientSession`` whose requests go through :class:`AiohttpThrottle`
+    (``session_kwargs`` go to ``ClientSession``; its own ``middlewares`` run after the
+    throttle). Create it inside the event loop, like any ``ClientSession``.
+
+    >>> import asyncio, tollgate
+    >>> async def main():
+    ...     async with throttled_session(tollgate.Limiter("5/s")) as session:
+    ...         return type(session).__name__
+    >>> asyncio.run(main())
+    'ClientSession'
+    """
+    import aiohttp
+
+    throttle = AiohttpThrottle(limiter, key, cost=cost, timeout=timeout,
+                               max_retry_wait=max_retry_wait)
+    middlewares = (throttle, *session_kwargs.pop("middlewares", ()))
+    return aiohttp.ClientSession(middlewares=middlewares, **session_kwargs)
 
 
 __all__ = [
+    "AiohttpThrottle",
     "AsyncThrottledTransport",
     "ThrottledAdapter",
     "ThrottledTransport",
     "retry_after_seconds",
+    "throttled_session",
 ]
