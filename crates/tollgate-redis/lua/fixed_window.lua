@@ -8,14 +8,7 @@
 local fw = { width = 2 }
 ALG.fixed_window = fw
 
-function fw.parse(argv, i, n)
-  local p = {}
-  for r = 1, n do
-    p[r] = { l = num(argv[i]), w = num(argv[i + 1]) }
-    i = i + 2
-  end
-  return p, i
-end
+fw.parse = parse_limit_window
 
 local function state_of(s, r)
   if s.exists then return s.v[2 * r - 1], s.v[2 * r] end
@@ -61,11 +54,7 @@ function fw.refund_state(p, s, now, amount)
 end
 
 function fw.horizon(p, values)
-  local h = 0
-  for r = 1, #p do
-    h = math.max(h, values[2 * r - 1] + p[r].w)
-  end
-  return h
+  return latest(p, function(r) return values[2 * r - 1] + p[r].w end)
 end
 
 flat_writers(fw)

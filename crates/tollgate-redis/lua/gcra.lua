@@ -56,11 +56,7 @@ function gcra.refund_state(p, s, now, amount)
 end
 
 function gcra.horizon(p, values)
-  local h = 0
-  for r = 1, #p do
-    h = math.max(h, values[r])
-  end
-  return h
+  return latest(p, function(r) return values[r] end)
 end
 
 flat_writers(gcra)

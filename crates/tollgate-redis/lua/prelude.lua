@@ -183,6 +183,25 @@ local function combine(v)
   return { 0, v[d].limit, v[d].remaining, v[d].retry, reset, d - 1 }
 end
 
+-- The parameters of algorithms with a limit L and a window W (µs) per rate: 2 ARGV per rate.
+local function parse_limit_window(argv, i, n)
+  local p = {}
+  for r = 1, n do
+    p[r] = { l = num(argv[i]), w = num(argv[i + 1]) }
+    i = i + 2
+  end
+  return p, i
+end
+
+-- The latest of at(r) over the rates (0 when none): when a state is back to fresh.
+local function latest(p, at)
+  local h = 0
+  for r = 1, #p do
+    h = math.max(h, at(r))
+  end
+  return h
+end
+
 -- Every algorithm registers a table here with:
 --   parse(argv, i, n) -> params, next_i      the per-rate parameters from ARGV
 --   load(key, params) -> state               state.exists is false for an absent key

@@ -13,14 +13,7 @@
 local sw = { width = 3 }
 ALG.sliding_window = sw
 
-function sw.parse(argv, i, n)
-  local p = {}
-  for r = 1, n do
-    p[r] = { l = num(argv[i]), w = num(argv[i + 1]) }
-    i = i + 2
-  end
-  return p, i
-end
+sw.parse = parse_limit_window
 
 local function state_of(s, r)
   if s.exists then return s.v[3 * r - 2], s.v[3 * r - 1], s.v[3 * r] end
@@ -113,16 +106,12 @@ function sw.refund_state(p, s, now, amount)
 end
 
 function sw.horizon(p, values)
-  local h = 0
-  for r = 1, #p do
+  return latest(p, function(r)
     local ws, prev, curr = values[3 * r - 2], values[3 * r - 1], values[3 * r]
-    if curr > 0 then
-      h = math.max(h, ws + 2 * p[r].w)
-    elseif prev > 0 then
-      h = math.max(h, ws + p[r].w)
-    end
-  end
-  return h
+    if curr > 0 then return ws + 2 * p[r].w end
+    if prev > 0 then return ws + p[r].w end
+    return 0
+  end)
 end
 
 flat_writers(sw)

@@ -85,16 +85,11 @@ function tb.refund_state(p, s, now, amount)
 end
 
 function tb.horizon(p, values)
-  local h = 0
-  for r = 1, #p do
+  return latest(p, function(r)
     local q, tokens, last = p[r], values[2 * r - 1], values[2 * r]
-    local hr = last
-    if tokens < q.c then
-      hr = last + ceil_div(q.c - tokens, q.r) * q.i
-    end
-    h = math.max(h, hr)
-  end
-  return h
+    if tokens < q.c then return last + ceil_div(q.c - tokens, q.r) * q.i end
+    return last
+  end)
 end
 
 flat_writers(tb)

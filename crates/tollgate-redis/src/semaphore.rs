@@ -38,11 +38,10 @@ use crate::RedisStore;
 use futures_util::future::BoxFuture;
 use std::sync::{Arc, OnceLock};
 use tollgate::semaphore::{
-    AcquireOutcome, AcquireRequest, ExtendOutcome, HolderId, ReleaseOutcome, SemaphoreBackend,
+    AcquireOutcome, ExtendOutcome, ReleaseOutcome, SemaphoreBackend, SemaphoreOp, SemaphoreReply,
     SemaphoreStatus,
 };
 use tollgate::store::Store;
-use tollgate::time::Micros;
 use tollgate::{Error, Policy, Rate, StoreError};
 
 macro_rules! semaphore_script {
@@ -206,14 +205,6 @@ impl RedisSemaphoreBackend {
             .collect()
     }
 
-    fn now_arg(&self, now: Micros) -> String {
-        self.store.now_arg(now)
-    }
-
-    fn margin(&self) -> String {
-        self.store.margin_arg().to_string()
-    }
-
     fn call_blocking(&self, call: Call) -> Result<Vec<i64>, StoreError> {
         let shared = Arc::clone(self.store.shared());
         self.store
@@ -231,54 +222,44 @@ impl RedisSemaphoreBackend {
             .map_err(to_store_error)
     }
 
-    fn acquire_call(&self, req: &AcquireRequest<'_>) -> Result<Call, StoreError> {
+    /// The script call of `op`: its keys, then its arguments (the semaphore's time and
+    /// expiry margin last).
+    fn call_of(&self, op: SemaphoreOp<'_>) -> Result<Call, StoreError> {
+        let (script, mut args, now) = match op {
+            SemaphoreOp::Acquire(req) => (
+                Script::Acquire,
+                vec![
+                    req.holder.to_string(),
+                    req.permits.to_string(),
+                    req.capacity.to_string(),
+                    req.lease.to_string(),
+                    req.queue_ttl.map(|t| t.to_string()).unwrap_or_default(),
+                ],
+                req.now,
+            ),
+            SemaphoreOp::Release { holder, now, .. } => {
+                (Script::Release, vec![holder.to_string()], now)
+            }
+            SemaphoreOp::Extend {
+                holder, lease, now, ..
+            } => (
+                Script::Extend,
+                vec![holder.to_string(), lease.to_string()],
+                now,
+            ),
+            SemaphoreOp::Status { now, .. } => (Script::Status, vec![], now),
+            _ => {
+                return Err(redis_error(format!(
+                    "unsupported semaphore operation {op:?}"
+                )))
+            }
+        };
+        args.push(self.store.now_arg(now));
+        args.push(self.store.margin_arg().to_string());
         Ok(Call {
-            script: Script::Acquire,
-            keys: self.redis_keys(req.name)?,
-            args: vec![
-                req.holder.to_string(),
-                req.permits.to_string(),
-                req.capacity.to_string(),
-                req.lease.to_string(),
-                req.queue_ttl.map(|t| t.to_string()).unwrap_or_default(),
-                self.now_arg(req.now),
-                self.margin(),
-            ],
-        })
-    }
-
-    fn release_call(&self, name: &str, holder: HolderId, now: Micros) -> Result<Call, StoreError> {
-        Ok(Call {
-            script: Script::Release,
-            keys: self.redis_keys(name)?,
-            args: vec![holder.to_string(), self.now_arg(now), self.margin()],
-        })
-    }
-
-    fn extend_call(
-        &self,
-        name: &str,
-        holder: HolderId,
-        lease: Micros,
-        now: Micros,
-    ) -> Result<Call, StoreError> {
-        Ok(Call {
-            script: Script::Extend,
-            keys: self.redis_keys(name)?,
-            args: vec![
-                holder.to_string(),
-                lease.to_string(),
-                self.now_arg(now),
-                self.margin(),
-            ],
-        })
-    }
-
-    fn status_call(&self, name: &str, now: Micros) -> Result<Call, StoreError> {
-        Ok(Call {
-            script: Script::Status,
-            keys: self.redis_keys(name)?,
-            args: vec![self.now_arg(now), self.margin()],
+            script,
+            keys: self.redis_keys(op.name())?,
+            args,
         })
     }
 }
@@ -293,117 +274,50 @@ fn unsigned(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn acquire_outcome(f: Vec<i64>) -> Result<AcquireOutcome, StoreError> {
-    if field(&f, 0)? == 1 {
-        return Ok(AcquireOutcome::Granted {
+/// The reply of `script` from its integer fields.
+fn reply_of(script: Script, f: Vec<i64>) -> Result<SemaphoreReply, StoreError> {
+    let yes = field(&f, 0)? == 1;
+    Ok(match script {
+        Script::Acquire if yes => SemaphoreReply::Acquire(AcquireOutcome::Granted {
             expires_at: unsigned(field(&f, 1)?),
-        });
-    }
-    let next = field(&f, 2)?;
-    Ok(AcquireOutcome::Busy {
-        in_use: unsigned(field(&f, 1)?),
-        next_expiry_in: (next >= 0).then(|| unsigned(next)),
-        epoch: 0,
-    })
-}
-
-fn release_outcome(f: Vec<i64>) -> Result<ReleaseOutcome, StoreError> {
-    Ok(if field(&f, 0)? == 1 {
-        ReleaseOutcome::Released
-    } else {
-        ReleaseOutcome::NotHeld
-    })
-}
-
-fn extend_outcome(f: Vec<i64>) -> Result<ExtendOutcome, StoreError> {
-    Ok(if field(&f, 0)? == 1 {
-        ExtendOutcome::Extended {
-            expires_at: unsigned(field(&f, 1)?),
+        }),
+        Script::Acquire => {
+            let next = field(&f, 2)?;
+            SemaphoreReply::Acquire(AcquireOutcome::Busy {
+                in_use: unsigned(field(&f, 1)?),
+                next_expiry_in: (next >= 0).then(|| unsigned(next)),
+                epoch: 0,
+            })
         }
-    } else {
-        ExtendOutcome::NotHeld
-    })
-}
-
-fn status_outcome(f: Vec<i64>) -> Result<SemaphoreStatus, StoreError> {
-    Ok(SemaphoreStatus {
-        in_use: unsigned(field(&f, 0)?),
-        holders: unsigned(field(&f, 1)?),
-        waiting: unsigned(field(&f, 2)?),
+        Script::Release if yes => SemaphoreReply::Release(ReleaseOutcome::Released),
+        Script::Release => SemaphoreReply::Release(ReleaseOutcome::NotHeld),
+        Script::Extend if yes => SemaphoreReply::Extend(ExtendOutcome::Extended {
+            expires_at: unsigned(field(&f, 1)?),
+        }),
+        Script::Extend => SemaphoreReply::Extend(ExtendOutcome::NotHeld),
+        Script::Status => SemaphoreReply::Status(SemaphoreStatus {
+            in_use: unsigned(field(&f, 0)?),
+            holders: unsigned(field(&f, 1)?),
+            waiting: unsigned(field(&f, 2)?),
+        }),
     })
 }
 
 impl SemaphoreBackend for RedisSemaphoreBackend {
-    fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome, StoreError> {
-        acquire_outcome(self.call_blocking(self.acquire_call(req)?)?)
+    fn call(&self, op: SemaphoreOp<'_>) -> Result<SemaphoreReply, StoreError> {
+        let call = self.call_of(op)?;
+        let script = call.script;
+        reply_of(script, self.call_blocking(call)?)
     }
 
-    fn try_acquire_async<'a>(
+    fn call_async<'a>(
         &'a self,
-        req: &'a AcquireRequest<'a>,
-    ) -> BoxFuture<'a, Result<AcquireOutcome, StoreError>> {
-        Box::pin(async move { acquire_outcome(self.call_async(self.acquire_call(req)?).await?) })
-    }
-
-    fn release(
-        &self,
-        name: &str,
-        holder: HolderId,
-        now: Micros,
-    ) -> Result<ReleaseOutcome, StoreError> {
-        release_outcome(self.call_blocking(self.release_call(name, holder, now)?)?)
-    }
-
-    fn release_async<'a>(
-        &'a self,
-        name: &'a str,
-        holder: HolderId,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<ReleaseOutcome, StoreError>> {
+        op: SemaphoreOp<'a>,
+    ) -> BoxFuture<'a, Result<SemaphoreReply, StoreError>> {
         Box::pin(async move {
-            release_outcome(
-                self.call_async(self.release_call(name, holder, now)?)
-                    .await?,
-            )
+            let call = self.call_of(op)?;
+            let script = call.script;
+            reply_of(script, self.call_async(call).await?)
         })
-    }
-
-    fn extend(
-        &self,
-        name: &str,
-        holder: HolderId,
-        lease: Micros,
-        now: Micros,
-    ) -> Result<ExtendOutcome, StoreError> {
-        extend_outcome(self.call_blocking(self.extend_call(name, holder, lease, now)?)?)
-    }
-
-    fn extend_async<'a>(
-        &'a self,
-        name: &'a str,
-        holder: HolderId,
-        lease: Micros,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<ExtendOutcome, StoreError>> {
-        Box::pin(async move {
-            extend_outcome(
-                self.call_async(self.extend_call(name, holder, lease, now)?)
-                    .await?,
-            )
-        })
-    }
-
-    fn status(&self, name: &str, now: Micros) -> Result<SemaphoreStatus, StoreError> {
-        status_outcome(self.call_blocking(self.status_call(name, now)?)?)
-    }
-
-    fn status_async<'a>(
-        &'a self,
-        name: &'a str,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<SemaphoreStatus, StoreError>> {
-        Box::pin(
-            async move { status_outcome(self.call_async(self.status_call(name, now)?).await?) },
-        )
     }
 }

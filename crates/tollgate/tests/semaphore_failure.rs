@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tollgate::semaphore::{
-    AcquireOutcome, AcquireRequest, ExtendOutcome, FailSafeSemaphore, HolderId,
-    MemorySemaphoreBackend, PermitBacking, ReleaseOutcome, Semaphore, SemaphoreBackend,
-    SemaphoreError, SemaphoreStatus,
+    FailSafeSemaphore, MemorySemaphoreBackend, PermitBacking, Semaphore, SemaphoreBackend,
+    SemaphoreError, SemaphoreOp, SemaphoreReply, SemaphoreStatus,
 };
 use tollgate::store::failure::{
     CircuitBreaker, FailureOutcome, FailurePolicy, DEFAULT_BREAKER_COOL_DOWN,
@@ -74,71 +73,25 @@ impl SwitchableStore {
 }
 
 impl SemaphoreBackend for SwitchableStore {
-    fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome, StoreError> {
+    fn call(&self, op: SemaphoreOp<'_>) -> Result<SemaphoreReply, StoreError> {
         self.gate()?;
-        let outcome = self.inner.try_acquire(req)?;
-        self.reply(outcome)
+        let reply = self.inner.call(op)?;
+        match op {
+            // Status answers are not subject to a lost reply.
+            SemaphoreOp::Status { .. } => Ok(reply),
+            _ => self.reply(reply),
+        }
     }
-    fn try_acquire_async<'a>(
+    fn call_async<'a>(
         &'a self,
-        req: &'a AcquireRequest<'a>,
-    ) -> BoxFuture<'a, Result<AcquireOutcome, StoreError>> {
+        op: SemaphoreOp<'a>,
+    ) -> BoxFuture<'a, Result<SemaphoreReply, StoreError>> {
         Box::pin(async move {
-            tokio::task::yield_now().await;
-            self.try_acquire(req)
+            if let SemaphoreOp::Acquire(_) | SemaphoreOp::Release { .. } = op {
+                tokio::task::yield_now().await;
+            }
+            self.call(op)
         })
-    }
-    fn release(
-        &self,
-        name: &str,
-        holder: HolderId,
-        now: Micros,
-    ) -> Result<ReleaseOutcome, StoreError> {
-        self.gate()?;
-        let outcome = self.inner.release(name, holder, now)?;
-        self.reply(outcome)
-    }
-    fn release_async<'a>(
-        &'a self,
-        name: &'a str,
-        holder: HolderId,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<ReleaseOutcome, StoreError>> {
-        Box::pin(async move {
-            tokio::task::yield_now().await;
-            self.release(name, holder, now)
-        })
-    }
-    fn extend(
-        &self,
-        name: &str,
-        holder: HolderId,
-        lease: Micros,
-        now: Micros,
-    ) -> Result<ExtendOutcome, StoreError> {
-        self.gate()?;
-        let outcome = self.inner.extend(name, holder, lease, now)?;
-        self.reply(outcome)
-    }
-    fn extend_async<'a>(
-        &'a self,
-        name: &'a str,
-        holder: HolderId,
-        lease: Micros,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<ExtendOutcome, StoreError>> {
-        Box::pin(async move { self.extend(name, holder, lease, now) })
-    }
-    fn status(&self, name: &str, now: Micros) -> Result<SemaphoreStatus, StoreError> {
-        self.gate()?;
-        self.inner.status(name, now)
-    }
-    fn status_async<'a>(
-        &'a self,
-        name: &'a str,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<SemaphoreStatus, StoreError>> {
-        Box::pin(async move { self.status(name, now) })
     }
 }
 

@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate::semaphore::{
-    AcquireOutcome, AcquireRequest, ExtendOutcome, HolderId, MemorySemaphoreBackend,
-    ReleaseOutcome, Semaphore, SemaphoreBackend, SemaphoreError, SemaphoreStatus,
+    AcquireOutcome, MemorySemaphoreBackend, Semaphore, SemaphoreBackend, SemaphoreError,
+    SemaphoreOp, SemaphoreReply, SemaphoreStatus,
 };
-use tollgate::time::{ManualClock, Micros};
+use tollgate::time::ManualClock;
 use tollgate::StoreError;
 
 /// A "remote" store: the memory backend behind a network-like delay that happens *after*
@@ -47,62 +47,32 @@ impl SlowRemote {
 }
 
 impl SemaphoreBackend for SlowRemote {
-    fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome, StoreError> {
-        let o = self.inner.try_acquire(req)?;
-        std::thread::sleep(self.answer_delay);
-        self.after_grant(o)
+    fn call(&self, op: SemaphoreOp<'_>) -> Result<SemaphoreReply, StoreError> {
+        let reply = self.inner.call(op)?;
+        if let SemaphoreReply::Acquire(o) = reply {
+            std::thread::sleep(self.answer_delay);
+            return self.after_grant(o).map(SemaphoreReply::Acquire);
+        }
+        Ok(reply)
     }
-    fn try_acquire_async<'a>(
+    fn call_async<'a>(
         &'a self,
-        req: &'a AcquireRequest<'a>,
-    ) -> BoxFuture<'a, Result<AcquireOutcome, StoreError>> {
+        op: SemaphoreOp<'a>,
+    ) -> BoxFuture<'a, Result<SemaphoreReply, StoreError>> {
         Box::pin(async move {
-            let o = self.inner.try_acquire(req)?;
-            tokio::time::sleep(self.answer_delay).await; // the reply is on its way…
-            self.after_grant(o)
+            match op {
+                SemaphoreOp::Acquire(_) => {
+                    let o = self.inner.call(op)?.into_acquire()?;
+                    tokio::time::sleep(self.answer_delay).await; // the reply is on its way…
+                    self.after_grant(o).map(SemaphoreReply::Acquire)
+                }
+                SemaphoreOp::Release { .. } => {
+                    tokio::time::sleep(self.answer_delay / 4).await;
+                    self.inner.call(op)
+                }
+                _ => self.inner.call_async(op).await,
+            }
         })
-    }
-    fn release(&self, n: &str, h: HolderId, now: Micros) -> Result<ReleaseOutcome, StoreError> {
-        self.inner.release(n, h, now)
-    }
-    fn release_async<'a>(
-        &'a self,
-        n: &'a str,
-        h: HolderId,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<ReleaseOutcome, StoreError>> {
-        Box::pin(async move {
-            tokio::time::sleep(self.answer_delay / 4).await;
-            self.inner.release(n, h, now)
-        })
-    }
-    fn extend(
-        &self,
-        n: &str,
-        h: HolderId,
-        lease: Micros,
-        now: Micros,
-    ) -> Result<ExtendOutcome, StoreError> {
-        self.inner.extend(n, h, lease, now)
-    }
-    fn extend_async<'a>(
-        &'a self,
-        n: &'a str,
-        h: HolderId,
-        lease: Micros,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<ExtendOutcome, StoreError>> {
-        self.inner.extend_async(n, h, lease, now)
-    }
-    fn status(&self, n: &str, now: Micros) -> Result<SemaphoreStatus, StoreError> {
-        self.inner.status(n, now)
-    }
-    fn status_async<'a>(
-        &'a self,
-        n: &'a str,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<SemaphoreStatus, StoreError>> {
-        self.inner.status_async(n, now)
     }
 }
 

@@ -259,10 +259,148 @@ pub struct SemaphoreStatus {
     pub waiting: u64,
 }
 
+/// One operation on a semaphore, as sent to a [`SemaphoreBackend`].
+///
+/// ```
+/// use tollgate::semaphore::{HolderId, SemaphoreOp};
+/// let op = SemaphoreOp::Status { name: "db", now: 0 };
+/// assert_eq!(op.name(), "db");
+/// ```
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum SemaphoreOp<'a> {
+    /// Take permits (see [`AcquireRequest`]).
+    Acquire(AcquireRequest<'a>),
+    /// Free the holder's permits (if its lease is live) and remove it from the wait queue.
+    Release {
+        /// The semaphore.
+        name: &'a str,
+        /// The holder.
+        holder: HolderId,
+        /// The caller's clock (µs).
+        now: Micros,
+    },
+    /// Move a live holder's expiry to `now + lease`.
+    Extend {
+        /// The semaphore.
+        name: &'a str,
+        /// The holder.
+        holder: HolderId,
+        /// The new lease (µs).
+        lease: Micros,
+        /// The caller's clock (µs).
+        now: Micros,
+    },
+    /// Count live holders, permits and waiters.
+    Status {
+        /// The semaphore.
+        name: &'a str,
+        /// The caller's clock (µs).
+        now: Micros,
+    },
+}
+
+impl SemaphoreOp<'_> {
+    /// The semaphore's name.
+    ///
+    /// ```
+    /// use tollgate::semaphore::{HolderId, SemaphoreOp};
+    /// assert_eq!(SemaphoreOp::Release { name: "s", holder: HolderId(1), now: 0 }.name(), "s");
+    /// ```
+    pub fn name(&self) -> &str {
+        match self {
+            SemaphoreOp::Acquire(req) => req.name,
+            SemaphoreOp::Release { name, .. }
+            | SemaphoreOp::Extend { name, .. }
+            | SemaphoreOp::Status { name, .. } => name,
+        }
+    }
+}
+
+/// A [`SemaphoreBackend`]'s answer to a [`SemaphoreOp`] (the variant of the operation).
+///
+/// ```
+/// use tollgate::semaphore::{ReleaseOutcome, SemaphoreReply};
+/// let r = SemaphoreReply::Release(ReleaseOutcome::Released);
+/// assert_eq!(r.into_release().unwrap(), ReleaseOutcome::Released);
+/// assert!(r.into_status().is_err()); // not the answer to a status call
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+#[non_exhaustive]
+pub enum SemaphoreReply {
+    /// To [`SemaphoreOp::Acquire`].
+    Acquire(AcquireOutcome),
+    /// To [`SemaphoreOp::Release`].
+    Release(ReleaseOutcome),
+    /// To [`SemaphoreOp::Extend`].
+    Extend(ExtendOutcome),
+    /// To [`SemaphoreOp::Status`].
+    Status(SemaphoreStatus),
+}
+
+macro_rules! reply_accessor {
+    ($(#[$doc:meta])* $fn:ident, $variant:ident, $t:ty) => {
+        $(#[$doc])*
+        pub fn $fn(self) -> Result<$t, StoreError> {
+            match self {
+                SemaphoreReply::$variant(v) => Ok(v),
+                other => Err(StoreError::new(
+                    "semaphore",
+                    format!("the backend answered {other:?} to a {} call", stringify!($variant)),
+                )),
+            }
+        }
+    };
+}
+
+impl SemaphoreReply {
+    reply_accessor!(
+        /// The acquire outcome, or an error when the reply is of another operation.
+        ///
+        /// ```
+        /// use tollgate::semaphore::{AcquireOutcome, SemaphoreReply};
+        /// let r = SemaphoreReply::Acquire(AcquireOutcome::Granted { expires_at: 5 });
+        /// assert!(r.into_acquire().unwrap().is_granted());
+        /// ```
+        into_acquire, Acquire, AcquireOutcome
+    );
+    reply_accessor!(
+        /// The release outcome, or an error when the reply is of another operation.
+        ///
+        /// ```
+        /// use tollgate::semaphore::{ReleaseOutcome, SemaphoreReply};
+        /// assert!(SemaphoreReply::Release(ReleaseOutcome::NotHeld).into_release().is_ok());
+        /// ```
+        into_release, Release, ReleaseOutcome
+    );
+    reply_accessor!(
+        /// The extend outcome, or an error when the reply is of another operation.
+        ///
+        /// ```
+        /// use tollgate::semaphore::{ExtendOutcome, SemaphoreReply};
+        /// assert!(SemaphoreReply::Extend(ExtendOutcome::NotHeld).into_extend().is_ok());
+        /// ```
+        into_extend, Extend, ExtendOutcome
+    );
+    reply_accessor!(
+        /// The status, or an error when the reply is of another operation.
+        ///
+        /// ```
+        /// use tollgate::semaphore::{SemaphoreReply, SemaphoreStatus};
+        /// assert!(SemaphoreReply::Status(SemaphoreStatus::default()).into_status().is_ok());
+        /// ```
+        into_status, Status, SemaphoreStatus
+    );
+}
+
 /// A store that holds semaphore leases: the in-memory [`MemorySemaphoreBackend`] or a
 /// distributed one (Redis in `tollgate-redis`).
 ///
-/// Every call is atomic. The rules every implementation keeps:
+/// A backend implements two methods, [`call`](Self::call) (blocking) and
+/// [`call_async`](Self::call_async), each running one [`SemaphoreOp`] atomically; the
+/// per-operation methods (`try_acquire`, `release`, `extend`, `status` and their `_async`
+/// forms) are provided on top of them. The rules every implementation keeps:
 ///
 /// - A holder counts while `now < expires_at`; expired holders are dropped in the same
 ///   atomic step that looks at them, so a dead holder's permits come back when its lease ends
@@ -274,6 +412,7 @@ pub struct SemaphoreStatus {
 ///   ended gets [`ReleaseOutcome::NotHeld`]/[`ExtendOutcome::NotHeld`] and changes nothing.
 /// - `release` also removes the id from the wait queue (used to leave it on timeout or
 ///   cancellation) and is idempotent.
+/// - The reply is of the operation's variant ([`SemaphoreReply`]).
 ///
 /// [`MemorySemaphoreBackend`]: super::MemorySemaphoreBackend
 ///
@@ -294,14 +433,28 @@ pub trait SemaphoreBackend: Send + Sync + 'static {
         false
     }
 
+    /// Runs `op` atomically, blocking the thread for the store call.
+    fn call(&self, op: SemaphoreOp<'_>) -> Result<SemaphoreReply, StoreError>;
+
+    /// Async [`call`](Self::call).
+    fn call_async<'a>(
+        &'a self,
+        op: SemaphoreOp<'a>,
+    ) -> BoxFuture<'a, Result<SemaphoreReply, StoreError>>;
+
     /// Tries to take `req.permits` permits, blocking the thread for the store call.
-    fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome, StoreError>;
+    fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome, StoreError> {
+        self.call(SemaphoreOp::Acquire(*req))?.into_acquire()
+    }
 
     /// Async [`try_acquire`](Self::try_acquire).
     fn try_acquire_async<'a>(
         &'a self,
         req: &'a AcquireRequest<'a>,
-    ) -> BoxFuture<'a, Result<AcquireOutcome, StoreError>>;
+    ) -> BoxFuture<'a, Result<AcquireOutcome, StoreError>> {
+        let call = self.call_async(SemaphoreOp::Acquire(*req));
+        Box::pin(async move { call.await?.into_acquire() })
+    }
 
     /// Frees the holder's permits (if its lease is live) and removes it from the wait queue.
     fn release(
@@ -309,7 +462,10 @@ pub trait SemaphoreBackend: Send + Sync + 'static {
         name: &str,
         holder: HolderId,
         now: Micros,
-    ) -> Result<ReleaseOutcome, StoreError>;
+    ) -> Result<ReleaseOutcome, StoreError> {
+        self.call(SemaphoreOp::Release { name, holder, now })?
+            .into_release()
+    }
 
     /// Async [`release`](Self::release).
     fn release_async<'a>(
@@ -317,7 +473,10 @@ pub trait SemaphoreBackend: Send + Sync + 'static {
         name: &'a str,
         holder: HolderId,
         now: Micros,
-    ) -> BoxFuture<'a, Result<ReleaseOutcome, StoreError>>;
+    ) -> BoxFuture<'a, Result<ReleaseOutcome, StoreError>> {
+        let call = self.call_async(SemaphoreOp::Release { name, holder, now });
+        Box::pin(async move { call.await?.into_release() })
+    }
 
     /// Moves a live holder's expiry to `now + lease`.
     fn extend(
@@ -326,7 +485,15 @@ pub trait SemaphoreBackend: Send + Sync + 'static {
         holder: HolderId,
         lease: Micros,
         now: Micros,
-    ) -> Result<ExtendOutcome, StoreError>;
+    ) -> Result<ExtendOutcome, StoreError> {
+        let op = SemaphoreOp::Extend {
+            name,
+            holder,
+            lease,
+            now,
+        };
+        self.call(op)?.into_extend()
+    }
 
     /// Async [`extend`](Self::extend).
     fn extend_async<'a>(
@@ -335,17 +502,31 @@ pub trait SemaphoreBackend: Send + Sync + 'static {
         holder: HolderId,
         lease: Micros,
         now: Micros,
-    ) -> BoxFuture<'a, Result<ExtendOutcome, StoreError>>;
+    ) -> BoxFuture<'a, Result<ExtendOutcome, StoreError>> {
+        let op = SemaphoreOp::Extend {
+            name,
+            holder,
+            lease,
+            now,
+        };
+        let call = self.call_async(op);
+        Box::pin(async move { call.await?.into_extend() })
+    }
 
     /// Counts live holders, permits and waiters.
-    fn status(&self, name: &str, now: Micros) -> Result<SemaphoreStatus, StoreError>;
+    fn status(&self, name: &str, now: Micros) -> Result<SemaphoreStatus, StoreError> {
+        self.call(SemaphoreOp::Status { name, now })?.into_status()
+    }
 
     /// Async [`status`](Self::status).
     fn status_async<'a>(
         &'a self,
         name: &'a str,
         now: Micros,
-    ) -> BoxFuture<'a, Result<SemaphoreStatus, StoreError>>;
+    ) -> BoxFuture<'a, Result<SemaphoreStatus, StoreError>> {
+        let call = self.call_async(SemaphoreOp::Status { name, now });
+        Box::pin(async move { call.await?.into_status() })
+    }
 
     /// Waits (blocking the thread) until something may have been released on `name` since
     /// the `epoch` of a busy answer, or at most `max`. `attempt` counts the busy answers of
@@ -390,58 +571,14 @@ macro_rules! forward_backend {
             fn is_local(&self) -> bool {
                 (**self).is_local()
             }
-            fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome, StoreError> {
-                (**self).try_acquire(req)
+            fn call(&self, op: SemaphoreOp<'_>) -> Result<SemaphoreReply, StoreError> {
+                (**self).call(op)
             }
-            fn try_acquire_async<'a>(
+            fn call_async<'a>(
                 &'a self,
-                req: &'a AcquireRequest<'a>,
-            ) -> BoxFuture<'a, Result<AcquireOutcome, StoreError>> {
-                (**self).try_acquire_async(req)
-            }
-            fn release(
-                &self,
-                name: &str,
-                holder: HolderId,
-                now: Micros,
-            ) -> Result<ReleaseOutcome, StoreError> {
-                (**self).release(name, holder, now)
-            }
-            fn release_async<'a>(
-                &'a self,
-                name: &'a str,
-                holder: HolderId,
-                now: Micros,
-            ) -> BoxFuture<'a, Result<ReleaseOutcome, StoreError>> {
-                (**self).release_async(name, holder, now)
-            }
-            fn extend(
-                &self,
-                name: &str,
-                holder: HolderId,
-                lease: Micros,
-                now: Micros,
-            ) -> Result<ExtendOutcome, StoreError> {
-                (**self).extend(name, holder, lease, now)
-            }
-            fn extend_async<'a>(
-                &'a self,
-                name: &'a str,
-                holder: HolderId,
-                lease: Micros,
-                now: Micros,
-            ) -> BoxFuture<'a, Result<ExtendOutcome, StoreError>> {
-                (**self).extend_async(name, holder, lease, now)
-            }
-            fn status(&self, name: &str, now: Micros) -> Result<SemaphoreStatus, StoreError> {
-                (**self).status(name, now)
-            }
-            fn status_async<'a>(
-                &'a self,
-                name: &'a str,
-                now: Micros,
-            ) -> BoxFuture<'a, Result<SemaphoreStatus, StoreError>> {
-                (**self).status_async(name, now)
+                op: SemaphoreOp<'a>,
+            ) -> BoxFuture<'a, Result<SemaphoreReply, StoreError>> {
+                (**self).call_async(op)
             }
             fn wait_blocking(&self, name: &str, epoch: u64, attempt: u32, max: Duration) {
                 (**self).wait_blocking(name, epoch, attempt, max)

@@ -12,7 +12,7 @@
 
 use super::backend::{
     AcquireOutcome, AcquireRequest, ExtendOutcome, HolderId, ReleaseOutcome, SemaphoreBackend,
-    SemaphoreStatus,
+    SemaphoreOp, SemaphoreReply, SemaphoreStatus,
 };
 use crate::error::StoreError;
 use crate::time::Micros;
@@ -210,7 +210,65 @@ impl SemaphoreBackend for MemorySemaphoreBackend {
         true
     }
 
-    fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome, StoreError> {
+    fn call(&self, op: SemaphoreOp<'_>) -> Result<SemaphoreReply, StoreError> {
+        Ok(match op {
+            SemaphoreOp::Acquire(req) => SemaphoreReply::Acquire(self.acquire(&req)?),
+            SemaphoreOp::Release { name, holder, now } => {
+                SemaphoreReply::Release(self.release_holder(name, holder, now))
+            }
+            SemaphoreOp::Extend {
+                name,
+                holder,
+                lease,
+                now,
+            } => SemaphoreReply::Extend(self.extend_lease(name, holder, lease, now)),
+            SemaphoreOp::Status { name, now } => SemaphoreReply::Status(self.status_of(name, now)),
+        })
+    }
+
+    fn call_async<'a>(
+        &'a self,
+        op: SemaphoreOp<'a>,
+    ) -> BoxFuture<'a, Result<SemaphoreReply, StoreError>> {
+        Box::pin(std::future::ready(self.call(op)))
+    }
+
+    fn wait_blocking(&self, name: &str, epoch: u64, _attempt: u32, max: Duration) {
+        let shard = self.shard(name);
+        let mut st = shard.state.lock();
+        if st.epoch != epoch {
+            return;
+        }
+        let max = wake_bound(&st, name, max);
+        let _ = shard.changed.wait_for(&mut st, max);
+    }
+
+    fn wait<'a>(
+        &'a self,
+        name: &'a str,
+        epoch: u64,
+        _attempt: u32,
+        max: Duration,
+    ) -> BoxFuture<'a, ()> {
+        let shard = self.shard(name);
+        Box::pin(async move {
+            let notified = shard.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let max = {
+                let st = shard.state.lock();
+                if st.epoch != epoch {
+                    return;
+                }
+                wake_bound(&st, name, max)
+            };
+            let _ = tokio::time::timeout(max, notified).await;
+        })
+    }
+}
+
+impl MemorySemaphoreBackend {
+    fn acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome, StoreError> {
         let shard = self.shard(req.name);
         let mut guard = shard.state.lock();
         let st = &mut *guard;
@@ -297,24 +355,12 @@ impl SemaphoreBackend for MemorySemaphoreBackend {
         Ok(outcome)
     }
 
-    fn try_acquire_async<'a>(
-        &'a self,
-        req: &'a AcquireRequest<'a>,
-    ) -> BoxFuture<'a, Result<AcquireOutcome, StoreError>> {
-        Box::pin(std::future::ready(self.try_acquire(req)))
-    }
-
-    fn release(
-        &self,
-        name: &str,
-        holder: HolderId,
-        now: Micros,
-    ) -> Result<ReleaseOutcome, StoreError> {
+    fn release_holder(&self, name: &str, holder: HolderId, now: Micros) -> ReleaseOutcome {
         let shard = self.shard(name);
         let mut guard = shard.state.lock();
         let st = &mut *guard;
         let Some(ns) = st.names.get_mut(name) else {
-            return Ok(ReleaseOutcome::NotHeld);
+            return ReleaseOutcome::NotHeld;
         };
         let mut changed = ns.purge_at(now);
         let outcome = match ns.holders.remove(&holder) {
@@ -337,30 +383,21 @@ impl SemaphoreBackend for MemorySemaphoreBackend {
             drop(guard);
             Self::changed(shard);
         }
-        Ok(outcome)
+        outcome
     }
 
-    fn release_async<'a>(
-        &'a self,
-        name: &'a str,
-        holder: HolderId,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<ReleaseOutcome, StoreError>> {
-        Box::pin(std::future::ready(self.release(name, holder, now)))
-    }
-
-    fn extend(
+    fn extend_lease(
         &self,
         name: &str,
         holder: HolderId,
         lease: Micros,
         now: Micros,
-    ) -> Result<ExtendOutcome, StoreError> {
+    ) -> ExtendOutcome {
         let shard = self.shard(name);
         let mut guard = shard.state.lock();
         let st = &mut *guard;
         let Some(ns) = st.names.get_mut(name) else {
-            return Ok(ExtendOutcome::NotHeld);
+            return ExtendOutcome::NotHeld;
         };
         let changed = ns.purge_at(now);
         let outcome = match ns.holders.get_mut(&holder) {
@@ -380,73 +417,22 @@ impl SemaphoreBackend for MemorySemaphoreBackend {
             drop(guard);
             Self::changed(shard);
         }
-        Ok(outcome)
+        outcome
     }
 
-    fn extend_async<'a>(
-        &'a self,
-        name: &'a str,
-        holder: HolderId,
-        lease: Micros,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<ExtendOutcome, StoreError>> {
-        Box::pin(std::future::ready(self.extend(name, holder, lease, now)))
-    }
-
-    fn status(&self, name: &str, now: Micros) -> Result<SemaphoreStatus, StoreError> {
+    fn status_of(&self, name: &str, now: Micros) -> SemaphoreStatus {
         let shard = self.shard(name);
         let st = shard.state.lock();
         let Some(ns) = st.names.get(name) else {
-            return Ok(SemaphoreStatus::default());
+            return SemaphoreStatus::default();
         };
         let live = ns.holders.values().filter(|h| h.expires_at > now);
         let (holders, in_use) = live.fold((0u64, 0u64), |(n, p), h| (n + 1, p + h.permits));
         let waiting = ns.queue.iter().filter(|q| q.expires_at > now).count() as u64;
-        Ok(SemaphoreStatus {
+        SemaphoreStatus {
             in_use,
             holders,
             waiting,
-        })
-    }
-
-    fn status_async<'a>(
-        &'a self,
-        name: &'a str,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<SemaphoreStatus, StoreError>> {
-        Box::pin(std::future::ready(self.status(name, now)))
-    }
-
-    fn wait_blocking(&self, name: &str, epoch: u64, _attempt: u32, max: Duration) {
-        let shard = self.shard(name);
-        let mut st = shard.state.lock();
-        if st.epoch != epoch {
-            return;
         }
-        let max = wake_bound(&st, name, max);
-        let _ = shard.changed.wait_for(&mut st, max);
-    }
-
-    fn wait<'a>(
-        &'a self,
-        name: &'a str,
-        epoch: u64,
-        _attempt: u32,
-        max: Duration,
-    ) -> BoxFuture<'a, ()> {
-        let shard = self.shard(name);
-        Box::pin(async move {
-            let notified = shard.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let max = {
-                let st = shard.state.lock();
-                if st.epoch != epoch {
-                    return;
-                }
-                wake_bound(&st, name, max)
-            };
-            let _ = tokio::time::timeout(max, notified).await;
-        })
     }
 }

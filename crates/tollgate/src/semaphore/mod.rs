@@ -54,7 +54,7 @@ mod wait;
 
 pub use backend::{
     poll_backoff, AcquireOutcome, AcquireRequest, ExtendOutcome, HolderId, PermitBacking,
-    ReleaseOutcome, SemaphoreBackend, SemaphoreStatus,
+    ReleaseOutcome, SemaphoreBackend, SemaphoreOp, SemaphoreReply, SemaphoreStatus,
 };
 pub use builder::SemaphoreBuilder;
 pub use failure::FailSafeSemaphore;

@@ -303,17 +303,21 @@ pub fn validate_items<B: ?Sized>(
     Ok(())
 }
 
+/// The items with each backend behind its `Arc`: what an `Arc` backend's call runs on.
+fn pointees<'a, B: ?Sized>(items: &[KeyCheck<'a, std::sync::Arc<B>>]) -> Vec<KeyCheck<'a, B>> {
+    items
+        .iter()
+        .map(|i| KeyCheck::new(&**i.backend, i.key, i.cost))
+        .collect()
+}
+
 impl<B: MultiBackend> MultiBackend for std::sync::Arc<B> {
     fn execute_all(
         items: &[KeyCheck<'_, Self>],
         op: MultiOp,
         now: Micros,
     ) -> Result<MultiDecision, Error> {
-        let inner: Vec<KeyCheck<'_, B>> = items
-            .iter()
-            .map(|i| KeyCheck::new(&**i.backend, i.key, i.cost))
-            .collect();
-        B::execute_all(&inner, op, now)
+        B::execute_all(&pointees(items), op, now)
     }
 
     fn execute_all_async<'a>(
@@ -321,13 +325,7 @@ impl<B: MultiBackend> MultiBackend for std::sync::Arc<B> {
         op: MultiOp,
         now: Micros,
     ) -> BoxFuture<'a, Result<MultiDecision, Error>> {
-        Box::pin(async move {
-            let inner: Vec<KeyCheck<'_, B>> = items
-                .iter()
-                .map(|i| KeyCheck::new(&**i.backend, i.key, i.cost))
-                .collect();
-            B::execute_all_async(&inner, op, now).await
-        })
+        Box::pin(async move { B::execute_all_async(&pointees(items), op, now).await })
     }
 }
 
@@ -470,11 +468,7 @@ impl MultiBackend for std::sync::Arc<dyn DynMultiBackend> {
         op: MultiOp,
         now: Micros,
     ) -> Result<MultiDecision, Error> {
-        let inner: Vec<KeyCheck<'_, dyn DynMultiBackend>> = items
-            .iter()
-            .map(|i| KeyCheck::new(&**i.backend, i.key, i.cost))
-            .collect();
-        execute_all_dyn(&inner, op, now)
+        execute_all_dyn(&pointees(items), op, now)
     }
 
     fn execute_all_async<'a>(
@@ -482,12 +476,6 @@ impl MultiBackend for std::sync::Arc<dyn DynMultiBackend> {
         op: MultiOp,
         now: Micros,
     ) -> BoxFuture<'a, Result<MultiDecision, Error>> {
-        Box::pin(async move {
-            let inner: Vec<KeyCheck<'_, dyn DynMultiBackend>> = items
-                .iter()
-                .map(|i| KeyCheck::new(&**i.backend, i.key, i.cost))
-                .collect();
-            execute_all_dyn_async(&inner, op, now).await
-        })
+        Box::pin(async move { execute_all_dyn_async(&pointees(items), op, now).await })
     }
 }

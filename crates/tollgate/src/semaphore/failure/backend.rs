@@ -1,76 +1,60 @@
 //! [`FailSafeSemaphore`] as a [`SemaphoreBackend`]: every call through the breaker, then the
-//! failure policy when the store fails. Each operation is one flow over [`Io`] (the sync
-//! methods run it blocking, the async ones await it).
+//! failure policy when the store fails. Each operation is one flow over [`Io`] (the blocking
+//! `call` runs it at once, `call_async` awaits it).
 
 use super::*;
+use crate::semaphore::backend::{SemaphoreOp, SemaphoreReply};
 use crate::store::io::{self, Io};
 
-/// The answer of a blocking flow that did not complete (never expected; see [`io::blocking`]).
-fn lost<T>() -> Result<T, StoreError> {
-    Err(StoreError::new(
-        "failure policy",
-        "a blocking call did not complete",
-    ))
-}
-
-/// A backend's calls made the way `io` says.
-async fn acquire_on<S: SemaphoreBackend + ?Sized>(
+/// `op` on `backend`, made the way `io` says.
+async fn call_on<S: SemaphoreBackend + ?Sized>(
     backend: &S,
     io: Io,
-    req: &AcquireRequest<'_>,
-) -> Result<AcquireOutcome, StoreError> {
+    op: SemaphoreOp<'_>,
+) -> Result<SemaphoreReply, StoreError> {
     match io {
-        Io::Blocking => backend.try_acquire(req),
-        Io::Async => backend.try_acquire_async(req).await,
+        Io::Blocking => backend.call(op),
+        Io::Async => backend.call_async(op).await,
     }
 }
 
-async fn release_on<S: SemaphoreBackend + ?Sized>(
-    backend: &S,
-    io: Io,
-    (name, holder, now): (&str, HolderId, Micros),
-) -> Result<ReleaseOutcome, StoreError> {
-    match io {
-        Io::Blocking => backend.release(name, holder, now),
-        Io::Async => backend.release_async(name, holder, now).await,
-    }
-}
-
-async fn extend_on<S: SemaphoreBackend + ?Sized>(
-    backend: &S,
-    io: Io,
-    (name, holder, now): (&str, HolderId, Micros),
-    lease: Micros,
-) -> Result<ExtendOutcome, StoreError> {
-    match io {
-        Io::Blocking => backend.extend(name, holder, lease, now),
-        Io::Async => backend.extend_async(name, holder, lease, now).await,
-    }
-}
-
-async fn status_on<S: SemaphoreBackend + ?Sized>(
-    backend: &S,
-    io: Io,
-    name: &str,
-    now: Micros,
-) -> Result<SemaphoreStatus, StoreError> {
-    match io {
-        Io::Blocking => backend.status(name, now),
-        Io::Async => backend.status_async(name, now).await,
-    }
+/// Gives the holder of `req` back to `backend` (best effort: the lease or queue TTL cleans
+/// up otherwise).
+async fn give_back<S: SemaphoreBackend + ?Sized>(backend: &S, io: Io, req: &AcquireRequest<'_>) {
+    let op = SemaphoreOp::Release {
+        name: req.name,
+        holder: req.holder,
+        now: req.now,
+    };
+    let _ = call_on(backend, io, op).await;
 }
 
 impl<B: SemaphoreBackend, F: SemaphoreBackend> FailSafeSemaphore<B, F> {
+    async fn run(&self, io: Io, op: SemaphoreOp<'_>) -> Result<SemaphoreReply, StoreError> {
+        match op {
+            SemaphoreOp::Acquire(req) => self.acquire(io, &req).await.map(SemaphoreReply::Acquire),
+            SemaphoreOp::Release { .. } | SemaphoreOp::Extend { .. } => {
+                self.release_or_extend(io, op).await
+            }
+            SemaphoreOp::Status { .. } => self.status(io, op).await,
+        }
+    }
+
     async fn acquire(
         &self,
         io: Io,
         req: &AcquireRequest<'_>,
     ) -> Result<AcquireOutcome, StoreError> {
-        match self.guarded(acquire_on(&self.primary, io, req)).await {
+        let primary = call_on(&self.primary, io, SemaphoreOp::Acquire(*req));
+        match self
+            .guarded(primary)
+            .await
+            .and_then(SemaphoreReply::into_acquire)
+        {
             Ok(outcome) => {
                 if let Some(fallback) = self.used_fallback_queue(req) {
                     // A queue place this holder may have taken locally in an earlier attempt.
-                    let _ = release_on(fallback, io, (req.name, req.holder, req.now)).await;
+                    give_back(fallback, io, req).await;
                 }
                 Ok(outcome)
             }
@@ -80,52 +64,44 @@ impl<B: SemaphoreBackend, F: SemaphoreBackend> FailSafeSemaphore<B, F> {
                 };
                 if may_have_granted(&err) {
                     // The store may have granted before its answer was lost: give it back.
-                    let _ = release_on(&self.primary, io, (req.name, req.holder, req.now)).await;
+                    give_back(&self.primary, io, req).await;
                 }
                 self.local_used.store(true, Ordering::Release);
-                let result = acquire_on(local, io, &self.local_request(req)).await;
-                self.local_answer(err, result)
+                let local_op = SemaphoreOp::Acquire(self.local_request(req));
+                let result = call_on(local, io, local_op).await;
+                self.local_answer(err, result.and_then(SemaphoreReply::into_acquire))
             }
         }
     }
 
-    async fn release(
+    /// Release and extend: a permit granted without the store is answered locally; any other
+    /// goes to the store (its error is returned under every policy).
+    async fn release_or_extend(
         &self,
         io: Io,
-        who: (&str, HolderId, Micros),
-    ) -> Result<ReleaseOutcome, StoreError> {
+        op: SemaphoreOp<'_>,
+    ) -> Result<SemaphoreReply, StoreError> {
         if let Some(local) = self.used_local() {
-            if let Ok(ReleaseOutcome::Released) = release_on(local, io, who).await {
-                return Ok(ReleaseOutcome::Released);
-            }
-        }
-        self.guarded(release_on(&self.primary, io, who)).await
-    }
-
-    async fn extend(
-        &self,
-        io: Io,
-        who: (&str, HolderId, Micros),
-        lease: Micros,
-    ) -> Result<ExtendOutcome, StoreError> {
-        if let Some(local) = self.used_local() {
-            if let Ok(extended @ ExtendOutcome::Extended { .. }) =
-                extend_on(local, io, who, lease).await
+            let reply = call_on(local, io, op).await;
+            if let Ok(
+                held @ (SemaphoreReply::Release(ReleaseOutcome::Released)
+                | SemaphoreReply::Extend(ExtendOutcome::Extended { .. })),
+            ) = reply
             {
-                return Ok(extended);
+                return Ok(held);
             }
         }
-        self.guarded(extend_on(&self.primary, io, who, lease)).await
+        self.guarded(call_on(&self.primary, io, op)).await
     }
 
-    async fn status(&self, io: Io, name: &str, now: Micros) -> Result<SemaphoreStatus, StoreError> {
-        let err = match self.guarded(status_on(&self.primary, io, name, now)).await {
+    async fn status(&self, io: Io, op: SemaphoreOp<'_>) -> Result<SemaphoreReply, StoreError> {
+        let err = match self.guarded(call_on(&self.primary, io, op)).await {
             Err(err) => err,
             ok => return ok,
         };
         match &self.mode {
             Mode::Fallback(fallback) => {
-                let result = status_on(fallback, io, name, now).await;
+                let result = call_on(fallback, io, op).await;
                 self.status_answer(&err, &result);
                 result
             }
@@ -142,65 +118,20 @@ impl<B: SemaphoreBackend, F: SemaphoreBackend> SemaphoreBackend for FailSafeSema
         self.primary.is_local() && self.local().is_none_or(|l| l.is_local())
     }
 
-    fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<AcquireOutcome, StoreError> {
-        io::blocking(self.acquire(Io::Blocking, req), lost)
+    fn call(&self, op: SemaphoreOp<'_>) -> Result<SemaphoreReply, StoreError> {
+        io::blocking(self.run(Io::Blocking, op), || {
+            Err(StoreError::new(
+                "failure policy",
+                "a blocking call did not complete",
+            ))
+        })
     }
 
-    fn try_acquire_async<'a>(
+    fn call_async<'a>(
         &'a self,
-        req: &'a AcquireRequest<'a>,
-    ) -> BoxFuture<'a, Result<AcquireOutcome, StoreError>> {
-        Box::pin(self.acquire(Io::Async, req))
-    }
-
-    fn release(
-        &self,
-        name: &str,
-        holder: HolderId,
-        now: Micros,
-    ) -> Result<ReleaseOutcome, StoreError> {
-        io::blocking(self.release(Io::Blocking, (name, holder, now)), lost)
-    }
-
-    fn release_async<'a>(
-        &'a self,
-        name: &'a str,
-        holder: HolderId,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<ReleaseOutcome, StoreError>> {
-        Box::pin(self.release(Io::Async, (name, holder, now)))
-    }
-
-    fn extend(
-        &self,
-        name: &str,
-        holder: HolderId,
-        lease: Micros,
-        now: Micros,
-    ) -> Result<ExtendOutcome, StoreError> {
-        io::blocking(self.extend(Io::Blocking, (name, holder, now), lease), lost)
-    }
-
-    fn extend_async<'a>(
-        &'a self,
-        name: &'a str,
-        holder: HolderId,
-        lease: Micros,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<ExtendOutcome, StoreError>> {
-        Box::pin(self.extend(Io::Async, (name, holder, now), lease))
-    }
-
-    fn status(&self, name: &str, now: Micros) -> Result<SemaphoreStatus, StoreError> {
-        io::blocking(self.status(Io::Blocking, name, now), lost)
-    }
-
-    fn status_async<'a>(
-        &'a self,
-        name: &'a str,
-        now: Micros,
-    ) -> BoxFuture<'a, Result<SemaphoreStatus, StoreError>> {
-        Box::pin(self.status(Io::Async, name, now))
+        op: SemaphoreOp<'a>,
+    ) -> BoxFuture<'a, Result<SemaphoreReply, StoreError>> {
+        Box::pin(self.run(Io::Async, op))
     }
 
     // `wait` / `wait_blocking`: the default polling. A busy answer may come from either

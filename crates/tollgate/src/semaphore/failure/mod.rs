@@ -59,15 +59,13 @@
 //! ```
 
 use super::backend::{
-    AcquireOutcome, AcquireRequest, ExtendOutcome, HolderId, PermitBacking, ReleaseOutcome,
-    SemaphoreBackend, SemaphoreStatus,
+    AcquireOutcome, AcquireRequest, ExtendOutcome, PermitBacking, ReleaseOutcome, SemaphoreBackend,
 };
 use super::memory::MemorySemaphoreBackend;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::hooks::Hook;
 use crate::store::failure::breaker::Admission;
 use crate::store::failure::{CircuitBreaker, FailureOutcome, FailurePolicy, Guard};
-use crate::time::Micros;
 use futures_util::future::BoxFuture;
 use std::fmt;
 use std::future::Future;
@@ -415,7 +413,7 @@ impl<B: SemaphoreBackend, F: SemaphoreBackend> FailSafeSemaphore<B, F> {
 }
 
 impl<B: SemaphoreBackend, F: SemaphoreBackend> FailSafeSemaphore<B, F> {
-    fn status_answer(&self, err: &StoreError, result: &Result<SemaphoreStatus, StoreError>) {
+    fn status_answer<T>(&self, err: &StoreError, result: &Result<T, StoreError>) {
         self.observe(
             err,
             if result.is_ok() {
