@@ -486,13 +486,8 @@ pub trait SemaphoreBackend: Send + Sync + 'static {
         lease: Micros,
         now: Micros,
     ) -> Result<ExtendOutcome, StoreError> {
-        let op = SemaphoreOp::Extend {
-            name,
-            holder,
-            lease,
-            now,
-        };
-        self.call(op)?.into_extend()
+        self.call(extend_op(name, holder, lease, now))?
+            .into_extend()
     }
 
     /// Async [`extend`](Self::extend).
@@ -503,13 +498,7 @@ pub trait SemaphoreBackend: Send + Sync + 'static {
         lease: Micros,
         now: Micros,
     ) -> BoxFuture<'a, Result<ExtendOutcome, StoreError>> {
-        let op = SemaphoreOp::Extend {
-            name,
-            holder,
-            lease,
-            now,
-        };
-        let call = self.call_async(op);
+        let call = self.call_async(extend_op(name, holder, lease, now));
         Box::pin(async move { call.await?.into_extend() })
     }
 
@@ -547,6 +536,15 @@ pub trait SemaphoreBackend: Send + Sync + 'static {
     ) -> BoxFuture<'a, ()> {
         let _ = (name, epoch);
         Box::pin(tokio::time::sleep(max.min(poll_backoff(attempt))))
+    }
+}
+
+fn extend_op(name: &str, holder: HolderId, lease: Micros, now: Micros) -> SemaphoreOp<'_> {
+    SemaphoreOp::Extend {
+        name,
+        holder,
+        lease,
+        now,
     }
 }
 

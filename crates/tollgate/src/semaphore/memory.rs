@@ -17,7 +17,7 @@ use super::backend::{
 use crate::error::StoreError;
 use crate::time::Micros;
 use futures_util::future::BoxFuture;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, OnceLock};
@@ -186,9 +186,24 @@ impl MemorySemaphoreBackend {
         &self.shards[(h as usize) % SHARDS]
     }
 
-    fn changed(shard: &Shard) {
-        shard.changed.notify_all();
-        shard.notify.notify_waiters();
+    /// Ends a call on `name`: forgets the name when nothing is left (`empty`), and when
+    /// anything changed bumps the shard's change counter and wakes its waiters, unlocked.
+    fn finish(
+        shard: &Shard,
+        mut guard: MutexGuard<'_, ShardState>,
+        name: &str,
+        empty: bool,
+        changed: bool,
+    ) {
+        if empty {
+            guard.names.remove(name);
+        }
+        if changed {
+            guard.epoch = guard.epoch.wrapping_add(1);
+            drop(guard);
+            shard.changed.notify_all();
+            shard.notify.notify_waiters();
+        }
     }
 }
 
@@ -295,11 +310,7 @@ impl MemorySemaphoreBackend {
             // with a fresh lease; permits are never counted twice.
             held.expires_at = req.now.saturating_add(req.lease);
             let expires_at = held.expires_at;
-            if changed {
-                st.epoch = st.epoch.wrapping_add(1);
-                drop(guard);
-                Self::changed(shard);
-            }
+            Self::finish(shard, guard, req.name, false, changed);
             return Ok(AcquireOutcome::Granted { expires_at });
         }
         let fits = ns
@@ -344,14 +355,8 @@ impl MemorySemaphoreBackend {
                 epoch: st.epoch.wrapping_add(u64::from(changed)),
             }
         };
-        if ns.is_empty() {
-            st.names.remove(req.name);
-        }
-        if changed {
-            st.epoch = st.epoch.wrapping_add(1);
-            drop(guard);
-            Self::changed(shard);
-        }
+        let empty = ns.is_empty();
+        Self::finish(shard, guard, req.name, empty, changed);
         Ok(outcome)
     }
 
@@ -375,14 +380,8 @@ impl MemorySemaphoreBackend {
             ns.queue.remove(i);
             changed = true;
         }
-        if ns.is_empty() {
-            st.names.remove(name);
-        }
-        if changed {
-            st.epoch = st.epoch.wrapping_add(1);
-            drop(guard);
-            Self::changed(shard);
-        }
+        let empty = ns.is_empty();
+        Self::finish(shard, guard, name, empty, changed);
         outcome
     }
 
@@ -409,14 +408,8 @@ impl MemorySemaphoreBackend {
             }
             None => ExtendOutcome::NotHeld,
         };
-        if ns.is_empty() {
-            st.names.remove(name);
-        }
-        if changed {
-            st.epoch = st.epoch.wrapping_add(1);
-            drop(guard);
-            Self::changed(shard);
-        }
+        let empty = ns.is_empty();
+        Self::finish(shard, guard, name, empty, changed);
         outcome
     }
 

@@ -65,7 +65,7 @@ use super::memory::MemorySemaphoreBackend;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::hooks::Hook;
 use crate::store::failure::breaker::Admission;
-use crate::store::failure::{CircuitBreaker, FailureOutcome, FailurePolicy, Guard};
+use crate::store::failure::{guard_methods, CircuitBreaker, FailureOutcome, FailurePolicy, Guard};
 use futures_util::future::BoxFuture;
 use std::fmt;
 use std::future::Future;
@@ -142,66 +142,13 @@ impl<B, F> FailSafeSemaphore<B, F> {
         &self.primary
     }
 
-    /// Calls `hook` on every acquire (and fallback status) the store could not answer, with
-    /// the outcome. The hook cannot change the outcome: it returns nothing and a panic inside
-    /// it is caught.
-    ///
-    /// ```
-    /// use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend};
-    /// let b = FailSafeSemaphore::fail_open(MemorySemaphoreBackend::new())
-    ///     .on_failure(|err, outcome| eprintln!("semaphore store failed ({outcome:?}): {err}"));
-    /// # let _ = b;
-    /// ```
-    pub fn on_failure(
-        self,
-        hook: impl Fn(&StoreError, FailureOutcome) + Send + Sync + 'static,
-    ) -> Self {
-        self.hook(Hook::on_failure(hook))
-    }
-
-    /// Shows every store failure and breaker transition to `hook` (the same
-    /// [`Hook`] as for limiters; see [`hooks`](crate::hooks)).
-    ///
-    /// ```
-    /// use tollgate::hooks::Hook;
-    /// use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend};
-    /// let b = FailSafeSemaphore::fail_open(MemorySemaphoreBackend::new())
-    ///     .hook(Hook::on_breaker(|t| eprintln!("semaphore store breaker: {:?}", t.to)));
-    /// # let _ = b;
-    /// ```
-    pub fn hook(mut self, hook: Hook) -> Self {
-        self.guard.add_hook(hook);
-        self
-    }
-
-    /// The circuit breaker in front of the store (see
-    /// [`store::failure::breaker`](crate::store::failure::breaker)).
-    ///
-    /// ```
-    /// use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend};
-    /// use tollgate::store::failure::BreakerState;
-    /// let b = FailSafeSemaphore::fail_closed(MemorySemaphoreBackend::new());
-    /// assert_eq!(b.breaker().state(), BreakerState::Closed);
-    /// ```
-    pub fn breaker(&self) -> &Arc<CircuitBreaker> {
-        &self.guard.breaker
-    }
-
-    /// Uses `breaker` instead of the default one (5 failures, 1 s cool-down), e.g. the
-    /// breaker of the [`FailSafeStore`](crate::store::failure::FailSafeStore) over the same
-    /// Redis, so one outage is seen once by limiters and semaphores.
-    ///
-    /// ```
-    /// use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend};
-    /// use tollgate::store::failure::CircuitBreaker;
-    /// let shared = CircuitBreaker::builder("redis").build();
-    /// let b = FailSafeSemaphore::fail_closed(MemorySemaphoreBackend::new()).with_breaker(shared.clone());
-    /// assert!(std::sync::Arc::ptr_eq(b.breaker(), &shared));
-    /// ```
-    pub fn with_breaker(mut self, breaker: Arc<CircuitBreaker>) -> Self {
-        self.guard.breaker = breaker;
-        self
-    }
+    guard_methods!(
+        "use tollgate::semaphore::{FailSafeSemaphore, MemorySemaphoreBackend};\n\
+         let w = FailSafeSemaphore::fail_open(MemorySemaphoreBackend::new());",
+        "Scope: the semaphore's acquires (and, for fallback, status calls) the store could not \
+         answer; while the breaker is open, release / extend / status of store permits fail \
+         at once."
+    );
 
     /// Wraps it in an `Arc`, as
     /// [`SemaphoreBuilder::build_on`](super::SemaphoreBuilder::build_on) takes.

@@ -1,7 +1,7 @@
 //! The breaker, metrics and hook shared by every failure wrapper.
 
 use super::{BreakerTransition, CircuitBreaker, FailureOutcome, FailurePolicy};
-use crate::error::{StoreError, StoreErrorKind};
+use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::hooks::{self, Event, Hook, StoreFailure};
 use std::sync::Arc;
 
@@ -36,6 +36,26 @@ impl Guard {
             self.transition(self.breaker.record_success(probe));
         } else {
             self.breaker.record_inconclusive(probe);
+        }
+    }
+
+    /// Records the result of a limiter's store call the breaker let through: `Err` with the
+    /// store error when it failed (the failure policy answers then), else the result as is
+    /// (an answer, or a usage error the policy does not handle).
+    pub(crate) fn settle<T>(
+        &self,
+        probe: bool,
+        result: Result<T, Error>,
+    ) -> Result<Result<T, Error>, StoreError> {
+        match result {
+            Err(Error::Store(err)) => {
+                self.failed(probe, &err);
+                Err(err)
+            }
+            other => {
+                self.answered(probe, other.is_ok());
+                Ok(other)
+            }
         }
     }
 
@@ -98,3 +118,77 @@ impl Guard {
         }
     }
 }
+
+/// The breaker and hook configuration every failure wrapper has (`FailSafe`, `FailSafeStore`,
+/// `FailSafeSemaphore`), defined once: `breaker`, `with_breaker`, `hook` and `on_failure`
+/// over the wrapper's `guard` field. `$setup` is a doc-test prelude that binds `w`, a wrapper
+/// of the type, for the examples; `$scope` says which calls the breaker and hooks see.
+macro_rules! guard_methods {
+    ($setup:literal, $scope:literal) => {
+        /// The circuit breaker in front of the store (see
+        /// [`store::failure::breaker`](crate::store::failure::breaker)).
+        ///
+        /// ```
+        #[doc = $setup]
+        /// use tollgate::store::failure::BreakerState;
+        /// assert_eq!(w.breaker().state(), BreakerState::Closed);
+        /// ```
+        pub fn breaker(&self) -> &Arc<CircuitBreaker> {
+            &self.guard.breaker
+        }
+
+        /// Uses `breaker` instead of the default one (5 failures, 1 s cool-down): one with
+        /// another threshold, cool-down or clock, or one shared with the other wrappers over
+        /// the same store (limiters and semaphores), so one outage is seen once.
+        #[doc = $scope]
+        ///
+        /// ```
+        #[doc = $setup]
+        /// use tollgate::store::failure::CircuitBreaker;
+        /// let shared = CircuitBreaker::builder("redis").failures(3).build();
+        /// let w = w.with_breaker(shared.clone());
+        /// assert!(std::sync::Arc::ptr_eq(w.breaker(), &shared));
+        /// assert_eq!(w.breaker().failures_to_open(), 3);
+        /// ```
+        pub fn with_breaker(mut self, breaker: Arc<CircuitBreaker>) -> Self {
+            self.guard.breaker = breaker;
+            self
+        }
+
+        /// Shows every store failure
+        /// ([`Event::StoreFailure`](crate::hooks::Event::StoreFailure)) and breaker
+        /// transition ([`Event::Breaker`](crate::hooks::Event::Breaker)) to `hook` (the same
+        /// [`Hook`] as for limiters; see [`hooks`](crate::hooks)). A second hook is called
+        /// after the first.
+        #[doc = $scope]
+        ///
+        /// ```
+        #[doc = $setup]
+        /// use tollgate::hooks::Hook;
+        /// let w = w.hook(Hook::on_breaker(|t| eprintln!("store breaker: {:?} -> {:?}", t.from, t.to)));
+        /// # let _ = w;
+        /// ```
+        pub fn hook(mut self, hook: Hook) -> Self {
+            self.guard.add_hook(hook);
+            self
+        }
+
+        /// Calls `hook` on every store failure the policy answered, with the outcome (a
+        /// [`Hook::on_failure`]). The hook cannot change the outcome: it returns nothing and
+        /// a panic inside it is caught.
+        #[doc = $scope]
+        ///
+        /// ```
+        #[doc = $setup]
+        /// let w = w.on_failure(|err, outcome| eprintln!("store failed ({outcome:?}): {err}"));
+        /// # let _ = w;
+        /// ```
+        pub fn on_failure(
+            self,
+            hook: impl Fn(&StoreError, FailureOutcome) + Send + Sync + 'static,
+        ) -> Self {
+            self.hook(Hook::on_failure(hook))
+        }
+    };
+}
+pub(crate) use guard_methods;

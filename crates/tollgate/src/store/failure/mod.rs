@@ -77,7 +77,7 @@ pub use breaker::{
     BreakerBuilder, BreakerState, BreakerTransition, CircuitBreaker, DEFAULT_BREAKER_COOL_DOWN,
     DEFAULT_BREAKER_FAILURES,
 };
-pub(crate) use guard::Guard;
+pub(crate) use guard::{guard_methods, Guard};
 pub use store::FailSafeStore;
 
 use super::io::{self, Io};
@@ -209,67 +209,13 @@ impl<B, F> FailSafe<B, F> {
         }
     }
 
-    /// The circuit breaker in front of the primary store.
-    ///
-    /// ```
-    /// use tollgate::{Policy, Rate, store::{Store, memory::MemoryStore, failure::{BreakerState, FailSafe}}};
-    /// let policy = Policy::gcra(Rate::per_second(5).unwrap()).unwrap();
-    /// let b = FailSafe::fail_closed(MemoryStore::new().bind(&policy).unwrap());
-    /// assert_eq!(b.breaker().state(), BreakerState::Closed);
-    /// ```
-    pub fn breaker(&self) -> &Arc<CircuitBreaker> {
-        &self.guard.breaker
-    }
-
-    /// Uses `breaker` (e.g. one shared with other wrappers over the same store, or one with
-    /// another threshold, cool-down or clock) instead of the default one.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tollgate::{Policy, Rate, store::{Store, memory::MemoryStore, failure::{CircuitBreaker, FailSafe}}};
-    /// let policy = Policy::gcra(Rate::per_second(5).unwrap()).unwrap();
-    /// let breaker = CircuitBreaker::builder("redis").failures(3).cool_down(Duration::from_millis(500)).build();
-    /// let b = FailSafe::fail_closed(MemoryStore::new().bind(&policy).unwrap()).with_breaker(breaker);
-    /// assert_eq!(b.breaker().failures_to_open(), 3);
-    /// ```
-    pub fn with_breaker(mut self, breaker: Arc<CircuitBreaker>) -> Self {
-        self.guard.breaker = breaker;
-        self
-    }
-
-    /// Shows every store failure
-    /// ([`Event::StoreFailure`](crate::hooks::Event::StoreFailure)) and breaker transition
-    /// ([`Event::Breaker`](crate::hooks::Event::Breaker)) to `hook`. A second hook is called
-    /// after the first.
-    ///
-    /// ```
-    /// use tollgate::{Policy, Rate, hooks::Hook, store::{Store, memory::MemoryStore, failure::FailSafe}};
-    /// let policy = Policy::gcra(Rate::per_second(5).unwrap()).unwrap();
-    /// let b = FailSafe::fail_closed(MemoryStore::new().bind(&policy).unwrap())
-    ///     .hook(Hook::on_breaker(|t| eprintln!("{:?} -> {:?}", t.from, t.to)));
-    /// # let _ = b;
-    /// ```
-    pub fn hook(mut self, hook: Hook) -> Self {
-        self.guard.add_hook(hook);
-        self
-    }
-
-    /// Calls `hook` on every store failure, with the outcome (a [`Hook::on_failure`]). The
-    /// hook cannot change the verdict: it returns nothing and a panic inside it is caught.
-    ///
-    /// ```
-    /// use tollgate::{Policy, Rate, store::{Store, memory::MemoryStore, failure::FailSafe}};
-    /// let policy = Policy::gcra(Rate::per_second(5).unwrap()).unwrap();
-    /// let b = FailSafe::fail_closed(MemoryStore::new().bind(&policy).unwrap())
-    ///     .on_failure(|err, outcome| eprintln!("rate-limit store failed ({outcome:?}): {err}"));
-    /// # let _ = b;
-    /// ```
-    pub fn on_failure(
-        self,
-        hook: impl Fn(&StoreError, FailureOutcome) + Send + Sync + 'static,
-    ) -> Self {
-        self.hook(Hook::on_failure(hook))
-    }
+    guard_methods!(
+        "use tollgate::{Policy, Rate, store::{Store, memory::MemoryStore, failure::FailSafe}};\n\
+         let policy = Policy::gcra(Rate::per_second(5).unwrap()).unwrap();\n\
+         let w = FailSafe::fail_closed(MemoryStore::new().bind(&policy).unwrap());",
+        "Scope: the calls of this backend (a [`FailSafeStore`] shares one breaker and its hooks \
+         between every backend it binds)."
+    );
 
     /// The primary backend.
     ///
@@ -367,24 +313,6 @@ impl<B: Backend, F: Backend> FailSafe<B, F> {
             .observe("rate-limit store", err, self.policy(), outcome, report);
     }
 
-    /// Records a call the breaker let through; the store error, if it failed.
-    fn settle(
-        &self,
-        probe: bool,
-        result: Result<Option<Decision>, Error>,
-    ) -> Result<Result<Option<Decision>, Error>, StoreError> {
-        match result {
-            Err(Error::Store(err)) => {
-                self.guard.failed(probe, &err);
-                Err(err)
-            }
-            other => {
-                self.guard.answered(probe, other.is_ok());
-                Ok(other)
-            }
-        }
-    }
-
     /// The answer without the store, for the open and closed policies.
     fn without_store(
         &self,
@@ -438,7 +366,7 @@ impl<B: Backend, F: Backend> FailSafe<B, F> {
                     Io::Blocking => self.primary.execute(key, op, now),
                     Io::Async => self.primary.execute_async(key, op, now).await,
                 };
-                match self.settle(admission.is_probe(), result) {
+                match self.guard.settle(admission.is_probe(), result) {
                     Ok(answered) => return answered,
                     Err(err) => err,
                 }

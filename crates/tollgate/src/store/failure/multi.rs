@@ -49,24 +49,6 @@ impl<B: MultiBackend, F: MultiBackend> FailSafe<B, F> {
             .collect()
     }
 
-    /// Records the primary's answer on the first item's guard; the store error if it failed.
-    fn settle_all(
-        first: &Self,
-        probe: bool,
-        result: Result<MultiDecision, Error>,
-    ) -> Result<Result<MultiDecision, Error>, StoreError> {
-        match result {
-            Err(Error::Store(err)) => {
-                first.guard.failed(probe, &err);
-                Err(err)
-            }
-            other => {
-                first.guard.answered(probe, other.is_ok());
-                Ok(other)
-            }
-        }
-    }
-
     /// Merges the open policies' answers with the fallback call's, and reports each item.
     fn merge(
         items: &[KeyCheck<'_, Self>],
@@ -161,7 +143,7 @@ impl<B: MultiBackend, F: MultiBackend> FailSafe<B, F> {
                     Io::Blocking => B::execute_all(&primary, op, now),
                     Io::Async => B::execute_all_async(&primary, op, now).await,
                 };
-                match Self::settle_all(first, admission.is_probe(), result) {
+                match first.guard.settle(admission.is_probe(), result) {
                     Ok(answered) => return answered,
                     Err(err) => err,
                 }

@@ -1,6 +1,6 @@
 //! [`FailSafeStore`]: a store whose bound backends apply a failure policy.
 
-use super::guard::Guard;
+use super::guard::{guard_methods, Guard};
 use super::{CircuitBreaker, FailSafe, FailureOutcome, FailurePolicy};
 use crate::error::{Error, StoreError};
 use crate::hooks::Hook;
@@ -61,57 +61,12 @@ impl<S> FailSafeStore<S> {
         &self.inner
     }
 
-    /// The circuit breaker shared by every backend this store binds.
-    ///
-    /// ```
-    /// use tollgate::store::failure::{BreakerState, FailSafeStore};
-    /// let s = FailSafeStore::fail_open(tollgate::store::memory::MemoryStore::new());
-    /// assert_eq!(s.breaker().state(), BreakerState::Closed);
-    /// ```
-    pub fn breaker(&self) -> &Arc<CircuitBreaker> {
-        &self.guard.breaker
-    }
-
-    /// Uses `breaker` (see [`FailSafe::with_breaker`]) for every backend bound from now on.
-    ///
-    /// ```
-    /// use tollgate::store::failure::{CircuitBreaker, FailSafeStore};
-    /// let s = FailSafeStore::fail_open(tollgate::store::memory::MemoryStore::new())
-    ///     .with_breaker(CircuitBreaker::builder("redis").failures(10).build());
-    /// assert_eq!(s.breaker().failures_to_open(), 10);
-    /// ```
-    pub fn with_breaker(mut self, breaker: Arc<CircuitBreaker>) -> Self {
-        self.guard.breaker = breaker;
-        self
-    }
-
-    /// Shows every store failure and breaker transition of every bound backend to `hook`
-    /// (see [`FailSafe::hook`]).
-    ///
-    /// ```
-    /// use tollgate::hooks::Hook;
-    /// let s = tollgate::store::failure::FailSafeStore::fail_open(tollgate::store::memory::MemoryStore::new())
-    ///     .hook(Hook::new(|event| eprintln!("{event:?}")));
-    /// # let _ = s;
-    /// ```
-    pub fn hook(mut self, hook: Hook) -> Self {
-        self.guard.add_hook(hook);
-        self
-    }
-
-    /// Calls `hook` on every store failure of every bound backend (see [`FailSafe::on_failure`]).
-    ///
-    /// ```
-    /// let s = tollgate::store::failure::FailSafeStore::fail_open(tollgate::store::memory::MemoryStore::new())
-    ///     .on_failure(|err, outcome| eprintln!("{outcome:?}: {err}"));
-    /// # let _ = s;
-    /// ```
-    pub fn on_failure(
-        self,
-        hook: impl Fn(&StoreError, FailureOutcome) + Send + Sync + 'static,
-    ) -> Self {
-        self.hook(Hook::on_failure(hook))
-    }
+    guard_methods!(
+        "let w = tollgate::store::failure::FailSafeStore::fail_open(\
+         tollgate::store::memory::MemoryStore::new());",
+        "Scope: the calls of every backend this store binds from now on: they share one \
+         breaker, so one outage of the store opens it for all policies at once."
+    );
 }
 
 impl<S: Store> FailSafeStore<S> {
