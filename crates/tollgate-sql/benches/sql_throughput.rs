@@ -134,7 +134,7 @@ fn postgres(url: &str) {
     std::fs::write(
         &script,
         format!(
-            "\\set k random(1, {KEYS})\nSELECT * FROM \"{table}_gcra\"('gcra' || chr(58) || 'bench-' || (:k)::text, NULL, 0, 1, '{{1000}}', '{{1000000}}', '{{1000}}', '{{}}', 0);\n"
+            "\\set k random(1, {KEYS})\nSELECT * FROM \"{table}_gcra\"('gcra' || chr(58) || 'bench-' || (:k)::text, NULL, 0, 1, '{{1000}}', '{{1000000}}', '{{1000}}', '{{}}', 0, NULL);\n"
         ),
     )
     .unwrap();

@@ -616,7 +616,7 @@ fn postgres_function_rejects_bad_calls_made_directly_in_sql() {
         format!(
             "SELECT * FROM {f}(1, 0, {keys}, ARRAY['gcra','gcra'], ARRAY[1,1]::bigint[], \
              ARRAY[1,1], ARRAY[10,10]::bigint[], ARRAY[100,100]::bigint[], \
-             ARRAY[10,10]::bigint[], ARRAY[0,0]::bigint[], 0)"
+             ARRAY[10,10]::bigint[], ARRAY[0,0]::bigint[], 0, NULL)"
         )
     };
     let err = client.query(&call("ARRAY['a','a']"), &[]).unwrap_err();

@@ -1,7 +1,7 @@
 //! [`PgBackend`]: a [`PgStore`] bound to one policy, and its single-key calls (one
 //! prepared `SELECT * FROM <table>_<algorithm>(…)` per decision).
 
-use super::conn::{limited, Shared};
+use super::conn::{limited, CallConn, Shared};
 use super::{describe, pg_driver_error, pg_error, to_i64, PgStore};
 use crate::engine::Engine;
 use futures_util::future::BoxFuture;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tollgate::store::{Backend, Op, Store};
 use tollgate::time::Micros;
-use tollgate::{Decision, Error, Policy};
+use tollgate::{Decision, Error, Policy, StoreError, StoreErrorKind};
 
 pub(super) struct Call {
     pub(super) engine: Engine,
@@ -74,10 +74,18 @@ impl Store for PgStore {
             shared: self.shared.clone(),
             call: Arc::new(Call {
                 decide_sql: format!(
-                    "SELECT * FROM {}($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    "SELECT * FROM {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                     t.quoted(&format!("_{name}"))
                 ),
-                reset_sql: format!("DELETE FROM {} WHERE key = $1", t.quoted("")),
+                // one statement: the deadline check (as in the functions) and the delete
+                reset_sql: format!(
+                    "WITH late AS (SELECT $2::bigint < floor(extract(epoch FROM \
+                     clock_timestamp()) * 1000000)::bigint AS late), \
+                     gone AS (DELETE FROM {} WHERE key = $1 \
+                     AND NOT coalesce((SELECT late FROM late), false) RETURNING 1) \
+                     SELECT coalesce(late, false) FROM late",
+                    t.quoted("")
+                ),
                 prefix: format!(
                     "{}{}:",
                     self.shared.namespace,
@@ -119,6 +127,15 @@ impl PgBackend {
     }
 }
 
+/// A call whose statement reached the database after its deadline (and changed nothing).
+pub(super) fn late_error(what: &str) -> Error {
+    Error::Store(StoreError::with_kind(
+        super::STORE,
+        StoreErrorKind::Timeout,
+        format!("{what}: reached the database after the call's deadline: nothing was changed"),
+    ))
+}
+
 /// Whether this call also sweeps expired rows (one call in `sweep_every`).
 pub(super) fn sweep_now(shared: &Shared) -> i32 {
     if shared.calls.fetch_add(1, Ordering::Relaxed) % shared.sweep_every == shared.sweep_every - 1 {
@@ -136,7 +153,11 @@ async fn run(
     now: Micros,
     started: Instant,
 ) -> Result<Option<Decision>, Error> {
-    let (mut conn, set) = shared.call_conn(started).await?;
+    let CallConn {
+        mut conn,
+        set,
+        deadline,
+    } = shared.call_conn(started).await?;
     let (op_code, cost) = match op {
         Op::Check(c) => (0i32, c),
         Op::Peek(c) => (1, c),
@@ -147,14 +168,19 @@ async fn run(
                 .statement(&call.reset_sql)
                 .await
                 .map_err(|e| pg_driver_error("reset", &e))?;
-            let done = limited(
+            let late = limited(
                 &conn.client,
                 set.as_deref(),
-                conn.client.execute(&stmt, &[&key]),
+                conn.client.query_one(&stmt, &[&key, &deadline]),
             )
             .await;
             guard.done();
-            done.map_err(|e| pg_driver_error("reset", &e))?;
+            let late: bool = late
+                .and_then(|row| row.try_get(0))
+                .map_err(|e| pg_driver_error("reset", &e))?;
+            if late {
+                return Err(late_error("reset"));
+            }
             return Ok(None);
         }
     };
@@ -179,6 +205,7 @@ async fn run(
                 &call.c,
                 &call.d,
                 &sweep,
+                &deadline,
             ],
         ),
     )

@@ -1,6 +1,6 @@
 //! [`PgStoreBuilder`]: the URL, table, namespace, pool, clock and timeouts of a [`PgStore`].
 
-use super::conn::{OwnedRuntime, PgManager, Shared};
+use super::conn::{OwnedRuntime, PgManager, ServerClock, Shared};
 use super::{pg_error, PgStore};
 use crate::table::TableName;
 use deadpool::managed::Pool;
@@ -85,11 +85,12 @@ impl PgStoreBuilder {
     }
 
     /// The time limit of one call, connection included (default 5 s). An expired call is a
-    /// `StoreError` with `timeout == true`, and it charged nothing: a decision's statement
-    /// must end in the database within half this time (`statement_timeout`), else
-    /// PostgreSQL cancels and rolls it back — also while it waits for a locked row — and the
-    /// other half is the margin for the reply. So a database that takes longer than half the
-    /// call timeout to decide is reported as timing out.
+    /// `StoreError` with `timeout == true`, and it charged nothing: of the time left when a
+    /// decision's statement is sent, half goes to the statement — which carries that
+    /// deadline on the server's clock and writes nothing past it, and which PostgreSQL
+    /// cancels past it (`statement_timeout`) also while it waits for a locked row — and half
+    /// is the margin for the reply. So a database that takes longer than half the call
+    /// timeout to decide is reported as timing out.
     ///
     /// ```
     /// let b = tollgate_sql::PgStore::builder("postgres://localhost/db")
@@ -163,8 +164,10 @@ impl PgStoreBuilder {
             .enable_all()
             .build()
             .map_err(|e| pg_error("cannot start the store's runtime", e))?;
+        let clock = Arc::new(ServerClock::default());
         let manager = PgManager {
             config,
+            clock: Arc::clone(&clock),
             // at least 1 ms: 0 would mean no limit
             statement_timeout_ms: ((self.call_timeout / 2).as_micros() as u64)
                 .div_ceil(1000)
@@ -189,6 +192,7 @@ impl PgStoreBuilder {
                 sweep_every: self.sweep_every,
                 sweep_batch: self.sweep_batch as i32,
                 calls: AtomicU64::new(0),
+                clock,
             }),
             scope: None,
         })

@@ -73,18 +73,73 @@ impl Drop for InFlight {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let token = self.token.clone();
             runtime.spawn(async move {
-                if let Err(e) = token.cancel_query(NoTls).await {
-                    tracing::debug!(error = %e, "tollgate-sql: cannot cancel an abandoned statement");
+                // A cancel request that reaches the server before the statement does is
+                // lost, so it is sent again a few times. The connection is retired (it runs
+                // nothing of ours again), so a late one can only hit this statement, and on
+                // an idle connection it is ignored.
+                for pause in CANCEL_AGAIN {
+                    tokio::time::sleep(pause).await;
+                    if let Err(e) = token.cancel_query(NoTls).await {
+                        tracing::debug!(error = %e, "tollgate-sql: cannot cancel an abandoned statement");
+                    }
                 }
             });
         }
     }
 }
 
+/// When the cancel requests for an abandoned statement are sent (each pause before one).
+const CANCEL_AGAIN: [Duration; 4] = [
+    Duration::ZERO,
+    Duration::from_millis(20),
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+];
+
 pub(super) struct PgManager {
     pub(super) config: tokio_postgres::Config,
     /// Every session's `statement_timeout` (ms): half the call timeout.
     pub(super) statement_timeout_ms: u64,
+    /// Read on every new connection.
+    pub(super) clock: Arc<ServerClock>,
+}
+
+/// The database server's clock as seen from this process: a reading of `clock_timestamp()`
+/// and the local instant its reply arrived. The server read its clock before that instant,
+/// so the estimate is a lower bound and a deadline computed from it errs early (toward
+/// refusing a late call), like the Redis store's.
+#[derive(Default)]
+pub(super) struct ServerClock(parking_lot::Mutex<Option<(Instant, u64)>>);
+
+/// How long a reading of the server's clock is trusted before it is read again.
+const CLOCK_REFRESH: Duration = Duration::from_secs(10);
+
+/// The server's clock in µs, as the functions compute their own `now`.
+const CLOCK_SQL: &str = "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint";
+
+impl ServerClock {
+    /// Reads the server's clock on `client`.
+    async fn read(&self, client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+        let us: i64 = client.query_one(CLOCK_SQL, &[]).await?.get(0);
+        *self.0.lock() = Some((Instant::now(), u64::try_from(us).unwrap_or(0)));
+        Ok(())
+    }
+
+    fn stale(&self) -> bool {
+        self.0
+            .lock()
+            .is_none_or(|(at, _)| at.elapsed() >= CLOCK_REFRESH)
+    }
+
+    /// The server's time (µs) at the local instant `t`, if the clock was read.
+    fn at(&self, t: Instant) -> Option<u64> {
+        let (at, us) = (*self.0.lock())?;
+        Some(if t >= at {
+            us.saturating_add(t.duration_since(at).as_micros() as u64)
+        } else {
+            us.saturating_sub(at.duration_since(t).as_micros() as u64)
+        })
+    }
 }
 
 impl managed::Manager for PgManager {
@@ -102,6 +157,7 @@ impl managed::Manager for PgManager {
         client
             .batch_execute(&set_timeout(self.statement_timeout_ms))
             .await?;
+        self.clock.read(&client).await?;
         Ok(PgConn {
             client,
             statements: HashMap::new(),
@@ -166,6 +222,17 @@ pub(super) struct Shared {
     pub(super) sweep_every: u64,
     pub(super) sweep_batch: i32,
     pub(super) calls: AtomicU64,
+    pub(super) clock: Arc<ServerClock>,
+}
+
+/// A connection for one decision call, and what its statement is sent with.
+pub(super) struct CallConn {
+    pub(super) conn: managed::Object<PgManager>,
+    /// A `SET statement_timeout` to pipeline before the statement, when the session's
+    /// limit must change.
+    pub(super) set: Option<String>,
+    /// The call's deadline on the server's clock (µs; the functions' `p_deadline`).
+    pub(super) deadline: Option<i64>,
 }
 
 /// A spawned call that is aborted when its awaiting future is dropped (an async caller
@@ -240,20 +307,26 @@ impl Shared {
         })
     }
 
-    /// A connection for a decision call that started at `started`, and the `SET
-    /// statement_timeout` to send just before its statement when the session's limit must
-    /// change. The statement must end on the server by `started + call_timeout / 2` (the
-    /// other half is the margin for the reply): past that the server cancels it and rolls
-    /// it back, so a call reported timed out never charges afterwards. A call that waited
-    /// that long for a connection fails here, without sending anything.
-    pub(super) async fn call_conn(
-        &self,
-        started: Instant,
-    ) -> Result<(managed::Object<PgManager>, Option<String>), Error> {
+    /// A connection for a decision call that started at `started`. Of the call timeout left
+    /// when the statement is sent, half goes to the statement and half is the margin for the
+    /// reply, so a call reported timed out never charges afterwards: the statement carries
+    /// its deadline on the server's clock (the functions write nothing past it, which
+    /// covers a statement that reaches the server late), and the session's
+    /// `statement_timeout` is lowered to that half when a call waited for a connection (the
+    /// server cancels and rolls back a statement past it, also while it waits for a locked
+    /// row). A call with no time left after the wait fails here, having sent nothing.
+    pub(super) async fn call_conn(&self, started: Instant) -> Result<CallConn, Error> {
         let mut conn = self.get().await?;
-        let half = self.call_timeout / 2;
-        let left = half.saturating_sub(started.elapsed()).as_micros() as u64;
-        if left == 0 {
+        if self.clock.stale() {
+            // one round trip every CLOCK_REFRESH; a failure keeps the previous reading
+            if let Err(e) = self.clock.read(&conn.client).await {
+                tracing::debug!(error = %e, "tollgate-sql: cannot read the server's clock");
+            }
+        }
+        // half of what is left goes to the statement, half to the reply
+        let left = self.call_timeout.saturating_sub(started.elapsed()) / 2;
+        let sending = Instant::now();
+        if left.as_micros() == 0 {
             return Err(Error::Store(StoreError::with_kind(
                 STORE,
                 StoreErrorKind::Timeout,
@@ -264,17 +337,27 @@ impl Shared {
                 ),
             )));
         }
+        let deadline = self
+            .clock
+            .at(sending)
+            .map(|t| super::to_i64(t.saturating_add(left.as_micros() as u64)));
+        let half = self.call_timeout / 2;
+        // in ms, at least 1 (0 would mean no limit)
+        let left = (left.as_micros() as u64).div_ceil(1000);
         // Lower the session's limit when it would let the statement end after its deadline
         // (a 5 % tolerance keeps an ordinary call from setting it every time); raise it back
         // once it is far below.
-        let left = left.div_ceil(1000); // ms, at least 1 (0 would mean no limit)
         let tolerance = (half / 20).as_millis() as u64;
         let current = conn.statement_timeout_ms;
         let set = (current > left + tolerance || current < left / 2).then(|| {
             conn.statement_timeout_ms = left;
             set_timeout(left)
         });
-        Ok((conn, set))
+        Ok(CallConn {
+            conn,
+            set,
+            deadline,
+        })
     }
 
     pub(super) fn now_param(&self, now: Micros) -> Option<i64> {

@@ -29,12 +29,13 @@
 //! - **Failures** are `Error::Store(StoreError { store: "postgres", .. })`, never denials;
 //!   every call has a timeout (default 5 s). Wrap the backend in
 //!   `tollgate::store::failure` for fail-open / fail-closed / fall-back behaviour.
-//! - **A failed call charges nothing**: a decision's statement must end on the server
-//!   within half the call timeout (the session's `statement_timeout`, lowered for a call
-//!   that waited for a connection), else PostgreSQL cancels it and rolls it back — also
-//!   while it waits for a locked row. A call abandoned with its statement in flight (the
-//!   timeout fired, an async caller dropped it) sends a cancel request and retires the
-//!   connection.
+//! - **A failed call charges nothing**: of the call timeout left when a decision's
+//!   statement is sent, half goes to the statement and half to its reply. The statement
+//!   carries its deadline on the server's clock, checked by the function just before it
+//!   writes (a statement that reaches the server late writes nothing), and the session's
+//!   `statement_timeout` stops one that waits too long (for a locked row above all); both
+//!   roll the call back. A call abandoned with its statement in flight (the timeout fired,
+//!   an async caller dropped it) sends cancel requests and retires the connection.
 //!
 //! ```no_run
 //! use tollgate::{Limiter, Policy, Rate};
@@ -87,7 +88,8 @@ fn pg_kind(e: &tokio_postgres::Error) -> StoreErrorKind {
     if let Some(db) = e.as_db_error() {
         return match db.code().code() {
             "28P01" | "28000" => StoreErrorKind::Auth,
-            // statement_timeout: the call's time ran out on the server (rolled back)
+            // statement_timeout or the call's deadline: its time ran out in the database
+            // (rolled back)
             "57014" => StoreErrorKind::Timeout,
             "42883" | "42P01" => StoreErrorKind::ScriptMissing,
             _ => StoreErrorKind::Other,

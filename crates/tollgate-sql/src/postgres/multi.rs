@@ -3,7 +3,7 @@
 //! [`MultiBackend`] (`Limiter::check_all` and every surface use it).
 
 use super::backend::sweep_now;
-use super::conn::{limited, Shared};
+use super::conn::{limited, CallConn, Shared};
 use super::schema::CHECK_ALL;
 use super::{describe, pg_driver_error, pg_error, to_i64, PgBackend};
 use crate::multi::check_keys;
@@ -94,10 +94,14 @@ async fn run(
     now: Micros,
     started: Instant,
 ) -> Result<MultiDecision, Error> {
-    let (mut conn, set) = shared.call_conn(started).await?;
+    let CallConn {
+        mut conn,
+        set,
+        deadline,
+    } = shared.call_conn(started).await?;
     let sweep = if charge { sweep_now(&shared) } else { 0 };
     let sql = format!(
-        "SELECT * FROM {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        "SELECT * FROM {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         shared.table.quoted(CHECK_ALL)
     );
     let guard = conn.in_flight();
@@ -123,6 +127,7 @@ async fn run(
                 &prepared.c,
                 &prepared.d,
                 &sweep,
+                &deadline,
             ],
         ),
     )

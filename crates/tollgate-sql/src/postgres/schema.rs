@@ -17,11 +17,13 @@ const ALGORITHMS: [(&str, &str); 5] = [
 /// The name suffix of the multi-key function (`<table>_check_all`).
 pub(super) const CHECK_ALL: &str = "_check_all";
 
-/// The argument types of the multi-key function (for `DROP FUNCTION`).
+/// The argument types of the multi-key function (for `DROP FUNCTION`), without the last one
+/// (`p_deadline bigint`), which versions before it did not take.
 const CHECK_ALL_ARGS: &str =
     "bigint, integer, text[], text[], bigint[], integer[], bigint[], bigint[], bigint[], bigint[], integer";
 
-/// The argument types of a single-key function (for `DROP FUNCTION`).
+/// The argument types of a single-key function (for `DROP FUNCTION`), without the last one
+/// (`p_deadline bigint`).
 const SINGLE_ARGS: &str =
     "text, bigint, integer, bigint, bigint[], bigint[], bigint[], bigint[], integer";
 
@@ -29,6 +31,7 @@ const SINGLE_ARGS: &str =
 fn common(sql: &str, table: &TableName, function: &str) -> String {
     sql.replace("{{DECLARE}}", include_str!("sql/declare.sql"))
         .replace("{{LOCK}}", include_str!("sql/lock.sql"))
+        .replace("{{DEADLINE}}", include_str!("sql/deadline.sql"))
         .replace("{{SWEEP}}", include_str!("sql/sweep.sql"))
         .replace("{{FUNCTION}}", &table.quoted(function))
         .replace("{{TABLE}}", &table.quoted(""))
@@ -101,24 +104,39 @@ pub(super) fn schema_sql(table: &TableName) -> String {
     sql
 }
 
-/// The migration: [`schema_sql`] in one transaction, serialised by an advisory lock.
+/// `DROP FUNCTION` of every function, in this version's signature (`deadline`: with the
+/// `p_deadline` argument) or the previous one.
+fn drop_functions(table: &TableName, deadline: bool) -> String {
+    let last = if deadline { ", bigint" } else { "" };
+    let mut sql = String::new();
+    for (name, _) in ALGORITHMS {
+        sql.push_str(&format!(
+            "DROP FUNCTION IF EXISTS {}({SINGLE_ARGS}{last});\n",
+            table.quoted(&format!("_{name}"))
+        ));
+    }
+    sql.push_str(&format!(
+        "DROP FUNCTION IF EXISTS {}({CHECK_ALL_ARGS}{last});\n",
+        table.quoted(CHECK_ALL)
+    ));
+    sql
+}
+
+/// The migration: [`schema_sql`] in one transaction, serialised by an advisory lock. The
+/// functions of the previous signature (without a deadline) stay, so processes of the
+/// previous version keep working during a rolling upgrade; `drop_schema` removes both.
 pub(super) fn migrate_sql(table: &TableName, timeout: Duration) -> String {
     locked(table, timeout, &schema_sql(table))
 }
 
 /// Drops the table and every function, in one transaction under the migration's lock.
 pub(super) fn drop_sql(table: &TableName, timeout: Duration) -> String {
-    let mut sql = format!("DROP TABLE IF EXISTS {};\n", table.quoted(""));
-    for (name, _) in ALGORITHMS {
-        sql.push_str(&format!(
-            "DROP FUNCTION IF EXISTS {}({SINGLE_ARGS});\n",
-            table.quoted(&format!("_{name}"))
-        ));
-    }
-    sql.push_str(&format!(
-        "DROP FUNCTION IF EXISTS {}({CHECK_ALL_ARGS});\n",
-        table.quoted(CHECK_ALL)
-    ));
+    let sql = format!(
+        "DROP TABLE IF EXISTS {};\n{}{}",
+        table.quoted(""),
+        drop_functions(table, true),
+        drop_functions(table, false)
+    );
     locked(table, timeout, &sql)
 }
 

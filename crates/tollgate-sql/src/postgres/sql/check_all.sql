@@ -13,6 +13,8 @@
 -- m_a..m_d      the per-rate parameters of every key, key after key (n_k entries per key in
 --               each array, 0 where an algorithm has no such parameter)
 -- p_sweep       > 0: also delete up to p_sweep expired rows (last, never waiting)
+-- p_deadline    when the caller gives up, in µs on this server's clock (NULL: never): a
+--               call still running then writes nothing and fails with SQLSTATE 57014
 --
 -- A check locks every key's row in one global order (the keys sorted bytewise), so calls on
 -- overlapping key sets cannot deadlock; decides every key without writing; then writes every
@@ -27,7 +29,7 @@
 CREATE OR REPLACE FUNCTION {{FUNCTION}}(
     p_now bigint, p_op integer, m_keys text[], m_algorithms text[], m_costs bigint[],
     m_rates integer[], m_a bigint[], m_b bigint[], m_c bigint[], m_d bigint[],
-    p_sweep integer)
+    p_sweep integer, p_deadline bigint)
 RETURNS TABLE (o_index integer, o_allowed boolean, o_limit bigint, o_remaining bigint,
                o_retry_after bigint, o_reset_after bigint, o_denied_by integer,
                o_reset_unch bigint)
@@ -116,7 +118,7 @@ DECLARE
         r_settle := r_settle || v_settle;
     END LOOP;
 
-    -- 2. check: write every key, charged when every key admits, else settled.
+{{DEADLINE}}    -- 2. check: write every key, charged when every key admits, else settled.
     IF p_op = 0 THEN
         FOREACH k IN ARRAY v_order LOOP
             IF v_every THEN

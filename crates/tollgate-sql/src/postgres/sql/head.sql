@@ -10,10 +10,13 @@
 -- p_a..p_d per-rate parameters (see the algorithm section below)
 -- p_sweep  > 0: also delete up to p_sweep expired rows (opportunistic clean-up, done last
 --          and never waiting on a locked row, so it cannot take part in a deadlock)
+-- p_deadline  when the caller gives up, in µs on this server's clock (NULL: never): a call
+--          still running then writes nothing and fails with SQLSTATE 57014
 -- Returns one row (check, peek) or none (refund).
 CREATE OR REPLACE FUNCTION {{FUNCTION}}(
     p_key text, p_now bigint, p_op integer, p_cost bigint,
-    p_a bigint[], p_b bigint[], p_c bigint[], p_d bigint[], p_sweep integer)
+    p_a bigint[], p_b bigint[], p_c bigint[], p_d bigint[], p_sweep integer,
+    p_deadline bigint)
 RETURNS TABLE (o_allowed boolean, o_limit bigint, o_remaining bigint,
                o_retry_after bigint, o_reset_after bigint, o_denied_by integer)
 LANGUAGE plpgsql

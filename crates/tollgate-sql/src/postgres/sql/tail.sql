@@ -1,4 +1,4 @@
-
+{{DEADLINE}}
     IF p_op = 1 THEN
 {{SWEEP}}
         RETURN NEXT;
