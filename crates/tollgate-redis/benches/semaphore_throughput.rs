@@ -156,7 +156,8 @@ fn main() {
     let mut acquire_args: Vec<&str> = common.to_vec();
     acquire_args.extend(["EVALSHA", &acquire_sha, "7"]);
     acquire_args.extend(keys.iter().map(String::as_str));
-    // holder, permits, capacity, lease, queue TTL, now ('' = server TIME), margin
+    // holder, permits, capacity, lease, queue TTL, now ('' = server TIME), margin, deadline
+    // ('' = none)
     acquire_args.extend([
         "__rand_int__",
         "1",
@@ -165,12 +166,13 @@ fn main() {
         &queue_ttl,
         "",
         &margin,
+        "",
     ]);
     let mut release_args: Vec<&str> = common.to_vec();
     release_args.extend(["EVALSHA", &release_sha, "7"]);
     release_args.extend(keys.iter().map(String::as_str));
-    // holder, now, margin
-    release_args.extend(["__rand_int__", "", &margin]);
+    // holder, now, margin, deadline ('' = none)
+    release_args.extend(["__rand_int__", "", &margin, ""]);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -249,11 +251,11 @@ fn main() {
         left.in_use
     );
     println!(
-        "ceiling = redis-benchmark {} EVALSHA <acquire sha> 6 <keys> __rand_int__ 1 {capacity} {lease} {queue_ttl} '' {margin}",
+        "ceiling = redis-benchmark {} EVALSHA <acquire sha> 7 <keys> __rand_int__ 1 {capacity} {lease} {queue_ttl} '' {margin} ''",
         common.join(" ").replace(&port, "<port>")
     );
     println!(
-        "          then the same with EVALSHA <release sha> 6 <keys> __rand_int__ '' {margin}; pair = 1/(1/acquire + 1/release)"
+        "          then the same with EVALSHA <release sha> 7 <keys> __rand_int__ '' {margin} ''; pair = 1/(1/acquire + 1/release)"
     );
     println!(
         "ours    = one RedisStore (one multiplexed connection, 1 store runtime thread); caller runtime 1 worker thread; 2-core machine shared with redis-server"

@@ -2,7 +2,7 @@
 --   ARGV[1] holder id        ARGV[2] permits (1..capacity)   ARGV[3] capacity
 --   ARGV[4] lease (µs)       ARGV[5] queue place TTL (µs), '' = one-shot, never queue
 --   ARGV[6] now (µs), ''     = the server's TIME
---   ARGV[7] TTL margin (ms)
+--   ARGV[7] TTL margin (ms)  ARGV[8] deadline (server µs, '' = none; see semaphore_common)
 -- Returns {1, lease end, in_use} when granted, {0, in_use, µs until the earliest lease
 -- end or -1} when not.
 -- FIFO: the permits asked for by live waiters queued ahead of the caller (all of them for a

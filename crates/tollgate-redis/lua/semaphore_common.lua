@@ -10,6 +10,8 @@
 --   KEYS[6] tickets  STRING the ticket counter (deleted when the queue is empty)
 --   KEYS[7] in use   STRING the sum of permits of live holders (deleted at 0)
 --
+-- Arguments: each operation's own (documented in its file), then the deadline (last).
+--
 -- Invariants: a holder counts while now < lease end; in_use = sum of permits of live
 -- holders, kept as a running count (KEYS[7]) by every script that adds or removes a holder;
 -- every call first drops expired holders and waiters; every key written gets a TTL in the
@@ -21,6 +23,14 @@
 -- free room (see queued_ahead). No call reads every holder.
 
 local H, P, Q, W, N, S, C = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+
+-- Every semaphore script takes the call's deadline (server-clock µs, '' for none) as its LAST
+-- argument: a call that reaches Redis after it (queued behind a stall, while its caller timed
+-- out and was told the call failed) changes nothing and returns LATE. A late acquire would
+-- grant permits nobody receives; a late extend would renew a lease its holder believes lost.
+if late(ARGV[#ARGV]) then
+  return LATE
+end
 
 -- Permits in use. Rebuilt from the permits hash when the running count is missing while
 -- holders exist (state written before the count existed, or a key evicted): O(holders) then,

@@ -1,7 +1,7 @@
 -- Extend a live holder's lease to now + lease (after prelude.lua and semaphore_common.lua;
 -- keys there).
 --   ARGV[1] holder id   ARGV[2] lease (µs)   ARGV[3] now (µs), '' = the server's TIME
---   ARGV[4] TTL margin (ms)
+--   ARGV[4] TTL margin (ms)   ARGV[5] deadline (server µs, '' = none)
 -- Returns {1, new lease end}, or {0, 0} when the lease had already ended (nothing is
 -- brought back).
 local id = ARGV[1]

@@ -1,6 +1,7 @@
 -- Release a holder's permits and its queue place (after prelude.lua and
 -- semaphore_common.lua; keys there).
 --   ARGV[1] holder id   ARGV[2] now (µs), '' = the server's TIME   ARGV[3] TTL margin (ms)
+--   ARGV[4] deadline (server µs, '' = none; see semaphore_common)
 -- Returns 1 when the holder held live permits (now free), 0 when it held nothing: its lease
 -- had ended (purged first, so a late release never frees anyone else's permits).
 local id = ARGV[1]

@@ -11,6 +11,10 @@
 //! reads every holder): acquire + release pairs/s are flat from 10 to 20,000 live holders
 //! (`cargo bench -p tollgate-redis --bench semaphore_holders`, figures in docs/semaphore.md).
 //!
+//! Every script call carries a deadline on Redis's clock (the call's start plus half the
+//! store timeout, as for the rate-limit scripts): a call that reaches Redis later, queued
+//! behind a stall while its caller was told it timed out, changes nothing.
+//!
 //! Time is the server's `TIME` by default (the store's [`TimeSource`](crate::TimeSource)).
 //! Waiters poll with exponential backoff (1 → 50 ms, jittered) and never later than the
 //! earliest lease end; their place in the queue keeps them first in line meanwhile.
@@ -33,10 +37,11 @@
 //! ```
 
 use crate::conn::Shared;
-use crate::store::{integers, RedisBackend};
+use crate::store::{integers, late_error, RedisBackend, LATE};
 use crate::RedisStore;
 use futures_util::future::BoxFuture;
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 use tollgate::semaphore::{
     AcquireOutcome, ExtendOutcome, ReleaseOutcome, SemaphoreBackend, SemaphoreOp, SemaphoreReply,
     SemaphoreStatus,
@@ -122,10 +127,13 @@ struct Call {
     script: Script,
     keys: Vec<String>,
     args: Vec<String>,
+    /// When the caller started the call: its deadline on Redis's clock is half the store
+    /// timeout later (as for the rate-limit scripts).
+    started: Instant,
 }
 
 async fn run(shared: Arc<Shared>, call: Call) -> Result<Vec<i64>, Error> {
-    let mut conn = shared.conn().await?;
+    let mut conn = shared.conn_for_call().await?;
     let mut invocation = call.script.get().prepare_invoke();
     for k in &call.keys {
         invocation.key(k.as_str());
@@ -133,11 +141,14 @@ async fn run(shared: Arc<Shared>, call: Call) -> Result<Vec<i64>, Error> {
     for a in &call.args {
         invocation.arg(a.as_str());
     }
+    // The last argument: the script refuses to run after it (`LATE`, changing nothing).
+    invocation.arg(shared.deadline_arg(call.started));
     let reply = conn
         .invoke(&invocation)
         .await
         .map_err(|e| crate::conn::redis_failure("semaphore script failed", &e))?;
     match reply {
+        redis::Value::Int(LATE) => Err(late_error(shared.timeout)),
         redis::Value::Int(i) => Ok(vec![i]),
         other => integers(&other),
     }
@@ -260,6 +271,7 @@ impl RedisSemaphoreBackend {
             script,
             keys: self.redis_keys(op.name())?,
             args,
+            started: Instant::now(),
         })
     }
 }
