@@ -310,7 +310,19 @@ fn spawn_sweeper<B: Backend>(shared: Weak<Shared<B>>, period: std::time::Duratio
 impl<B: Backend> Drop for Shared<B> {
     fn drop(&mut self) {
         let now = self.last_now.load(Ordering::Relaxed);
-        if let Err(e) = self.give_back(now, true) {
+        // Inside an async runtime, a store's blocking call may refuse to run on this thread:
+        // give back from a plain thread and wait for it (shutdown is rare; the wait is one
+        // store call per leased key).
+        let result = if tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::scope(|s| {
+                s.spawn(|| self.give_back(now, true))
+                    .join()
+                    .unwrap_or(Ok(0))
+            })
+        } else {
+            self.give_back(now, true)
+        };
+        if let Err(e) = result {
             tracing::warn!(error = %e, "tollgate lease: giving back batches at drop failed");
         }
     }

@@ -26,8 +26,8 @@
 //! - **Bounded**: at most [`LeaseConfig::max_keys`] keys are tracked (others pass through);
 //!   keys idle for two lease durations are forgotten.
 //!
-//! Only [`Algorithm::Gcra`](crate::Algorithm::Gcra) and
-//! [`Algorithm::TokenBucket`](crate::Algorithm::TokenBucket) can be leased: a unit given back
+//! Only [`Algorithm::Gcra`] and
+//! [`Algorithm::TokenBucket`] can be leased: a unit given back
 //! to them returns to the same continuous budget it came from. The window algorithms and the
 //! sliding log are refused at bind time with [`Error::Config`]: a unit charged in one window
 //! and refunded in a later one would be credited to a window it was never taken from, so the
