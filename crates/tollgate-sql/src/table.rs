@@ -1,6 +1,15 @@
-//! Validated SQL identifiers for the state table.
+//! Names in the database: validated SQL identifiers for the state table, and the prefix of
+//! a bound policy's rows.
 
-use tollgate::{Error, StoreError};
+use tollgate::{Error, Policy, StoreError};
+
+/// The prefix of every row a backend bound to `policy` writes: `<namespace:><scope>:`, the
+/// scope being the store's named scope or else [`tollgate::store::default_scope`] (the rule
+/// of `tollgate::store::Store`, the same on every store).
+pub(crate) fn key_prefix(namespace: &str, scope: Option<&str>, policy: &Policy) -> String {
+    let scope = scope.map_or_else(|| tollgate::store::default_scope(policy), str::to_owned);
+    format!("{namespace}{scope}:")
+}
 
 /// The longest table name accepted (PostgreSQL truncates identifiers at 63 bytes, and the
 /// store derives function and index names such as `<table>_sliding_window` from it).

@@ -4,11 +4,13 @@
 use super::conn::{limited, CallConn, Shared};
 use super::{describe, pg_driver_error, pg_error, to_i64, PgStore};
 use crate::engine::Engine;
+use crate::table::key_prefix;
 use futures_util::future::BoxFuture;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio_postgres::types::ToSql;
 use tollgate::store::{Backend, Op, Store};
 use tollgate::time::Micros;
 use tollgate::{Decision, Error, Policy, StoreError, StoreErrorKind};
@@ -86,13 +88,7 @@ impl Store for PgStore {
                      SELECT coalesce(late, false) FROM late",
                     t.quoted("")
                 ),
-                prefix: format!(
-                    "{}{}:",
-                    self.shared.namespace,
-                    self.scope
-                        .as_deref()
-                        .map_or_else(|| tollgate::store::default_scope(policy), str::to_owned)
-                ),
+                prefix: key_prefix(&self.shared.namespace, self.scope.as_deref(), policy),
                 algorithm: name,
                 engine,
                 a,
@@ -162,56 +158,41 @@ async fn run(
         Op::Check(c) => (0i32, c),
         Op::Peek(c) => (1, c),
         Op::Refund(c) => (2, c),
-        _ => {
-            let guard = conn.in_flight();
-            let stmt = conn
-                .statement(&call.reset_sql)
-                .await
-                .map_err(|e| pg_driver_error("reset", &e))?;
-            let late = limited(
-                &conn.client,
-                set.as_deref(),
-                conn.client.query_one(&stmt, &[&key, &deadline]),
-            )
-            .await;
-            guard.done();
-            let late: bool = late
-                .and_then(|row| row.try_get(0))
-                .map_err(|e| pg_driver_error("reset", &e))?;
-            if late {
-                return Err(late_error("reset"));
-            }
-            return Ok(None);
-        }
+        _ => (-1, 0), // reset
     };
-    let sweep = sweep_now(&shared);
+    let reset = op_code < 0;
+    let sweep = if reset { 0 } else { sweep_now(&shared) };
+    let (cost, now) = (to_i64(cost), shared.now_param(now));
+    let decide: [&(dyn ToSql + Sync); 10] = [
+        &key, &now, &op_code, &cost, &call.a, &call.b, &call.c, &call.d, &sweep, &deadline,
+    ];
+    let (what, sql, params): (_, _, &[&(dyn ToSql + Sync)]) = if reset {
+        ("reset", &call.reset_sql, &[&key, &deadline])
+    } else {
+        ("decide", &call.decide_sql, &decide)
+    };
     let guard = conn.in_flight();
     let stmt = conn
-        .statement(&call.decide_sql)
+        .statement(sql)
         .await
-        .map_err(|e| pg_driver_error("prepare", &e))?;
+        .map_err(|e| pg_driver_error(what, &e))?;
     let row = limited(
         &conn.client,
         set.as_deref(),
-        conn.client.query_opt(
-            &stmt,
-            &[
-                &key,
-                &shared.now_param(now),
-                &op_code,
-                &to_i64(cost),
-                &call.a,
-                &call.b,
-                &call.c,
-                &call.d,
-                &sweep,
-                &deadline,
-            ],
-        ),
+        conn.client.query_opt(&stmt, params),
     )
     .await;
     guard.done();
-    let Some(row) = row.map_err(|e| pg_driver_error("decide", &e))? else {
+    let row = row.map_err(|e| pg_driver_error(what, &e))?;
+    if reset {
+        // the reset's one row: whether it came too late to delete anything
+        let late = row.map(|r| r.try_get::<_, bool>(0)).transpose();
+        return match late.map_err(|e| pg_driver_error(what, &e))? {
+            Some(true) => Err(late_error(what)),
+            _ => Ok(None),
+        };
+    }
+    let Some(row) = row else {
         return Ok(None);
     };
     let bad = |e: tokio_postgres::Error| pg_error("bad reply", describe(&e));

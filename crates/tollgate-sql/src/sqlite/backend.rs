@@ -3,6 +3,7 @@
 
 use super::{off_thread, read_state, sqlite_error, to_i64, Shared, SqliteStore, Statements};
 use crate::engine::{encode_blob, Engine};
+use crate::table::key_prefix;
 use futures_util::future::BoxFuture;
 use rusqlite::{params, TransactionBehavior};
 use std::sync::atomic::Ordering;
@@ -63,13 +64,7 @@ impl Store for SqliteStore {
         Ok(SqliteBackend {
             shared: self.shared.clone(),
             engine: Arc::new(Engine::new(policy)?),
-            prefix: format!(
-                "{}{}:",
-                self.shared.namespace,
-                self.scope
-                    .as_deref()
-                    .map_or_else(|| tollgate::store::default_scope(policy), str::to_owned)
-            ),
+            prefix: key_prefix(&self.shared.namespace, self.scope.as_deref(), policy),
         })
     }
 }
