@@ -222,6 +222,7 @@ impl<B: Backend> Shared<B> {
                 }
             }
         }
+        metrics::counter!("tollgate_lease_units_returned_total").increment(given);
         first_err.map_or(Ok(given), Err)
     }
 
@@ -236,6 +237,7 @@ impl<B: Backend> Shared<B> {
                 }
             }
         }
+        metrics::counter!("tollgate_lease_units_returned_total").increment(given);
         first_err.map_or(Ok(given), Err)
     }
 
@@ -256,9 +258,14 @@ impl<B: Backend> Shared<B> {
         }
         match result {
             // The store charged the batch: bank it.
-            Ok(Some(d)) if d.allowed && !failed => Ok(Ok(Some(
-                duty.finish(|st| st.banked(&d, batch, cost, now, duration)),
-            ))),
+            Ok(Some(d)) if d.allowed && !failed => {
+                metrics::counter!("tollgate_lease_reserves_total", "outcome" => "granted")
+                    .increment(1);
+                metrics::counter!("tollgate_lease_units_reserved_total").increment(batch);
+                Ok(Ok(Some(
+                    duty.finish(|st| st.banked(&d, batch, cost, now, duration)),
+                )))
+            }
             // A failure policy answered for the store: that answer is this call's, and
             // nothing is banked (the store may not have charged anything).
             Ok(d) if failed => {
@@ -266,6 +273,8 @@ impl<B: Backend> Shared<B> {
                 Ok(Ok(d))
             }
             Ok(Some(d)) => {
+                metrics::counter!("tollgate_lease_reserves_total", "outcome" => "denied")
+                    .increment(1);
                 duty.finish(|st| st.denied(&d, now));
                 Err(())
             }

@@ -33,6 +33,14 @@
 //! and refunded in a later one would be credited to a window it was never taken from, so the
 //! later window could admit more than its limit.
 //!
+//! **Observability**: the `metrics` counters `tollgate_lease_reserves_total{outcome}`
+//! (`granted` / `denied` batch reserves), `tollgate_lease_units_reserved_total` and
+//! `tollgate_lease_units_returned_total` (units given back); [`LeaseBackend::held`] and
+//! [`LeaseBackend::tracked_keys`] show the batches now.
+//!
+//! Every surface gets leases by composition: `Limiter::builder(policy).build_with(&lease_store)`
+//! (so the tower layer, which takes a limiter), and the server's per-policy `lease` option.
+//!
 //! The guarantee and the bound on false denials are stated in `docs/semantics.md`
 //! ("Local leases for hot keys"). A process that dies holding a batch loses those units only
 //! until the store's own refill brings them back (GCRA and the token bucket drip every
