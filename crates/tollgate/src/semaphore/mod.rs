@@ -49,6 +49,7 @@ mod backend;
 mod builder;
 mod failure;
 mod memory;
+mod op;
 mod permit;
 mod wait;
 
