@@ -294,6 +294,13 @@ impl PyLimiter {
         })
     }
 
+    /// True when calls never wait for I/O (the memory store): `check` returns at once, so
+    /// async code may call it directly and skip the awaitable.
+    #[getter]
+    fn is_local(&self) -> bool {
+        self.shared.store.is_memory()
+    }
+
     /// The algorithm's name.
     #[getter]
     fn algorithm(&self) -> &'static str {

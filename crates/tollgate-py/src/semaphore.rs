@@ -185,6 +185,13 @@ impl PySemaphore {
         self.shared.config.capacity
     }
 
+    /// True when calls never wait for I/O (the memory store): `try_acquire` and
+    /// `Permit.release` return at once, so async code may call them directly.
+    #[getter]
+    fn is_local(&self) -> bool {
+        self.shared.config.store.is_memory()
+    }
+
     /// The lease in seconds: a holder that neither releases nor extends loses its permits
     /// after it.
     #[getter]

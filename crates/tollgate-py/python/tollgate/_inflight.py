@@ -104,6 +104,8 @@ class ConcurrencyGate:
         if not wait >= 0:
             raise ConfigError(f"wait must be >= 0 seconds (got {wait!r})")
         self.policies: list[ConcurrencyPolicy] = as_rules(policies, ConcurrencyPolicy)
+        # In memory a permit is taken and given back at once: no awaitable needed.
+        self.local = all(p.semaphore.is_local for p in self.policies)
         self.wait = float(wait)
         self.retry_after = retry_after
         self.when_full = when_full
@@ -152,6 +154,8 @@ class ConcurrencyGate:
 
     async def enter_async(self, req: RequestInfo) -> tuple[Held, Outcome | None]:
         """:meth:`enter` without blocking the event loop; cancelling it leaks no permit."""
+        if self.local and not self.wait:
+            return self.enter(req)
         plan = self.plan(req)
         if isinstance(plan, Outcome):
             return [], plan
@@ -198,9 +202,11 @@ class ConcurrencyGate:
             except TollgateError as e:
                 log.warning("tollgate: releasing an in-flight permit failed: %s", e)
 
-    @staticmethod
-    async def leave_async(held: Held) -> None:
+    async def leave_async(self, held: Held) -> None:
         """:meth:`leave` without blocking the event loop."""
+        if self.local:
+            self.leave(held)
+            return
         for permit in held:
             try:
                 await permit.release_async()

@@ -20,7 +20,7 @@ from http import HTTPStatus
 from typing import Callable, Optional, TypeVar, Union
 
 from . import _tollgate
-from ._errors import TollgateError
+from ._errors import StoreError, TollgateError
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -28,19 +28,30 @@ Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 class RequestInfo:
     """What a key extractor sees of a request: ``method``, ``path``, ``client`` (the peer
     address, ``None`` if unknown) and ``headers`` (lower-case names; repeated fields joined
-    with ``", "``).
+    with ``", "``). ``headers`` may be given as a function that builds them: it is then
+    called once, on first use (most extractors never look).
 
     >>> RequestInfo("GET", "/", "10.0.0.1", {"x-user": "7"}).headers["x-user"]
     '7'
+    >>> RequestInfo("GET", "/", None, lambda: {"x-user": "8"}).headers["x-user"]
+    '8'
     """
 
-    __slots__ = ("client", "headers", "method", "path")
+    __slots__ = ("_headers", "client", "method", "path")
 
-    def __init__(self, method: str, path: str, client: str | None, headers: dict[str, str]):
+    def __init__(self, method: str, path: str, client: str | None,
+                 headers: dict[str, str] | Callable[[], dict[str, str]]):
         self.method = method
         self.path = path
         self.client = client
-        self.headers = headers
+        self._headers = headers
+
+    @property
+    def headers(self) -> dict[str, str]:
+        h = self._headers
+        if callable(h):
+            h = self._headers = h()
+        return h
 
 
 Extractor = Callable[[RequestInfo], Optional[str]]
@@ -252,6 +263,10 @@ def unavailable(work: Sequence[tuple[Rule, object]], error: TollgateError) -> Ou
 def outcome(work: Work, decisions: list[_tollgate.Decision], shadow: bool) -> Outcome:
     """Pass (with the fields of every policy) or ``429`` (with the fields of the policies that
     denied, ``Retry-After`` of the longest wait and a problem+json body)."""
+    if len(work) == 1 and (shadow or decisions[0].allowed):  # the common case, shortest path
+        p, d = work[0][0], decisions[0]
+        pair = _tollgate.ratelimit_fields([(p.name, p.limiter, d)])
+        return Outcome(None, [("ratelimit", pair[0]), ("ratelimit-policy", pair[1])])
     denied = None
     for (p, _), d in zip(work, decisions):
         if not d.allowed and (denied is None or d.retry_after > denied[1].retry_after):
@@ -275,6 +290,25 @@ class RateGate:
     def __init__(self, policies: Iterable[PolicyLike], shadow: bool):
         self.policies: list[Policy] = as_policies(policies)
         self.shadow = shadow
+        # In memory every check returns at once: async middleware may call it directly.
+        self.local = all(p.limiter.is_local for p in self.policies)
+
+    def decide(self, req: RequestInfo) -> Outcome:
+        """The :class:`Outcome` for one request (checks and charges the policies; blocks on
+        a remote store)."""
+        work = self.plan(req)
+        if isinstance(work, Outcome):
+            return work
+        try:
+            if len(work) == 1:
+                p, key = work[0]
+                decisions = [p.limiter.check(key, p.cost)]
+            else:
+                items = [(p.limiter, key, p.cost) for p, key in work]
+                decisions = _tollgate.check_all(items).decisions
+        except StoreError as e:
+            return unavailable(work, e)
+        return self.settle(work, decisions)
 
     def plan(self, req: RequestInfo) -> Work | Outcome:
         """The policies to check with their keys, or the answer without a check."""

@@ -41,12 +41,16 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def request_info(scope: Scope) -> RequestInfo:
-    """The :class:`RequestInfo` of an ASGI HTTP scope."""
-    headers: dict[str, str] = {}
-    for name, value in scope.get("headers", ()):
-        k = name.decode("latin-1").lower()
-        v = value.decode("latin-1")
-        headers[k] = f"{headers[k]}, {v}" if k in headers else v
+    """The :class:`RequestInfo` of an ASGI HTTP scope (its headers decoded on first use)."""
+
+    def headers() -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name, value in scope.get("headers", ()):
+            k = name.decode("latin-1").lower()
+            v = value.decode("latin-1")
+            out[k] = f"{out[k]}, {v}" if k in out else v
+        return out
+
     client = scope.get("client")
     return RequestInfo(scope.get("method", "GET"), scope.get("path", "/"),
                        client[0] if client else None, headers)
@@ -80,6 +84,8 @@ class RateLimitMiddleware:
 
     async def decide(self, req: RequestInfo) -> _web.Outcome:
         """The :class:`Outcome` for one request (checks and charges the policies)."""
+        if self.gate.local:  # in memory: decided at once, no awaitable needed
+            return self.gate.decide(req)
         work = self.gate.plan(req)
         if isinstance(work, _web.Outcome):
             return work

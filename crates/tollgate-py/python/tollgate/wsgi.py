@@ -21,8 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
-from . import _inflight, _web, check_all
-from ._errors import StoreError
+from . import _inflight, _web
 from ._inflight import ConcurrencyPolicy
 from ._web import Policy, RequestInfo, client_ip, global_key, header
 
@@ -32,12 +31,16 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 
 def request_info(environ: Environ) -> RequestInfo:
-    """The :class:`RequestInfo` of a WSGI environ."""
-    headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items()
+    """The :class:`RequestInfo` of a WSGI environ (its headers collected on first use)."""
+
+    def headers() -> dict[str, str]:
+        out = {k[5:].replace("_", "-").lower(): v for k, v in environ.items()
                if k.startswith("HTTP_")}
-    for k in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-        if environ.get(k):
-            headers[k.replace("_", "-").lower()] = environ[k]
+        for k in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            if environ.get(k):
+                out[k.replace("_", "-").lower()] = environ[k]
+        return out
+
     return RequestInfo(environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/"),
                        environ.get("REMOTE_ADDR") or None, headers)
 
@@ -59,18 +62,7 @@ class RateLimitMiddleware:
 
     def decide(self, req: RequestInfo) -> _web.Outcome:
         """The :class:`Outcome` for one request (checks and charges the policies)."""
-        work = self.gate.plan(req)
-        if isinstance(work, _web.Outcome):
-            return work
-        try:
-            if len(work) == 1:
-                p, key = work[0]
-                decisions = [p.limiter.check(key, p.cost)]
-            else:
-                decisions = check_all([(p.limiter, key, p.cost) for p, key in work]).decisions
-        except StoreError as e:
-            return _web.unavailable(work, e)
-        return self.gate.settle(work, decisions)
+        return self.gate.decide(req)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         out = self.decide(request_info(environ))
