@@ -118,10 +118,18 @@ const CLOCK_REFRESH: Duration = Duration::from_secs(10);
 const CLOCK_SQL: &str = "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint";
 
 impl ServerClock {
-    /// Reads the server's clock on `client`.
+    /// Reads the server's clock on `client` (one round trip: a simple query). A reply that
+    /// is not a number keeps the previous reading.
     async fn read(&self, client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
-        let us: i64 = client.query_one(CLOCK_SQL, &[]).await?.get(0);
-        *self.0.lock() = Some((Instant::now(), u64::try_from(us).unwrap_or(0)));
+        let reply = client.simple_query(CLOCK_SQL).await?;
+        let at = Instant::now();
+        let us = reply.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse::<u64>().ok(),
+            _ => None,
+        });
+        if let Some(us) = us {
+            *self.0.lock() = Some((at, us));
+        }
         Ok(())
     }
 
