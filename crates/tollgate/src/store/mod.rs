@@ -5,8 +5,8 @@
 //! by running the algorithm of `crate::algorithm` as one script or statement.
 
 pub mod failure;
-pub mod lease;
 pub(crate) mod io;
+pub mod lease;
 pub mod log;
 pub mod memory;
 pub mod multi;
