@@ -3,7 +3,9 @@
 //! UPDATE` in an open transaction) while a call runs with a short timeout. The call must
 //! fail as a timeout within about the timeout, `pg_stat_activity` must show no statement of
 //! ours afterwards, and once the blocker lets go the key must show no charge from the
-//! timed-out call. Real PostgreSQL (DATABASE_URL; CI fails when it is missing).
+//! timed-out call. And the functions themselves write nothing once past their deadline
+//! (`p_deadline`, the server's clock). Real PostgreSQL (DATABASE_URL; CI fails when it is
+//! missing).
 
 use std::time::{Duration, Instant};
 use tollgate::store::multi::{KeyCheck, MultiBackend, MultiOp};
@@ -283,4 +285,57 @@ fn an_async_call_given_up_by_its_caller_is_cancelled_in_the_database() {
         );
     }
     assert_eq!(remaining(&backend, "k"), 4);
+}
+
+#[test]
+fn a_statement_past_its_deadline_writes_nothing() {
+    let Some(table) = Table::new("late") else {
+        return;
+    };
+    let blocker = Blocker::connect(&table.url);
+    let t = &table.name;
+    // gcra 10/hour: limit, period, burst; the last argument is the deadline (µs, server clock)
+    let single = |deadline: &str| {
+        format!(
+            "SELECT * FROM \"{t}_gcra\"('k', NULL, 0, 1, '{{10}}', '{{3600000000}}', '{{10}}', \
+             '{{}}', 0, {deadline})"
+        )
+    };
+    let multi = |deadline: &str| {
+        format!(
+            "SELECT * FROM \"{t}_check_all\"(NULL, 0, ARRAY['a','b'], ARRAY['gcra','gcra'], \
+             ARRAY[1,1]::bigint[], ARRAY[1,1], ARRAY[10,10]::bigint[], \
+             ARRAY[3600000000,3600000000]::bigint[], ARRAY[10,10]::bigint[], \
+             ARRAY[0,0]::bigint[], 0, {deadline})"
+        )
+    };
+    let rows = |blocker: &Blocker| -> i64 {
+        blocker
+            .rt
+            .block_on(
+                blocker
+                    .watcher
+                    .query_one(&format!("SELECT count(*) FROM \"{t}\""), &[]),
+            )
+            .unwrap()
+            .get(0)
+    };
+    for sql in [single("1"), multi("1")] {
+        let err = blocker
+            .rt
+            .block_on(blocker.watcher.batch_execute(&sql))
+            .unwrap_err();
+        let code = err.code().map(|c| c.code().to_string());
+        assert_eq!(code.as_deref(), Some("57014"), "{err:?}");
+        assert_eq!(rows(&blocker), 0, "a late call wrote");
+    }
+    // in time (a deadline an hour ahead) and without one, the same calls write
+    let ahead = "floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint + 3600000000";
+    for sql in [single(ahead), multi("NULL")] {
+        blocker
+            .rt
+            .block_on(blocker.watcher.batch_execute(&sql))
+            .unwrap();
+    }
+    assert_eq!(rows(&blocker), 3);
 }
