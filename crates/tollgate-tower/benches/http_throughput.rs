@@ -35,7 +35,9 @@
 //! without the IETF fields on allowed responses (`HeaderOptions::on_allowed(false)`).
 //!
 //! Profiling: `BENCH_ONLY=layer` (or `bare`) loads only one server, e.g.
-//! `BENCH_ONLY=layer perf record -g <bench binary>`.
+//! `BENCH_ONLY=layer perf record -g <bench binary>`; `BENCH_SERVICE_ONLY=1` stops after the
+//! figure without the network, e.g. `BENCH_SERVICE_ONLY=1 BENCH_SERVICE_RUNS=1
+//! valgrind --tool=callgrind <bench binary>` for instruction counts.
 
 use axum::routing::get;
 use axum::Router;
@@ -468,6 +470,9 @@ fn main() {
             layer_name(),
             layer_ns - bare_ns
         );
+    }
+    if env_str("BENCH_SERVICE_ONLY").is_some() {
+        return;
     }
 
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

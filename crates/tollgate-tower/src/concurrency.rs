@@ -304,18 +304,10 @@ impl<S> Layer<S> for ConcurrencyLimitLayer {
 /// let svc: ConcurrencyLimit<()> = tower_layer::Layer::layer(&layer, ());
 /// # let _ = svc;
 /// ```
+#[derive(Clone)]
 pub struct ConcurrencyLimit<S> {
     inner: S,
     state: Arc<ConcurrencyState>,
-}
-
-impl<S: Clone> Clone for ConcurrencyLimit<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            state: Arc::clone(&self.state),
-        }
-    }
 }
 
 impl<S> fmt::Debug for ConcurrencyLimit<S> {

@@ -3,7 +3,8 @@
 //! Run: `cargo bench -p tollgate --bench vs_governor`
 //!
 //! Measured: a single-key GCRA check (allowed and denied: tollgate's `DirectLimiter` vs
-//! governor's direct limiter), a keyed check on one hot `String` key, and a keyed check cycling
+//! governor's direct limiter; and the denial with its wait read, which governor computes
+//! from its `NotUntil` only when asked), a keyed check on one hot `String` key, and a keyed check cycling
 //! over 100,000 random `String` keys; then the memory each idle key costs in both, counted by an
 //! instrumented global allocator (live heap bytes, excluding the key's own bytes).
 
@@ -76,6 +77,21 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(t.check().unwrap().allowed))
     });
     g.bench_function("governor", |b| b.iter(|| black_box(gov.check().is_ok())));
+    g.finish();
+
+    // The denial with the wait read: governor computes it from its `NotUntil` on request,
+    // tollgate's decision carries it.
+    let mut g = c.benchmark_group("direct_denied_with_wait");
+    let clock = governor::clock::DefaultClock::default();
+    g.bench_function("tollgate", |b| {
+        b.iter(|| black_box(t.check().unwrap().retry_after))
+    });
+    g.bench_function("governor", |b| {
+        b.iter(|| {
+            use governor::clock::Clock;
+            black_box(gov.check().err().map(|n| n.wait_time_from(clock.now())))
+        })
+    });
     g.finish();
 
     let mut g = c.benchmark_group("keyed_hot_key");
@@ -173,6 +189,7 @@ fn main() {
     for group in [
         "direct_allowed",
         "direct_denied",
+        "direct_denied_with_wait",
         "keyed_hot_key",
         "keyed_100k_string_keys",
     ] {

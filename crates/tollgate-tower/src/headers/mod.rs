@@ -416,6 +416,7 @@ impl ValueBuf {
         }
     }
 
+    #[inline]
     pub(crate) fn push_bytes(&mut self, bytes: &[u8]) {
         if self.spilled.is_empty() && self.len + bytes.len() <= INLINE_VALUE_LEN {
             self.inline[self.len..self.len + bytes.len()].copy_from_slice(bytes);
@@ -429,10 +430,12 @@ impl ValueBuf {
         self.spilled.extend_from_slice(bytes);
     }
 
+    #[inline]
     pub(crate) fn push_str(&mut self, s: &str) {
         self.push_bytes(s.as_bytes());
     }
 
+    #[inline]
     pub(crate) fn push_u64(&mut self, n: u64) {
         let mut digits = itoa::Buffer::new();
         self.push_str(digits.format(n));

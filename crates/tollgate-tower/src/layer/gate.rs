@@ -273,14 +273,9 @@ impl Gate {
         let mut decisions: Vec<Decision> = Vec::with_capacity(work.len());
         for (i, key) in work {
             let p = &self.policies[*i];
-            match p.limiter.peek(key, p.cost).await {
-                Ok(d) => {
-                    decisions.push(d);
-                    if !d.allowed {
-                        return self.finish(work, &decisions);
-                    }
-                }
-                Err(e) => return self.on_error(*i, e),
+            let peeked = p.limiter.peek(key, p.cost).await;
+            if let Some(verdict) = self.settle(work, &mut decisions, *i, peeked) {
+                return verdict;
             }
         }
         decisions.clear();
@@ -291,14 +286,8 @@ impl Gate {
             if denied_or_failed {
                 self.refund_first(work, j).await;
             }
-            match outcome {
-                Ok(d) => {
-                    decisions.push(d);
-                    if !d.allowed {
-                        return self.finish(work, &decisions);
-                    }
-                }
-                Err(e) => return self.on_error(*i, e),
+            if let Some(verdict) = self.settle(work, &mut decisions, *i, outcome) {
+                return verdict;
             }
         }
         self.finish(work, &decisions)
@@ -322,14 +311,9 @@ impl Gate {
         let mut decisions: Vec<Decision> = Vec::with_capacity(work.len());
         for (i, key) in work {
             let p = &self.policies[*i];
-            match p.limiter.peek_now(key, p.cost) {
-                Ok(d) => {
-                    decisions.push(d);
-                    if !d.allowed {
-                        return self.finish(work, &decisions);
-                    }
-                }
-                Err(e) => return self.on_error(*i, e),
+            let peeked = p.limiter.peek_now(key, p.cost);
+            if let Some(verdict) = self.settle(work, &mut decisions, *i, peeked) {
+                return verdict;
             }
         }
         decisions.clear();
@@ -340,17 +324,29 @@ impl Gate {
             if denied_or_failed {
                 self.refund_first_now(work, j);
             }
-            match outcome {
-                Ok(d) => {
-                    decisions.push(d);
-                    if !d.allowed {
-                        return self.finish(work, &decisions);
-                    }
-                }
-                Err(e) => return self.on_error(*i, e),
+            if let Some(verdict) = self.settle(work, &mut decisions, *i, outcome) {
+                return verdict;
             }
         }
         self.finish(work, &decisions)
+    }
+
+    /// Records one policy's peek or check in `decisions`: the verdict that ends the request
+    /// when it denied (every decision so far) or failed (policy `i`'s error), else `None`.
+    fn settle(
+        &self,
+        work: &[Pair<'_>],
+        decisions: &mut Vec<Decision>,
+        i: usize,
+        outcome: Result<Decision, Error>,
+    ) -> Option<Verdict> {
+        match outcome {
+            Ok(d) => {
+                decisions.push(d);
+                (!d.allowed).then(|| self.finish(work, decisions))
+            }
+            Err(e) => Some(self.on_error(i, e)),
+        }
     }
 
     /// The (limiter, key, cost) items of `work`, for a multi-key call.

@@ -29,18 +29,10 @@ use tracing::Instrument;
 /// assert_eq!(second.headers()["retry-after"], "60");
 /// # });
 /// ```
+#[derive(Clone)]
 pub struct RateLimit<S> {
     inner: S,
     gate: Arc<Gate>,
-}
-
-impl<S: Clone> Clone for RateLimit<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            gate: Arc::clone(&self.gate),
-        }
-    }
 }
 
 impl<S> fmt::Debug for RateLimit<S> {
