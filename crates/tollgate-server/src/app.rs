@@ -21,10 +21,12 @@
 //! ```
 
 mod decide;
+mod entry;
 mod multi;
 mod semaphores;
 mod store;
 
+pub use entry::{push_rate_limit_field, quota_windows, rate_limit_field, PolicyEntry};
 pub use multi::{MultiItem, MultiOutcome};
 pub use semaphores::{SemAcquire, MAX_SEMAPHORE_WAIT};
 pub use store::Readiness;
@@ -98,126 +100,6 @@ pub struct Outcome {
     pub decision: Decision,
     /// Set when the store failed and the failure policy (open, closed, local) decided.
     pub store_error: Option<String>,
-}
-
-struct PolicyMetrics {
-    allowed: Counter,
-    denied: Counter,
-    errors: Counter,
-    latency: Histogram,
-}
-
-impl PolicyMetrics {
-    fn new(label: &str) -> Self {
-        let label = label.to_string();
-        PolicyMetrics {
-            allowed: metrics::counter!("tollgate_server_decisions_total", "policy" => label.clone(), "outcome" => "allowed"),
-            denied: metrics::counter!("tollgate_server_decisions_total", "policy" => label.clone(), "outcome" => "denied"),
-            errors: metrics::counter!("tollgate_server_decisions_total", "policy" => label.clone(), "outcome" => "error"),
-            latency: metrics::histogram!("tollgate_server_decision_duration_seconds", "policy" => label),
-        }
-    }
-}
-
-/// A policy bound to the store: what both endpoints decide with.
-///
-/// ```
-/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
-/// let app = tollgate_server::app::App::new(&tollgate_server::config::Config::default(), None).unwrap();
-/// let entry = app.inline(Some("fixed_window"), "3/min").unwrap();
-/// assert_eq!(entry.policy().rates()[0].limit(), 3);
-/// # });
-/// ```
-pub struct PolicyEntry {
-    name: String,
-    policy: Policy,
-    limiter: Limiter<Arc<dyn DynMultiBackend>>,
-    metrics: PolicyMetrics,
-    rate_limit_policy: String,
-}
-
-impl std::fmt::Debug for PolicyEntry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PolicyEntry")
-            .field("name", &self.name)
-            .field("policy", &self.policy)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PolicyEntry {
-    /// The policy's name (`inline` for inline rates, `cl.throttle` for CL.THROTTLE).
-    ///
-    /// ```
-    /// let app = tollgate_server::app::App::new(&tollgate_server::config::Config::default(), None).unwrap();
-    /// assert_eq!(app.inline(None, "1/s").unwrap().name(), "inline");
-    /// ```
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The policy.
-    ///
-    /// ```
-    /// let app = tollgate_server::app::App::new(&tollgate_server::config::Config::default(), None).unwrap();
-    /// assert_eq!(app.inline(None, "1/s").unwrap().policy().rates().len(), 1);
-    /// ```
-    pub fn policy(&self) -> &Policy {
-        &self.policy
-    }
-
-    /// The IETF `RateLimit-Policy` field value for this policy: one item per rate,
-    /// `"name";q=<quota>;w=<window seconds>`.
-    ///
-    /// ```
-    /// let app = tollgate_server::app::App::new(&tollgate_server::config::Config::default(), None).unwrap();
-    /// assert_eq!(app.inline(None, "10/s burst 20").unwrap().rate_limit_policy(), "\"inline\";q=20;w=2");
-    /// ```
-    pub fn rate_limit_policy(&self) -> &str {
-        &self.rate_limit_policy
-    }
-}
-
-/// The quota (`q`) and window in seconds (`w`) of each rate, as the IETF fields advertise
-/// them: `tollgate_tower::headers::quota_windows` (one formula for the tower layer and the
-/// server; a policy of `n` per period advertises `w` = the period).
-///
-/// ```
-/// let p = tollgate::Policy::parse(tollgate::Algorithm::Gcra, "10/s burst 20").unwrap();
-/// assert_eq!(tollgate_server::app::quota_windows(&p), vec![(20, 2)]);
-/// let p = tollgate::Policy::parse(tollgate::Algorithm::Gcra, "3/s").unwrap();
-/// assert_eq!(tollgate_server::app::quota_windows(&p), vec![(3, 1)]);
-/// ```
-pub fn quota_windows(policy: &Policy) -> Vec<(u64, u64)> {
-    tollgate_tower::headers::quota_windows(policy)
-}
-
-fn rate_limit_policy_field(name: &str, policy: &Policy) -> String {
-    tollgate_tower::headers::policy_field_for(name, policy)
-}
-
-/// The IETF `RateLimit` field for a decision: `"name";r=<remaining>;t=<seconds>` where `t`
-/// is `retry_after` when denied and `reset_after` when allowed (rounded up). On a policy of
-/// several rates the item is named after the rate that binds (`name-<i>`), as in
-/// `RateLimit-Policy`.
-///
-/// ```
-/// use tollgate::{Algorithm, Decision, Policy};
-/// let api = Policy::parse(Algorithm::Gcra, "5/s").unwrap();
-/// let d = Decision::from_parts(false, 5, 0, 1_500_000, 3_000_000, Some(0));
-/// assert_eq!(tollgate_server::app::rate_limit_field("api", &api, &d), "\"api\";r=0;t=2");
-/// let multi = Policy::parse(Algorithm::SlidingLog, "5/s; 1000/hour").unwrap();
-/// let d = Decision::from_parts(true, 1000, 3, 0, 9_000_000, None);
-/// assert_eq!(tollgate_server::app::rate_limit_field("multi", &multi, &d), "\"multi-1\";r=3;t=9");
-/// ```
-pub fn rate_limit_field(name: &str, policy: &Policy, decision: &Decision) -> String {
-    let item = tollgate_tower::headers::ratelimit_item_name(name, policy, decision);
-    let t = if decision.allowed {
-        decision.reset_after_secs()
-    } else {
-        decision.retry_after_secs()
-    };
-    format!("\"{item}\";r={};t={t}", decision.remaining)
 }
 
 /// CL.THROTTLE parameters: `(max_burst, count, period)`.
@@ -353,15 +235,7 @@ impl App {
 
     fn entry(&self, name: &str, scope: Option<&str>, policy: Policy) -> Result<PolicyEntry, Error> {
         let backend = self.store.bind(scope, &policy)?;
-        Ok(PolicyEntry {
-            name: name.to_string(),
-            rate_limit_policy: rate_limit_policy_field(name, &policy),
-            limiter: Limiter::builder(policy.clone())
-                .max_key_len(usize::MAX)
-                .build_on(backend),
-            metrics: PolicyMetrics::new(name),
-            policy,
-        })
+        Ok(PolicyEntry::new(name, policy, backend))
     }
 
     /// A description of the store, without credentials.

@@ -16,20 +16,26 @@
 //! | GET | `/ready` | | `{"status": "ready", …}`; 503 `{"status": "unavailable", "error": {"kind", "message"}, …}` when the store does not answer |
 //! | GET | `/metrics` | | Prometheus text |
 
+mod hot;
 mod multi;
 
+pub use hot::Dispatch;
 pub use multi::MultiBody;
 
-use crate::app::{rate_limit_field, App, AppError, Outcome, PolicyEntry};
+use crate::app::{App, AppError, PolicyEntry};
 use axum::body::{to_bytes, Body};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 /// Shared handler state.
@@ -233,29 +239,37 @@ async fn not_found() -> ApiError {
     )
 }
 
-async fn read_request<T: serde::de::DeserializeOwned>(
-    state: &HttpState,
-    body: Body,
-) -> Result<T, ApiError> {
-    let bytes =
-        match tokio::time::timeout(state.request_timeout, to_bytes(body, state.max_body)).await {
-            Err(_) => {
-                return Err(ApiError(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "the request body was not received in time".into(),
-                ))
-            }
-            Ok(Err(_)) => {
-                return Err(ApiError(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!(
-                        "the request body is larger than {} bytes (or was cut off)",
-                        state.max_body
-                    ),
-                ))
-            }
-            Ok(Ok(b)) => b,
-        };
+async fn read_request<T, B>(state: &HttpState, body: B) -> Result<T, ApiError>
+where
+    T: serde::de::DeserializeOwned,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut collect = std::pin::pin!(Limited::new(body, state.max_body).collect());
+    // Usually the whole body came with the head: then no timer is armed.
+    let first = std::future::poll_fn(|cx| Poll::Ready(collect.as_mut().poll(cx))).await;
+    let collected = match first {
+        Poll::Ready(r) => Ok(r),
+        Poll::Pending => tokio::time::timeout(state.request_timeout, collect).await,
+    };
+    let bytes = match collected {
+        Err(_) => {
+            return Err(ApiError(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body was not received in time".into(),
+            ))
+        }
+        Ok(Err(_)) => {
+            return Err(ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is larger than {} bytes (or was cut off)",
+                    state.max_body
+                ),
+            ))
+        }
+        Ok(Ok(b)) => b.to_bytes(),
+    };
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
@@ -283,26 +297,14 @@ fn resolve(state: &HttpState, req: &DecideRequest) -> Result<Arc<PolicyEntry>, A
     }
 }
 
-fn decision_response(entry: &PolicyEntry, outcome: Outcome) -> Response {
-    let d = outcome.decision;
-    let mut headers = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(entry.rate_limit_policy()) {
-        headers.insert("ratelimit-policy", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&rate_limit_field(entry.name(), entry.policy(), &d)) {
-        headers.insert("ratelimit", v);
-    }
-    if !d.allowed {
-        headers.insert(header::RETRY_AFTER, HeaderValue::from(d.retry_after_secs()));
-    }
-    let body = DecisionBody::new(entry.name(), &d, outcome.store_error);
-    (StatusCode::OK, headers, Json(body)).into_response()
-}
-
-async fn decide(state: HttpState, body: Body, charge: bool) -> Result<Response, ApiError> {
-    let req: DecideRequest = read_request(&state, body).await?;
+async fn decide<B>(state: &HttpState, body: B, charge: bool) -> Result<Response, ApiError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let req: DecideRequest = read_request(state, body).await?;
     if let Some(checks) = &req.checks {
-        return multi::decide_all(&state, &req, checks, charge).await;
+        return multi::decide_all(state, &req, checks, charge).await;
     }
     if req.amount.is_some() {
         return Err(ApiError(
@@ -310,22 +312,22 @@ async fn decide(state: HttpState, body: Body, charge: bool) -> Result<Response, 
             "\"amount\" is for /v1/refund; use \"cost\"".into(),
         ));
     }
-    let entry = resolve(&state, &req)?;
+    let entry = resolve(state, &req)?;
     let cost = req.cost.unwrap_or(1);
     let outcome = if charge {
         state.app.check(&entry, &req.key, cost).await?
     } else {
         state.app.peek(&entry, &req.key, cost).await?
     };
-    Ok(decision_response(&entry, outcome))
+    Ok(hot::decision_response(&entry, outcome))
 }
 
 async fn check(State(state): State<HttpState>, body: Body) -> Result<Response, ApiError> {
-    decide(state, body, true).await
+    decide(&state, body, true).await
 }
 
 async fn peek(State(state): State<HttpState>, body: Body) -> Result<Response, ApiError> {
-    decide(state, body, false).await
+    decide(&state, body, false).await
 }
 
 async fn reset(State(state): State<HttpState>, body: Body) -> Result<Response, ApiError> {

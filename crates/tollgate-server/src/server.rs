@@ -15,12 +15,12 @@
 
 use crate::app::App;
 use crate::config::Config;
-use crate::http::{router, HttpState};
+use crate::http::{Dispatch, HttpState};
 use crate::resp::Limits;
 use crate::resp_server::{serve_connection, ConnSettings};
+use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,12 +159,13 @@ async fn http_loop(
     // The request head must fit in `max_request_bytes` (hyper's own limit is ~400 KB per
     // connection: with every slot taken that is gigabytes); hyper needs at least 8 KiB.
     let max_head = state.max_body.max(8192);
-    let router = router(state);
+    let dispatch = Arc::new(Dispatch::new(state));
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(max_connections));
     while let Some((stream, permit)) = next_connection(&listener, &slots, &mut shutdown).await {
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let dispatch = Arc::clone(&dispatch);
+        let service = service_fn(move |req| Arc::clone(&dispatch).call(req));
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(request_timeout)

@@ -119,7 +119,7 @@ impl App {
     fn on_store_failure(&self, entry: &PolicyEntry, e: StoreError) -> Result<Outcome, AppError> {
         match self.failure {
             FailurePolicy::Closed => {
-                let limit = entry.policy.max_cost();
+                let limit = entry.policy().max_cost();
                 Ok(Outcome {
                     decision: Decision::from_parts(false, limit, 0, 1_000_000, 1_000_000, Some(0)),
                     store_error: Some(e.to_string()),

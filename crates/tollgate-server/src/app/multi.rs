@@ -111,7 +111,7 @@ impl App {
                             items
                                 .iter()
                                 .map(|i| {
-                                    let limit = i.entry.policy.max_cost();
+                                    let limit = i.entry.policy().max_cost();
                                     Decision::from_parts(
                                         false,
                                         limit,
