@@ -1,10 +1,9 @@
 //! The one wait loop of [`Semaphore`]: attempt, and while busy wait (for a release, the
-//! earliest lease end, or a poll backoff) until granted or the maximum wait runs out. Written
-//! once as a flow over [`Io`]; the sync methods run it blocking ([`io::blocking`]), the async
-//! ones await it with cancel-safe attempts.
+//! earliest lease end, or a poll backoff) until granted or the maximum wait runs out. Its
+//! logic is one sans-IO step (`next_step`: what to do after an answer); the blocking and the
+//! async fronts only make the calls (the async one with cancel-safe attempts).
 
 use super::*;
-use crate::store::io::{self, Io};
 
 /// How the wait loop ended.
 pub(super) enum Attempted {
@@ -15,6 +14,20 @@ pub(super) enum Attempted {
 
 /// A wait that ran out: permits in use, and µs until the earliest live lease ends.
 pub(super) type TimedOut = (u64, Option<Micros>);
+
+/// The wait loop's state between attempts.
+struct Waiting {
+    deadline: Option<Micros>,
+    queue: bool,
+    attempt: u32,
+}
+
+/// What the wait loop does next: end, or wait for a release (since the busy answer's
+/// change counter, this many busy answers so far, at most this long) and try again.
+enum Step {
+    Done(Attempted),
+    Wait(u64, u32, Duration),
+}
 
 impl<B: SemaphoreBackend + ?Sized> Semaphore<B> {
     pub(super) fn request(
@@ -110,50 +123,82 @@ impl<B: SemaphoreBackend + ?Sized> Semaphore<B> {
             .unwrap_or_else(|_| Err(StoreError::new("semaphore", "the acquire task was lost")))
     }
 
-    /// The wait loop. It gives nothing back itself: the fronts release the holder when it
-    /// ends without a grant.
-    async fn wait_loop(
+    /// The wait loop's state before the first attempt (`Err` for a request that can never
+    /// be granted).
+    fn start_wait(
         &self,
-        io: Io,
+        permits: u64,
+        max_wait: Option<Duration>,
+    ) -> Result<Waiting, SemaphoreError> {
+        self.check_permits(permits)?;
+        Ok(Waiting {
+            deadline: max_wait.map(|w| self.now().saturating_add(micros(w))),
+            queue: max_wait != Some(Duration::ZERO),
+            attempt: 0,
+        })
+    }
+
+    /// The wait loop's one step (sans-IO): what to do after an attempt's `outcome`.
+    fn next_step(&self, w: &mut Waiting, outcome: AcquireOutcome) -> Step {
+        let (in_use, next_expiry_in, epoch) = match outcome {
+            AcquireOutcome::Busy {
+                in_use,
+                next_expiry_in,
+                epoch,
+            } => (in_use, next_expiry_in, epoch),
+            AcquireOutcome::Granted { expires_at } => {
+                return Step::Done(Attempted::Granted(expires_at, PermitBacking::Store))
+            }
+            AcquireOutcome::GrantedWithoutStore {
+                expires_at,
+                backing,
+            } => return Step::Done(Attempted::Granted(expires_at, backing)),
+        };
+        let Some(wait) = self.next_wait(w.deadline, next_expiry_in) else {
+            return Step::Done(Attempted::TimedOut(in_use, next_expiry_in));
+        };
+        let attempt = w.attempt;
+        w.attempt = attempt.saturating_add(1);
+        Step::Wait(epoch, attempt, wait)
+    }
+
+    /// The blocking front of the wait loop. It gives nothing back itself: the callers
+    /// release the holder when it ends without a grant.
+    fn wait_loop_blocking(
+        &self,
         holder: HolderId,
         permits: u64,
         max_wait: Option<Duration>,
     ) -> Result<Attempted, SemaphoreError> {
-        self.check_permits(permits)?;
-        let deadline = max_wait.map(|w| self.now().saturating_add(micros(w)));
-        let queue = max_wait != Some(Duration::ZERO);
-        let mut attempt = 0u32;
+        let mut w = self.start_wait(permits, max_wait)?;
         loop {
-            let outcome = match io {
-                Io::Blocking => {
-                    let req = self.request(holder, permits, queue, self.now());
-                    self.inner.backend.try_acquire(&req)
-                }
-                Io::Async => self.attempt_async(holder, permits, queue).await,
-            }?;
-            let (in_use, next_expiry_in, epoch) = match outcome {
-                AcquireOutcome::Busy {
-                    in_use,
-                    next_expiry_in,
-                    epoch,
-                } => (in_use, next_expiry_in, epoch),
-                AcquireOutcome::Granted { expires_at } => {
-                    return Ok(Attempted::Granted(expires_at, PermitBacking::Store))
-                }
-                AcquireOutcome::GrantedWithoutStore {
-                    expires_at,
-                    backing,
-                } => return Ok(Attempted::Granted(expires_at, backing)),
+            let req = self.request(holder, permits, w.queue, self.now());
+            let (epoch, attempt, wait) =
+                match self.next_step(&mut w, self.inner.backend.try_acquire(&req)?) {
+                    Step::Done(attempted) => return Ok(attempted),
+                    Step::Wait(epoch, attempt, wait) => (epoch, attempt, wait),
+                };
+            let name = &self.inner.name;
+            self.inner.backend.wait_blocking(name, epoch, attempt, wait);
+        }
+    }
+
+    /// The async front of the wait loop (cancel-safe attempts).
+    async fn wait_loop_async(
+        &self,
+        holder: HolderId,
+        permits: u64,
+        max_wait: Option<Duration>,
+    ) -> Result<Attempted, SemaphoreError> {
+        let mut w = self.start_wait(permits, max_wait)?;
+        loop {
+            let outcome = self.attempt_async(holder, permits, w.queue).await?;
+            let (epoch, attempt, wait) = match self.next_step(&mut w, outcome) {
+                Step::Done(attempted) => return Ok(attempted),
+                Step::Wait(epoch, attempt, wait) => (epoch, attempt, wait),
             };
-            let Some(wait) = self.next_wait(deadline, next_expiry_in) else {
-                return Ok(Attempted::TimedOut(in_use, next_expiry_in));
-            };
-            let (backend, name) = (&self.inner.backend, &*self.inner.name);
-            match io {
-                Io::Blocking => backend.wait_blocking(name, epoch, attempt, wait),
-                Io::Async => backend.wait(name, epoch, attempt, wait).await,
-            }
-            attempt = attempt.saturating_add(1);
+            let name = &self.inner.name;
+            self.inner.backend.wait(name, epoch, attempt, wait).await;
         }
     }
 
@@ -182,10 +227,7 @@ impl<B: SemaphoreBackend + ?Sized> Semaphore<B> {
         max_wait: Option<Duration>,
     ) -> Result<Result<Permit<B>, TimedOut>, SemaphoreError> {
         let holder = HolderId::random();
-        let flow = self.wait_loop(Io::Blocking, holder, permits, max_wait);
-        let result = io::blocking(flow, || {
-            Err(StoreError::new("semaphore", "a blocking wait did not complete").into())
-        });
+        let result = self.wait_loop_blocking(holder, permits, max_wait);
         let queued = max_wait != Some(Duration::ZERO);
         match &result {
             // The store may have granted before failing to answer; a waiter leaves the queue.
@@ -206,7 +248,7 @@ impl<B: SemaphoreBackend + ?Sized> Semaphore<B> {
         // Armed until a Permit owns the holder: a timeout, an error or a drop of this future
         // gives back any grant and the queue place.
         let mut guard = permit::ReleaseGuard::new(self.clone(), holder);
-        let attempted = self.wait_loop(Io::Async, holder, permits, max_wait).await?;
+        let attempted = self.wait_loop_async(holder, permits, max_wait).await?;
         if let Attempted::Granted(..) = attempted {
             guard.disarm();
         }
