@@ -166,19 +166,31 @@ SCOPE = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
          "headers": [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"wrk"), (b"accept", b"*/*")]}
 
 
+async def _receive():
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _send(message):
+    pass
+
+
+async def run(app, count: int) -> None:
+    """``count`` requests through ``app``, called directly as ASGI."""
+    for _ in range(count):
+        await app(dict(SCOPE), _receive, _send)
+
+
+def one_app(kind: str, count: int) -> None:
+    """``count`` requests through one app. Instructions per request, steady under any load:
+    run it under ``valgrind --tool=callgrind`` for two counts and divide the difference."""
+    import asyncio
+
+    asyncio.run(run(build_app(kind), count))
+
+
 def in_process(rounds: int, n: int = 3000) -> None:
     """Microseconds per request of each app called directly (interleaved rounds, median)."""
     import asyncio
-
-    async def receive():
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message):
-        pass
-
-    async def run(app, count):
-        for _ in range(count):
-            await app(dict(SCOPE), receive, send)
 
     apps = {k: build_app(k) for k in APPS}
     loop = asyncio.new_event_loop()
@@ -205,7 +217,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--in-process", action="store_true")
+    ap.add_argument("--only", choices=APPS, help="with --in-process: run --requests requests of "
+                    "this app once and print nothing (for valgrind --tool=callgrind)")
+    ap.add_argument("--requests", type=int, default=1000)
     args = ap.parse_args()
+    if args.in_process and args.only:
+        one_app(args.only, args.requests)
+        return
     if args.in_process:
         in_process(args.rounds)
         return

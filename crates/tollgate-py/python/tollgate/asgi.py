@@ -104,7 +104,8 @@ class RateLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        out = await self.decide(request_info(scope))
+        req = request_info(scope)
+        out = self.gate.decide(req) if self.gate.local else await self.decide(req)
         if out.status is not None:
             await answer(send, out)
             return
@@ -115,8 +116,7 @@ class RateLimitMiddleware:
 
         async def send_with_fields(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = dict(message)
-                message["headers"] = list(message.get("headers", ())) + extra
+                message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
         await self.app(scope, receive, send_with_fields)
