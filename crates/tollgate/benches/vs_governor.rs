@@ -2,6 +2,11 @@
 //!
 //! Run: `cargo bench -p tollgate --bench vs_governor`
 //!
+//! Instruction counts (stable on a loaded machine): `CALLGRIND_LOOP=1 valgrind
+//! --tool=callgrind --callgrind-out-file=cg.out <bench binary>`, then
+//! `callgrind_annotate --inclusive=yes cg.out | grep loops::` (each count / 10^6 = instructions
+//! per check).
+//!
 //! Measured: a single-key GCRA check (allowed and denied: tollgate's `DirectLimiter` vs
 //! governor's direct limiter; and the denial with its wait read, which governor computes
 //! from its `NotUntil` only when asked), a keyed check on one hot `String` key, and a keyed check cycling
@@ -165,7 +170,86 @@ fn mean_ns(dir: &std::path::Path, group: &str, function: &str) -> Option<f64> {
     v["median"]["point_estimate"].as_f64()
 }
 
+/// Checks per function in the `CALLGRIND_LOOP` mode.
+const LOOP: u64 = 1_000_000;
+
+/// One loop per measured call, each a separate symbol for `callgrind_annotate --inclusive=yes`
+/// (instructions per call = the function's inclusive count / [`LOOP`]; the multipliers keep
+/// the compiler from merging identical loops).
+mod loops {
+    use super::LOOP;
+    use criterion::black_box;
+    use governor::clock::{Clock, DefaultClock};
+    use governor::DefaultDirectRateLimiter;
+    use tollgate::DirectLimiter;
+
+    #[inline(never)]
+    pub fn tollgate_allowed(t: &DirectLimiter) -> u64 {
+        (0..LOOP)
+            .map(|_| u64::from(black_box(t.check().unwrap().allowed)))
+            .sum()
+    }
+    #[inline(never)]
+    pub fn governor_allowed(g: &DefaultDirectRateLimiter) -> u64 {
+        (0..LOOP)
+            .map(|_| u64::from(black_box(g.check().is_ok())) * 2)
+            .sum()
+    }
+    #[inline(never)]
+    pub fn tollgate_denied(t: &DirectLimiter) -> u64 {
+        (0..LOOP)
+            .map(|_| u64::from(black_box(t.check().unwrap().allowed)) * 3)
+            .sum()
+    }
+    #[inline(never)]
+    pub fn governor_denied(g: &DefaultDirectRateLimiter) -> u64 {
+        (0..LOOP)
+            .map(|_| u64::from(black_box(g.check().is_ok())) * 4)
+            .sum()
+    }
+    #[inline(never)]
+    pub fn tollgate_denied_with_wait(t: &DirectLimiter) -> u64 {
+        (0..LOOP)
+            .map(|_| black_box(t.check().unwrap().retry_after).as_micros() as u64)
+            .sum()
+    }
+    #[inline(never)]
+    pub fn governor_denied_with_wait(g: &DefaultDirectRateLimiter) -> u64 {
+        let clock = DefaultClock::default();
+        (0..LOOP)
+            .map(|_| match black_box(g.check()) {
+                Ok(()) => 0,
+                Err(n) => n.wait_time_from(clock.now()).as_micros() as u64,
+            })
+            .sum()
+    }
+}
+
+/// `CALLGRIND_LOOP=1`: runs each single-key check [`LOOP`] times and exits, for
+/// `valgrind --tool=callgrind <bench binary>` (instruction counts do not depend on the load).
+fn callgrind_loops() {
+    let t = DirectLimiter::new(always_allowed_policy());
+    let gov = RateLimiter::direct(always_allowed_quota());
+    let td = DirectLimiter::new(always_denied_policy());
+    let _ = td.check();
+    let gd = RateLimiter::direct(always_denied_quota());
+    let _ = gd.check();
+    let sums = [
+        loops::tollgate_allowed(&t),
+        loops::governor_allowed(&gov),
+        loops::tollgate_denied(&td),
+        loops::governor_denied(&gd),
+        loops::tollgate_denied_with_wait(&td),
+        loops::governor_denied_with_wait(&gd),
+    ];
+    println!("{LOOP} checks per loop: {sums:?}");
+}
+
 fn main() {
+    if std::env::var_os("CALLGRIND_LOOP").is_some() {
+        callgrind_loops();
+        return;
+    }
     let dir = PathBuf::from(
         std::env::var("CARGO_TARGET_DIR")
             .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target").to_string()),
