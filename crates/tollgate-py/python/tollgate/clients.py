@@ -29,7 +29,7 @@ from typing import Any, Callable, Union
 
 from typing_extensions import Self
 
-from . import Limiter
+from . import ConfigError, Limiter
 
 RETRY_STATUSES = (429, 503)
 
@@ -257,6 +257,9 @@ def throttled_session(limiter: Limiter, key: KeyFn = None, *, cost: int = 1,
     """
     import aiohttp
 
+    if not hasattr(aiohttp, "ClientMiddlewareType"):  # client middlewares came in 3.12
+        raise ConfigError(f"throttled_session needs aiohttp 3.12 or later "
+                          f"(found {aiohttp.__version__})")
     throttle = AiohttpThrottle(limiter, key, cost=cost, timeout=timeout,
                                max_retry_wait=max_retry_wait)
     middlewares = (throttle, *session_kwargs.pop("middlewares", ()))
