@@ -74,18 +74,18 @@ impl ConcurrencyState {
                         .headers_mut()
                         .insert(http::header::RETRY_AFTER, secs.into());
                 }
-                Verdict::Reject(response)
+                Verdict::Reject(Box::new(response))
             }
             Err(e) => {
                 count(&self.name, "error");
                 tracing::warn!(policy = %self.name, error = %e, "concurrency limit store error");
-                Verdict::Reject(self.problem(
+                Verdict::Reject(Box::new(self.problem(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(
                         "concurrency limiting is unavailable ({:?}); try again later",
                         &*self.name
                     ),
-                ))
+                )))
             }
         }
     }
@@ -117,13 +117,13 @@ where
                 }
                 MissingKey::Reject(status) => {
                     count(&self.state.name, "no_key");
-                    return ResponseFuture::answered(self.state.problem(
+                    return ResponseFuture::answered(Box::new(self.state.problem(
                         *status,
                         format!(
                             "the request cannot be concurrency limited by {:?}: {err}",
                             &*self.state.name
                         ),
-                    ));
+                    )));
                 }
             },
         };

@@ -49,7 +49,7 @@ pin_project! {
             permit: Option<InFlightPermit>,
         },
         Answered {
-            response: Option<Response<bytes::Bytes>>,
+            response: Option<Box<Response<bytes::Bytes>>>,
         },
     }
 }
@@ -87,7 +87,7 @@ where
         }
     }
 
-    pub(crate) fn answered(response: Response<bytes::Bytes>) -> Self {
+    pub(crate) fn answered(response: Box<Response<bytes::Bytes>>) -> Self {
         Self {
             state: State::Answered {
                 response: Some(response),
@@ -145,11 +145,14 @@ where
                     return Poll::Ready(Ok(Response::from_parts(parts, body)));
                 }
                 StateProj::Answered { response } => {
-                    let response = response.take().unwrap_or_else(|| {
-                        let mut r = Response::new(bytes::Bytes::new());
-                        *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-                        r
-                    });
+                    let response = response.take().map_or_else(
+                        || {
+                            let mut r = Response::new(bytes::Bytes::new());
+                            *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                            r
+                        },
+                        |r| *r,
+                    );
                     return Poll::Ready(Ok(response.map(ResponseBody::full)));
                 }
             }

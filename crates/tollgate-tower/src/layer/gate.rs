@@ -116,7 +116,7 @@ pub(crate) enum Plan<'a> {
     /// Decide these (policy index, key) pairs.
     Decide(Work<'a>),
     /// Answer at once (a key could not be extracted).
-    Reject(http::Response<bytes::Bytes>),
+    Reject(Box<http::Response<bytes::Bytes>>),
 }
 
 /// What the layer decided: call the inner service (adding fields), or answer itself.
@@ -125,7 +125,7 @@ pub(crate) enum Verdict {
         headers: Option<AllowedFields>,
         permit: Option<crate::concurrency::InFlightPermit>,
     },
-    Reject(http::Response<bytes::Bytes>),
+    Reject(Box<http::Response<bytes::Bytes>>),
 }
 
 /// One policy (by index) and the key a request is counted under, borrowed from the request
@@ -207,7 +207,7 @@ impl Gate {
                         if self.shadow {
                             continue;
                         }
-                        return Plan::Reject(self.missing_key_response(p, *status, &err));
+                        return Plan::Reject(Box::new(self.missing_key_response(p, *status, &err)));
                     }
                 },
             }
@@ -414,12 +414,12 @@ impl Gate {
                 ),
             ),
         };
-        Verdict::Reject(
+        Verdict::Reject(Box::new(
             Problem::new(status, detail)
                 .with_type(self.problem_type.clone())
                 .with_extension("policy", p.name.to_string().into())
                 .into_response(),
-        )
+        ))
     }
 
     fn finish(&self, work: &[Pair<'_>], decisions: &[Decision]) -> Verdict {
@@ -482,7 +482,7 @@ impl Gate {
                 .with_extension("retry_after", retry.into())
                 .into_response();
                 headers::write_fields(response.headers_mut(), &reports, Some(d), self.headers);
-                Verdict::Reject(response)
+                Verdict::Reject(Box::new(response))
             }
         }
     }
@@ -519,14 +519,19 @@ impl Gate {
                     out.to_value()
                 }
             };
-            let mut out = ValueBuf::new();
-            for (n, (p, d)) in applied().enumerate() {
-                if n > 0 {
-                    out.push_str(headers::LIST_SEPARATOR);
+            fields.ratelimit = match decisions {
+                [d] => self.policies[work[0].0].ratelimit_value(d),
+                _ => {
+                    let mut out = ValueBuf::new();
+                    for (n, (p, d)) in applied().enumerate() {
+                        if n > 0 {
+                            out.push_str(headers::LIST_SEPARATOR);
+                        }
+                        p.push_ratelimit_item(&mut out, d);
+                    }
+                    out.to_value()
                 }
-                p.push_ratelimit_item(&mut out, d);
-            }
-            fields.ratelimit = out.to_value();
+            };
         }
         if h.legacy_enabled() {
             // The denying decision if any (shadow mode), else the one with the fewest

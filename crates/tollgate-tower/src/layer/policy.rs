@@ -303,9 +303,63 @@ impl HttpPolicy {
         }
     }
 
+    /// This policy's `RateLimit` value for `d` alone (`"<name>";r=<remaining>;t=<secs>`),
+    /// assembled in one stack buffer: the prefix (at most 68 bytes: the name has at most 64)
+    /// and two numbers of at most 20 digits always fit in 128 bytes.
+    pub(crate) fn ratelimit_value(&self, d: &Decision) -> Option<HeaderValue> {
+        let mut remaining = itoa::Buffer::new();
+        let mut secs = itoa::Buffer::new();
+        let parts: [&[u8]; 4] = [
+            self.ratelimit_prefix.as_bytes(),
+            remaining.format(d.remaining).as_bytes(),
+            b";t=",
+            secs.format(d.reset_after_secs()).as_bytes(),
+        ];
+        let mut buf = [0u8; 128];
+        let mut len = 0;
+        for part in parts {
+            let end = len + part.len();
+            buf.get_mut(len..end)?.copy_from_slice(part);
+            len = end;
+        }
+        HeaderValue::from_bytes(&buf[..len]).ok()
+    }
+
     /// Appends this policy's `RateLimit` item for `d`.
     pub(crate) fn push_ratelimit_item(&self, out: &mut ValueBuf, d: &Decision) {
         out.push_str(&self.ratelimit_prefix);
         out.push_ratelimit_numbers(d);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::Global;
+    use tollgate::{Policy, Rate};
+
+    /// The one-policy `RateLimit` value is byte-identical to the general list formatting,
+    /// up to the longest name and the largest numbers (the stack buffer's bound).
+    #[test]
+    fn ratelimit_value_matches_the_list_formatting() {
+        let limiter = || Limiter::memory(Policy::gcra(Rate::per_second(5).unwrap()).unwrap());
+        for name in ["a", &"n".repeat(64)] {
+            let p = HttpPolicy::new(name, limiter(), Global);
+            for d in [
+                Decision::from_parts(true, 5, 4, 0, 200_000, None),
+                Decision::from_parts(true, u64::MAX, u64::MAX, 0, u64::MAX, None),
+            ] {
+                let mut out = ValueBuf::new();
+                p.push_ratelimit_item(&mut out, &d);
+                let value = p.ratelimit_value(&d).expect("fits");
+                assert_eq!(value.as_bytes(), out.as_bytes());
+                let report = headers::PolicyReport {
+                    name,
+                    decision: d,
+                    window_secs: 1,
+                };
+                assert_eq!(value, headers::ratelimit_field(&[report]).unwrap());
+            }
+        }
     }
 }

@@ -138,7 +138,7 @@ enum Step {
         Option<crate::concurrency::InFlightPermit>,
     ),
     /// Answer without calling the inner service.
-    Answer(Response<bytes::Bytes>),
+    Answer(Box<Response<bytes::Bytes>>),
     /// Decide in the response future (a store that does I/O), then call.
     Decide(futures_util::future::BoxFuture<'static, Verdict>),
 }
