@@ -181,40 +181,64 @@ fn mode(shadow: bool) -> &'static str {
 
 impl Gate {
     pub(crate) fn plan<'a>(&self, parts: &'a Parts) -> Plan<'a> {
+        if let [p] = self.policies.as_slice() {
+            // One policy (the common layer): no pair list to grow.
+            return match self.key_of(0, p, parts) {
+                Ok(Some(key)) => Plan::Decide(Work::One([(0, key)])),
+                Ok(None) => Plan::Pass,
+                Err(response) => Plan::Reject(response),
+            };
+        }
         let mut work = Work::Empty;
         for (i, p) in self.policies.iter().enumerate() {
-            if !p.matcher.matches(parts) {
-                continue;
-            }
-            let extracted =
-                p.extractor
-                    .extract_borrowed(parts)
-                    .and_then(|raw| match &p.key_builder {
-                        None => Ok(raw),
-                        Some(keys) => keys
-                            .build(&raw)
-                            .map(Cow::Owned)
-                            .map_err(|e| KeyError::Custom(format!("the key is unusable: {e}"))),
-                    });
-            match extracted {
-                Ok(key) => work.push((i, key)),
-                Err(err) => match &p.missing_key {
-                    MissingKey::Skip => {}
-                    MissingKey::Fallback(key) => work.push((i, Cow::Owned(key.clone()))),
-                    MissingKey::Reject(status) => {
-                        self.count(i, Outcome::NoKey);
-                        tracing::debug!(policy = %p.name, error = %err, "no rate-limit key");
-                        if self.shadow {
-                            continue;
-                        }
-                        return Plan::Reject(Box::new(self.missing_key_response(p, *status, &err)));
-                    }
-                },
+            match self.key_of(i, p, parts) {
+                Ok(Some(key)) => work.push((i, key)),
+                Ok(None) => {}
+                Err(response) => return Plan::Reject(response),
             }
         }
         match work {
             Work::Empty => Plan::Pass,
             work => Plan::Decide(work),
+        }
+    }
+
+    /// The key policy `p` (index `i`) counts this request under: `Ok(None)` when the policy
+    /// does not apply (another route or method, a missing key it skips, or one it would
+    /// reject in shadow mode), `Err` with the answer when a missing key rejects the request.
+    fn key_of<'a>(
+        &self,
+        i: usize,
+        p: &HttpPolicy,
+        parts: &'a Parts,
+    ) -> Result<Option<Cow<'a, str>>, Box<http::Response<bytes::Bytes>>> {
+        if !p.matcher.matches(parts) {
+            return Ok(None);
+        }
+        let extracted = p
+            .extractor
+            .extract_borrowed(parts)
+            .and_then(|raw| match &p.key_builder {
+                None => Ok(raw),
+                Some(keys) => keys
+                    .build(&raw)
+                    .map(Cow::Owned)
+                    .map_err(|e| KeyError::Custom(format!("the key is unusable: {e}"))),
+            });
+        match extracted {
+            Ok(key) => Ok(Some(key)),
+            Err(err) => match &p.missing_key {
+                MissingKey::Skip => Ok(None),
+                MissingKey::Fallback(key) => Ok(Some(Cow::Owned(key.clone()))),
+                MissingKey::Reject(status) => {
+                    self.count(i, Outcome::NoKey);
+                    tracing::debug!(policy = %p.name, error = %err, "no rate-limit key");
+                    if self.shadow {
+                        return Ok(None);
+                    }
+                    Err(Box::new(self.missing_key_response(p, *status, &err)))
+                }
+            },
         }
     }
 
