@@ -447,6 +447,16 @@ impl Gate {
     }
 
     fn finish(&self, work: &[Pair<'_>], decisions: &[Decision]) -> Verdict {
+        if let ([d], [(i, _)]) = (decisions, work) {
+            if d.allowed {
+                // One policy that admits (the common request): what the loops below do.
+                self.count(*i, Outcome::Allowed);
+                return Verdict::Allow {
+                    headers: self.allowed_fields(work, decisions),
+                    permit: None,
+                };
+            }
+        }
         // The denial to report: the longest retry_after (the first on a tie), after which
         // every policy admits (a multi-key call may return several denials).
         let mut denied: Option<(&Decision, usize, &Cow<'_, str>)> = None;
