@@ -30,10 +30,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
+use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::future::Future;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -245,39 +245,79 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut collect = std::pin::pin!(Limited::new(body, state.max_body).collect());
-    // Usually the whole body came with the head: then no timer is armed.
-    let first = std::future::poll_fn(|cx| Poll::Ready(collect.as_mut().poll(cx))).await;
-    let collected = match first {
-        Poll::Ready(r) => Ok(r),
-        Poll::Pending => tokio::time::timeout(state.request_timeout, collect).await,
-    };
-    let bytes = match collected {
-        Err(_) => {
-            return Err(ApiError(
-                StatusCode::REQUEST_TIMEOUT,
-                "the request body was not received in time".into(),
-            ))
-        }
-        Ok(Err(_)) => {
-            return Err(ApiError(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the request body is larger than {} bytes (or was cut off)",
-                    state.max_body
-                ),
-            ))
-        }
-        Ok(Ok(b)) => b.to_bytes(),
-    };
-    serde_json::from_slice(&bytes)
+    parse_json(&read_body(state, body).await?)
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
 
+async fn read_body<B>(state: &HttpState, body: B) -> Result<Bytes, ApiError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let too_large = || {
+        ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is larger than {} bytes (or was cut off)",
+                state.max_body
+            ),
+        )
+    };
+    let mut body = std::pin::pin!(Limited::new(body, state.max_body));
+    // Usually the whole body came with the head, in one frame: then it is used as is (no
+    // buffer list, no timer).
+    let first = std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await;
+    let first = match first {
+        Poll::Ready(None) => return Ok(Bytes::new()),
+        Poll::Ready(Some(Err(_))) => return Err(too_large()),
+        Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+            Ok(data) if body.is_end_stream() => return Ok(data),
+            Ok(data) => data,
+            // Trailers carry no body bytes.
+            Err(_) => Bytes::new(),
+        },
+        Poll::Pending => Bytes::new(),
+    };
+    // The rest is late: within the request timeout.
+    match tokio::time::timeout(state.request_timeout, body.collect()).await {
+        Err(_) => Err(ApiError(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body was not received in time".into(),
+        )),
+        Ok(Err(_)) => Err(too_large()),
+        Ok(Ok(rest)) if first.is_empty() => Ok(rest.to_bytes()),
+        Ok(Ok(rest)) => {
+            let rest = rest.to_bytes();
+            let mut all = Vec::with_capacity(first.len() + rest.len());
+            all.extend_from_slice(&first);
+            all.extend_from_slice(&rest);
+            Ok(Bytes::from(all))
+        }
+    }
+}
+
 fn resolve(state: &HttpState, req: &DecideRequest) -> Result<Arc<PolicyEntry>, ApiError> {
-    match (&req.policy, &req.rates) {
+    resolve_names(
+        state,
+        req.policy.as_deref(),
+        req.rates.as_deref(),
+        req.algorithm.as_deref(),
+    )
+}
+
+fn resolve_names(
+    state: &HttpState,
+    policy: Option<&str>,
+    rates: Option<&str>,
+    algorithm: Option<&str>,
+) -> Result<Arc<PolicyEntry>, ApiError> {
+    match (policy, rates) {
         (Some(name), None) => {
-            if req.algorithm.is_some() {
+            if algorithm.is_some() {
                 return Err(ApiError(
                     StatusCode::BAD_REQUEST,
                     "\"algorithm\" goes with \"rates\", not with a named \"policy\"".into(),
@@ -285,7 +325,7 @@ fn resolve(state: &HttpState, req: &DecideRequest) -> Result<Arc<PolicyEntry>, A
             }
             Ok(state.app.named(name)?)
         }
-        (None, Some(rates)) => Ok(state.app.inline(req.algorithm.as_deref(), rates)?),
+        (None, Some(rates)) => Ok(state.app.inline(algorithm, rates)?),
         (Some(_), Some(_)) => Err(ApiError(
             StatusCode::BAD_REQUEST,
             "give either \"policy\" (a configured name) or \"rates\" (inline), not both".into(),
@@ -302,22 +342,39 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let req: DecideRequest = read_request(state, body).await?;
-    if let Some(checks) = &req.checks {
-        return multi::decide_all(state, &req, checks, charge).await;
-    }
+    let bytes = read_body(state, body).await?;
+    let req = match parse_json::<hot::BorrowedRequest>(&bytes) {
+        Ok(r) if r.checks.is_none() => r,
+        // Several items, or an error: the owned request (and its exact error message).
+        _ => {
+            let req: DecideRequest = parse_json(&bytes)?;
+            if let Some(checks) = &req.checks {
+                return multi::decide_all(state, &req, checks, charge).await;
+            }
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "invalid JSON body".into(),
+            ));
+        }
+    };
     if req.amount.is_some() {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
             "\"amount\" is for /v1/refund; use \"cost\"".into(),
         ));
     }
-    let entry = resolve(state, &req)?;
+    let entry = resolve_names(
+        state,
+        hot::text(&req.policy),
+        hot::text(&req.rates),
+        hot::text(&req.algorithm),
+    )?;
     let cost = req.cost.unwrap_or(1);
+    let key = &*req.key.0;
     let outcome = if charge {
-        state.app.check(&entry, &req.key, cost).await?
+        state.app.check(&entry, key, cost).await?
     } else {
-        state.app.peek(&entry, &req.key, cost).await?
+        state.app.peek(&entry, key, cost).await?
     };
     Ok(hot::decision_response(&entry, outcome))
 }

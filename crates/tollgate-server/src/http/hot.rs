@@ -18,6 +18,9 @@ use axum::http::{HeaderValue, Method, Request};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::convert::Infallible;
 use tower::ServiceExt;
 
@@ -78,6 +81,35 @@ impl Dispatch {
     }
 }
 
+/// A JSON string borrowed from the request body when it has no escapes.
+#[derive(Default, Deserialize)]
+#[serde(transparent)]
+pub(super) struct Text<'a>(#[serde(borrow)] pub(super) Cow<'a, str>);
+
+pub(super) fn text<'t>(t: &'t Option<Text<'_>>) -> Option<&'t str> {
+    t.as_ref().map(|t| &*t.0)
+}
+
+/// [`DecideRequest`](super::DecideRequest) with its strings borrowed from the body (no allocation for the policy
+/// name and key of a single check); the same fields, so the same documents parse. `checks`
+/// is only noticed here: a multi-item request is parsed again as a [`DecideRequest`](super::DecideRequest).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BorrowedRequest<'a> {
+    #[serde(borrow)]
+    pub(super) policy: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub(super) rates: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub(super) algorithm: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    pub(super) key: Text<'a>,
+    pub(super) cost: Option<u64>,
+    pub(super) amount: Option<u64>,
+    #[serde(default)]
+    pub(super) checks: Option<serde::de::IgnoredAny>,
+}
+
 /// Appends `n` in decimal.
 fn push_u64(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
@@ -86,24 +118,24 @@ fn push_u64(out: &mut Vec<u8>, n: u64) {
 /// The JSON body of a decision: the bytes `serde_json` writes for [`DecisionBody`], without
 /// building one (no `String` for the policy name, whose JSON form the entry keeps).
 fn decision_json(
+    out: &mut Vec<u8>,
     entry: &PolicyEntry,
     d: &tollgate::Decision,
     store_error: Option<&str>,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128 + entry.json_name().len());
+) {
     out.extend_from_slice(b"{\"allowed\":");
     out.extend_from_slice(if d.allowed { b"true" } else { b"false" });
     out.extend_from_slice(b",\"limit\":");
-    push_u64(&mut out, d.limit);
+    push_u64(out, d.limit);
     out.extend_from_slice(b",\"remaining\":");
-    push_u64(&mut out, d.remaining);
+    push_u64(out, d.remaining);
     out.extend_from_slice(b",\"retry_after_ms\":");
-    push_u64(&mut out, d.retry_after.as_micros().div_ceil(1000) as u64);
+    push_u64(out, d.retry_after.as_micros().div_ceil(1000) as u64);
     out.extend_from_slice(b",\"reset_after_ms\":");
-    push_u64(&mut out, d.reset_after.as_micros().div_ceil(1000) as u64);
+    push_u64(out, d.reset_after.as_micros().div_ceil(1000) as u64);
     out.extend_from_slice(b",\"denied_by\":");
     match d.denied_by {
-        Some(i) => push_u64(&mut out, i as u64),
+        Some(i) => push_u64(out, i as u64),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"policy\":");
@@ -111,17 +143,42 @@ fn decision_json(
     if let Some(e) = store_error {
         out.extend_from_slice(b",\"store_error\":");
         // Writing a &str into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut out, e);
+        let _ = serde_json::to_writer(&mut *out, e);
     }
     out.push(b'}');
-    out
 }
+
+thread_local! {
+    /// Where each response's body and `RateLimit` field are written before being copied
+    /// into an allocation of their exact size: `Bytes::from(Vec)` keeps a `Vec` whose
+    /// length and capacity match as is, any other costs it a second allocation.
+    static SCRATCH: RefCell<(Vec<u8>, String)> = const { RefCell::new((Vec::new(), String::new())) };
+}
+
+/// Scratch space beyond this is given back after use.
+const SCRATCH_KEEP: usize = 4096;
 
 /// The response to one decision: the JSON body, `RateLimit-Policy`, `RateLimit` and, when
 /// denied, `Retry-After`.
 pub(super) fn decision_response(entry: &PolicyEntry, outcome: Outcome) -> Response {
     let d = outcome.decision;
-    let body = decision_json(entry, &d, outcome.store_error.as_deref());
+    let (body, field) = SCRATCH.with_borrow_mut(|(body, field)| {
+        body.clear();
+        decision_json(body, entry, &d, outcome.store_error.as_deref());
+        field.clear();
+        push_rate_limit_field(field, entry.name(), entry.policy(), &d);
+        let out = (
+            Bytes::copy_from_slice(body),
+            Bytes::copy_from_slice(field.as_bytes()),
+        );
+        if body.capacity() > SCRATCH_KEEP {
+            *body = Vec::new();
+        }
+        if field.capacity() > SCRATCH_KEEP {
+            *field = String::new();
+        }
+        out
+    });
     let mut response = Response::new(Body::from(body));
     let headers = response.headers_mut();
     headers.reserve(4);
@@ -129,9 +186,7 @@ pub(super) fn decision_response(entry: &PolicyEntry, outcome: Outcome) -> Respon
     if let Some(v) = entry.rate_limit_policy_value() {
         headers.insert(RATELIMIT_POLICY, v.clone());
     }
-    let mut field = String::with_capacity(entry.name().len() + 32);
-    push_rate_limit_field(&mut field, entry.name(), entry.policy(), &d);
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(field)) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(field) {
         headers.insert(RATELIMIT, v);
     }
     if !d.allowed {
@@ -165,7 +220,8 @@ mod tests {
         for entry in &entries {
             for d in &decisions {
                 for err in [None, Some("timed out \"x\" \u{1}é".to_string())] {
-                    let ours = decision_json(entry, d, err.as_deref());
+                    let mut ours = Vec::new();
+                    decision_json(&mut ours, entry, d, err.as_deref());
                     let serde =
                         serde_json::to_vec(&DecisionBody::new(entry.name(), d, err)).unwrap();
                     assert_eq!(
@@ -174,6 +230,69 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    fn dispatch(rate: &str) -> std::sync::Arc<Dispatch> {
+        let mut config = Config::default();
+        config
+            .add_policy("api", None, rate, None, |f| f.to_string())
+            .unwrap();
+        let app = std::sync::Arc::new(App::new(&config, None).unwrap());
+        std::sync::Arc::new(Dispatch::new(crate::http::HttpState {
+            app,
+            max_body: 65536,
+            request_timeout: std::time::Duration::from_secs(10),
+        }))
+    }
+
+    async fn post(d: &std::sync::Arc<Dispatch>, body: Body) -> (u16, String) {
+        let req = Request::post("/v1/check").body(body).unwrap();
+        let res = std::sync::Arc::clone(d).call(req).await.unwrap();
+        let status = res.status().as_u16();
+        let bytes = axum::body::to_bytes(res.into_body(), 65536).await.unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn borrowed_and_escaped_strings_name_the_same_key() {
+        let d = dispatch("1/s");
+        let (status, body) = post(&d, Body::from(r#"{"policy":"api","key":"k\u0031"}"#)).await;
+        assert_eq!((status, body.contains(r#""allowed":true"#)), (200, true));
+        let (status, body) = post(&d, Body::from(r#"{"policy":"a\u0070i","key":"k1"}"#)).await;
+        assert_eq!((status, body.contains(r#""allowed":false"#)), (200, true));
+    }
+
+    #[tokio::test]
+    async fn a_body_in_several_frames_is_read_whole() {
+        let d = dispatch("1/s");
+        let parts = [r#"{"policy":"ap"#, r#"i","key":"#, r#""k1"}"#];
+        let stream = futures_util::stream::iter(parts.map(Ok::<_, Infallible>));
+        let (status, body) = post(&d, Body::from_stream(stream)).await;
+        assert_eq!((status, body.contains(r#""allowed":true"#)), (200, true));
+    }
+
+    #[tokio::test]
+    async fn several_items_and_bad_bodies_answer_as_the_owned_request() {
+        let d = dispatch("1/s");
+        let multi = r#"{"checks":[{"policy":"api","key":"a"},{"policy":"api","key":"b"}]}"#;
+        let (status, body) = post(&d, Body::from(multi)).await;
+        assert_eq!(
+            (status, body.contains(r#""denied_by_item":null"#)),
+            (200, true),
+            "{body}"
+        );
+        for bad in [
+            r#"{"policy":"api","key":"k","nope":1}"#,
+            r#"{"checks":5,"key":7}"#,
+            r#"{"policy":"api","key":5}"#,
+            "",
+        ] {
+            let owned = serde_json::from_str::<crate::http::DecideRequest>(bad).unwrap_err();
+            let (status, body) = post(&d, Body::from(bad)).await;
+            assert_eq!(status, 400, "{bad}");
+            let expected = serde_json::json!({ "error": format!("invalid JSON body: {owned}") });
+            assert_eq!(body, expected.to_string(), "{bad}");
         }
     }
 }
