@@ -28,8 +28,8 @@ pub use file::{
     StoreSection,
 };
 pub use parse::{
-    parse_duration, parse_lease, parse_listen, parse_policy, valid_policy_name,
-    validate_namespace, validate_secret,
+    parse_duration, parse_lease, parse_listen, parse_policy, valid_policy_name, validate_namespace,
+    validate_secret,
 };
 
 /// The default HTTP/JSON listen address (loopback only).
