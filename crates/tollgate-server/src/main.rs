@@ -260,25 +260,38 @@ fn describe_policies(config: &Config) -> String {
         .join(", ")
 }
 
-async fn shutdown_signal() {
+/// Registers the SIGTERM and SIGINT handlers now and returns the future that completes on
+/// the first of them. Registering before the listeners start matters: a signal that arrived
+/// between the start and the first poll of a lazily registering future would kill the
+/// process with the default action instead of shutting it down gracefully.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (term, interrupt) {
+                (Some(mut term), Some(mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                (Some(mut one), None) | (None, Some(mut one)) => {
+                    one.recv().await;
+                }
+                (None, None) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -364,6 +377,7 @@ async fn run(config: Config, rls: Option<RlsSettings>) -> ExitCode {
             None
         }
     };
+    let shutdown = shutdown_signal();
     let app = match App::new(&config, handle) {
         Ok(a) => Arc::new(a),
         Err(e) => {
@@ -407,7 +421,7 @@ async fn run(config: Config, rls: Option<RlsSettings>) -> ExitCode {
     );
     let _ = writeln!(stdout, "policies: {}", describe_policies(&config));
     let _ = stdout.flush();
-    shutdown_signal().await;
+    shutdown.await;
     let _ = writeln!(
         stdout,
         "tollgate-server: shutting down (finishing in-flight requests, up to {:?})",
