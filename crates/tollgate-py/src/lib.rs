@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 
 mod errors;
 mod fields;
+mod lease;
 mod limiter;
 mod multi;
 mod runtime;
@@ -27,6 +28,9 @@ fn _tollgate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<semaphore::PySemaphore>()?;
     m.add_class::<semaphore::PyPermit>()?;
     m.add_class::<multi::PyMultiDecision>()?;
+    m.add_class::<lease::PyLease>()?;
+    m.add_function(wrap_pyfunction!(lease::flush_leases, m)?)?;
+    m.add_function(wrap_pyfunction!(lease::_flush_leases_at_exit, m)?)?;
     m.add_function(wrap_pyfunction!(multi::check_all, m)?)?;
     m.add_function(wrap_pyfunction!(multi::peek_all, m)?)?;
     m.add_function(wrap_pyfunction!(multi::check_all_future, m)?)?;

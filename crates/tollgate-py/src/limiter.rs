@@ -2,14 +2,16 @@
 //! during store I/O and waits) and asyncio awaitables.
 
 use crate::errors;
+use crate::lease::{self, Leased, PyLease};
 use crate::runtime::{self, fork_gen};
 use crate::store::{DynBackend, DynLog, PyStore, StoreShared};
 use crate::types::{rates_from, PyDecision, PyManualClock, PyRate};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use pyo3::prelude::*;
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate::hooks::Hook;
+use tollgate::store::lease::LeaseConfig;
 use tollgate::store::log::LogEntry;
 use tollgate::time::{Clock, ManualClock, SystemClock};
 use tollgate::{Algorithm, Decision, Error, Limiter, Policy};
@@ -23,11 +25,22 @@ pub(crate) struct Config {
     clock: Option<ManualClock>,
     hook: Option<Hook>,
     max_key_len: usize,
+    lease: Option<LeaseConfig>,
+}
+
+/// A limiter bound in this process.
+pub(crate) struct Binding {
+    /// Single-key calls (through the lease, if any).
+    limiter: Limiter<DynBackend>,
+    /// The same limiter without the lease, for multi-key calls (which pass through a lease
+    /// anyway): so leased and plain limiters of one store combine in `check_all`.
+    plain: Limiter<DynBackend>,
+    lease: Option<Leased>,
 }
 
 pub(crate) struct Shared {
     config: Config,
-    bound: RwLock<(u64, Limiter<DynBackend>)>,
+    bound: RwLock<(u64, Binding)>,
     /// The backend for log reads, bound on first use (per fork generation).
     log: Mutex<Option<(u64, DynLog)>>,
 }
@@ -40,8 +53,7 @@ impl std::ops::Deref for Shared {
 }
 
 impl Config {
-    fn bind(&self) -> Result<Limiter<DynBackend>, Error> {
-        let backend = self.store.current()?.bind(&self.policy)?;
+    fn build(&self, backend: DynBackend) -> Limiter<DynBackend> {
         let mut builder = Limiter::builder(self.policy.clone()).max_key_len(self.max_key_len);
         if let Some(clock) = &self.clock {
             builder = builder.clock(clock.clone());
@@ -49,7 +61,27 @@ impl Config {
         if let Some(hook) = &self.hook {
             builder = builder.hook(hook.clone());
         }
-        Ok(builder.build_on(backend))
+        builder.build_on(backend)
+    }
+
+    fn bind(&self) -> Result<Binding, Error> {
+        let backend = self.store.current()?.bind(&self.policy)?;
+        let plain = self.build(backend.clone());
+        Ok(match &self.lease {
+            None => Binding {
+                limiter: plain.clone(),
+                plain,
+                lease: None,
+            },
+            Some(config) => {
+                let leased = lease::lease(backend, &self.policy, config)?;
+                Binding {
+                    limiter: self.build(leased.clone()),
+                    plain,
+                    lease: Some(leased),
+                }
+            }
+        })
     }
 }
 
@@ -57,21 +89,36 @@ impl Shared {
     /// The limiter of this process (bound again after a `fork()` for stores that are not
     /// in memory).
     pub(crate) fn limiter(&self) -> Result<Limiter<DynBackend>, Error> {
+        self.binding().map(|b| b.1.limiter.clone())
+    }
+
+    /// [`limiter`](Self::limiter) without the lease: for multi-key calls.
+    pub(crate) fn plain(&self) -> Result<Limiter<DynBackend>, Error> {
+        self.binding().map(|b| b.1.plain.clone())
+    }
+
+    /// The leased backend of this process, if the limiter has a lease.
+    fn leased(&self) -> Result<Option<Leased>, Error> {
+        self.binding().map(|b| b.1.lease.clone())
+    }
+
+    fn binding(&self) -> Result<RwLockReadGuard<'_, (u64, Binding)>, Error> {
         let gen = fork_gen();
         {
             let bound = self.bound.read();
             if bound.0 == gen || self.store.is_memory() {
-                return Ok(bound.1.clone());
+                return Ok(bound);
             }
         }
         let mut bound = self.bound.write();
         if bound.0 != gen {
             let fresh = self.bind()?;
+            // The parent's: its batches are the parent's to give back, never the child's.
             let stale = std::mem::replace(&mut bound.1, fresh);
             std::mem::forget(stale);
             bound.0 = gen;
         }
-        Ok(bound.1.clone())
+        Ok(parking_lot::RwLockWriteGuard::downgrade(bound))
     }
 
     /// The backend of this process for log reads, and the limiter's time now.
@@ -185,6 +232,13 @@ fn decision_to_py(py: Python<'_>, r: Result<Decision, Error>) -> PyResult<Py<PyA
     }
 }
 
+fn count_to_py(py: Python<'_>, r: Result<u64, Error>) -> PyResult<Py<PyAny>> {
+    match r {
+        Ok(n) => Ok(n.into_pyobject(py)?.into_any().unbind()),
+        Err(e) => Err(errors::limiter(py, e)),
+    }
+}
+
 fn unit_to_py(py: Python<'_>, r: Result<(), Error>) -> PyResult<Py<PyAny>> {
     match r {
         Ok(()) => Ok(py.None()),
@@ -252,7 +306,7 @@ impl PyLimiter {
 #[pymethods]
 impl PyLimiter {
     #[new]
-    #[pyo3(signature = (rates, algorithm="gcra", store=None, *, clock=None, initial_tokens=None, on_allow=None, on_block=None, on_error=None, max_key_len=1024))]
+    #[pyo3(signature = (rates, algorithm="gcra", store=None, *, clock=None, initial_tokens=None, on_allow=None, on_block=None, on_error=None, max_key_len=1024, lease=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -265,6 +319,7 @@ impl PyLimiter {
         on_block: Option<Py<PyAny>>,
         on_error: Option<Py<PyAny>>,
         max_key_len: usize,
+        lease: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let algorithm: Algorithm = algorithm.parse().map_err(|e| errors::quota(py, e))?;
         let rates = rates_from(py, rates)?;
@@ -275,12 +330,26 @@ impl PyLimiter {
                 .map_err(|e| errors::quota(py, e))?;
         }
         let store = PyStore::shared_of(py, store)?;
+        let lease = lease::lease_of(lease)?;
+        if let Some(lease) = &lease {
+            if store.is_memory() {
+                return Err(errors::config(
+                    py,
+                    "lease= needs a shared store (Redis, PostgreSQL, SQLite): a memory store \
+                     already decides every call in this process",
+                ));
+            }
+            lease
+                .validate(&policy)
+                .map_err(|e| errors::config(py, e.to_string()))?;
+        }
         let config = Config {
             policy,
             store,
             clock: clock.map(|c| c.clock.clone()),
             hook: hooks(on_allow, on_block, on_error),
             max_key_len,
+            lease,
         };
         let limiter = py
             .detach(|| config.bind())
@@ -299,6 +368,42 @@ impl PyLimiter {
     #[getter]
     fn is_local(&self) -> bool {
         self.shared.store.is_memory()
+    }
+
+    /// The lease of this limiter (`None` without one).
+    #[getter]
+    fn lease(&self) -> Option<PyLease> {
+        let config = self.shared.lease.clone()?;
+        Some(PyLease { config })
+    }
+
+    /// Units charged in the store and held unused in this process's batches now (0 without
+    /// a lease).
+    #[getter]
+    fn lease_held(&self, py: Python<'_>) -> PyResult<u64> {
+        let leased = self.shared.leased().map_err(|e| errors::limiter(py, e))?;
+        Ok(leased.map_or(0, |l| l.held()))
+    }
+
+    /// Gives back the unused units of this limiter's batches now (the GIL released); returns
+    /// how many. A no-op (0) without a lease. Raises `StoreError` when the store refused
+    /// them (they come back by the store's own refill).
+    fn flush(&self, py: Python<'_>) -> PyResult<u64> {
+        let shared = &self.shared;
+        py.detach(|| match shared.leased()? {
+            Some(l) => l.flush(),
+            None => Ok(0),
+        })
+        .map_err(|e| errors::limiter(py, e))
+    }
+
+    /// Awaitable `flush`.
+    fn flush_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self.shared.leased() {
+            Ok(Some(l)) => runtime::spawn(py, async move { l.flush_async().await }, count_to_py),
+            Ok(None) => runtime::ready(py, count_to_py(py, Ok(0))),
+            Err(e) => runtime::ready(py, Err(errors::limiter(py, e))),
+        }
     }
 
     /// The algorithm's name.

@@ -97,7 +97,9 @@ fn items_of(py: Python<'_>, items: &Bound<'_, PyAny>) -> PyResult<(Vec<Item>, bo
         };
         let shared = &limiter.get().shared;
         memory &= shared.store.is_memory();
-        let l = shared.limiter().map_err(|e| errors::limiter(py, e))?;
+        // Multi-key calls pass through a lease: the plain limiter lets leased and plain
+        // limiters of one store combine.
+        let l = shared.plain().map_err(|e| errors::limiter(py, e))?;
         out.push((l, key, cost));
     }
     Ok((out, memory))

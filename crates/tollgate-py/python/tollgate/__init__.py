@@ -20,6 +20,7 @@ import atexit
 import functools
 import inspect
 import os
+import sys
 from typing import Any, Callable, Iterable, Optional, TypeVar, Union
 
 from . import _tollgate
@@ -36,17 +37,66 @@ from ._errors import (
     StoreError,
     TollgateError,
 )
-from ._tollgate import Decision, ManualClock, MultiDecision, Rate, Store
+from ._tollgate import Decision, Lease, ManualClock, MultiDecision, Rate, Store
 
 __version__ = _tollgate.__version__
 
-# At exit, keep the runtime's threads out of the finalizing interpreter (see runtime.rs).
-atexit.register(_tollgate._quiesce)
+
+def flush_leases() -> int:
+    """Gives back the unused units of every leased limiter of this process (see
+    :class:`Lease`) and returns how many. Runs by itself at exit (and at the end of a
+    ``multiprocessing`` child); call it in workers that end with ``os._exit``. Raises
+    :class:`StoreError` (after trying every limiter) if a store refused them: those units
+    come back by the store's own refill.
+
+    >>> flush_leases()
+    0
+    """
+    return _tollgate.flush_leases()
+
+
+def _at_exit() -> None:
+    # First give back the leased units (the store is still reachable), then keep the
+    # runtime's threads out of the finalizing interpreter (see runtime.rs). Never raises.
+    _tollgate._flush_leases_at_exit()
+    _tollgate._quiesce()
+
+
+atexit.register(_at_exit)
+
+_mp_hooked = False
+
+
+def _hook_multiprocessing() -> None:
+    """A ``multiprocessing`` child ends with ``os._exit`` (no ``atexit``): give the leased
+    units back in its exit finalizers too. The finalizer registry is cleared when a child
+    starts, so the finalizer is registered again then (``register_after_fork``)."""
+    global _mp_hooked
+    util = sys.modules.get("multiprocessing.util")
+    if util is None or _mp_hooked:
+        return
+    _mp_hooked = True
+    util.register_after_fork(_finalize_in_child, _finalize_in_child)
+    _finalize_in_child(None)
+
+
+def _finalize_in_child(_: object) -> None:
+    import multiprocessing.util as util
+
+    util.Finalize(None, _tollgate._flush_leases_at_exit, exitpriority=100)
+
+
+def _after_fork_in_child() -> None:
+    _tollgate._after_fork_in_child()
+    _hook_multiprocessing()
+
+
+_hook_multiprocessing()
 
 if hasattr(os, "register_at_fork"):
     # After fork() the child rebuilds the runtime and every Redis/SQL connection on first
     # use (see docs/python.md, "Processes and fork").
-    os.register_at_fork(after_in_child=_tollgate._after_fork_in_child)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 F = TypeVar("F", bound=Callable[..., Any])
 KeyArg = Union[str, Callable[..., str], None]
@@ -88,13 +138,15 @@ class Limit:
 
 class Limiter(_tollgate.Limiter):
     """A keyed rate limiter: ``Limiter(rates, algorithm="gcra", store=None, *, clock=None,
-    initial_tokens=None, on_allow=None, on_block=None, on_error=None, max_key_len=1024)``.
+    initial_tokens=None, on_allow=None, on_block=None, on_error=None, max_key_len=1024,
+    lease=None)``.
 
     ``rates`` is a rate string (``"10/s"``, ``"5/s; 1000/hour"``, ``"10/s burst 20"``), a
     :class:`Rate` or a list of them; all rates are enforced together, all-or-nothing.
     ``algorithm`` is ``gcra`` (default), ``token_bucket``, ``sliding_log``,
     ``sliding_window`` or ``fixed_window``. ``store`` is a :class:`Store` or a store URL
-    (``None``: a private in-memory store).
+    (``None``: a private in-memory store). ``lease`` (a :class:`Lease`, or ``True`` for its
+    defaults) decides hot keys of a shared store from locally reserved batches.
 
     >>> limiter = Limiter("5/s; 100/minute", algorithm="sliding_log")
     >>> d = limiter.check("user:1", cost=2)
@@ -131,6 +183,10 @@ class Limiter(_tollgate.Limiter):
     async def log_async(self, key: str) -> "list[tuple[int, int]]":
         """Awaitable :meth:`log`."""
         return await super().log_async(key)
+
+    async def flush_async(self) -> int:
+        """Awaitable :meth:`flush`."""
+        return await super().flush_async()
 
     def limit(self, key: str, cost: int = 1, timeout: Optional[float] = None) -> Limit:
         """A context manager (sync and async) that waits for ``cost`` on ``key``.
@@ -239,6 +295,8 @@ __all__ = [
     "Decision",
     "Store",
     "ManualClock",
+    "Lease",
+    "flush_leases",
     "TollgateError",
     "InvalidRate",
     "ConfigError",
