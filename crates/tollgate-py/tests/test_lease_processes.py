@@ -9,6 +9,7 @@ import multiprocessing
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -182,3 +183,70 @@ def test_multiprocessing_children_give_back_at_exit(redis_server, unique, method
     assert sum(a for a, _ in results) == PROCESSES * 100
     assert sum(h for _, h in results) > 0  # they held batches when they finished
     assert free_units(redis_server.url, unique, "gcra") == QUOTA - PROCESSES * 100
+
+
+EXIT_RIGHT_AFTER_LEASED_AWAITS = """
+import asyncio, sys, tollgate
+
+LEASE = tollgate.Lease(max_batch=100, min_batch=4)
+limiter = tollgate.Limiter("2000 per 28 days", store=tollgate.Store(sys.argv[1], namespace=sys.argv[2], timeout=30),
+                           lease=LEASE)
+
+async def main():
+    await asyncio.gather(*(limiter.check_async("hot") for i in range(100)))
+
+asyncio.run(main())  # and exit at once: the exit hook gives the batch back, then quiesces
+"""
+
+
+def test_exit_right_after_leased_awaits_never_crashes(redis_server, unique, tmp_path):
+    script = tmp_path / "exit_after_leased_awaits.py"
+    script.write_text(EXIT_RIGHT_AFTER_LEASED_AWAITS)
+    runs = []
+    for _ in range(3):
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(script), redis_server.url, unique],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        runs += [(p.wait(60), p.stderr.read()) for p in procs]
+    assert runs == [(0, "")] * len(runs)
+    # 12 processes x 100 calls, every batch given back at exit.
+    assert free_units(redis_server.url, unique, "gcra") == QUOTA - 12 * 100
+
+
+STORE_DOWN_AT_EXIT = """
+import sys, tollgate
+
+limiter = tollgate.Limiter("1000 per 28 days", store=tollgate.Store(sys.argv[1], timeout=0.5),
+                           lease=tollgate.Lease(max_batch=100, min_batch=4, duration=60))
+assert all(limiter.check("hot") for _ in range(50))
+print(limiter.lease_held, flush=True)
+sys.stdin.readline()  # the parent stops Redis now
+"""
+
+
+def test_a_store_down_at_exit_neither_hangs_nor_raises(tmp_path):
+    from conftest import RedisServer
+
+    server = RedisServer()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", STORE_DOWN_AT_EXIT, server.url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert int(proc.stdout.readline()) > 0
+    finally:
+        server.stop()
+    start = time.monotonic()
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert proc.wait(30) == 0
+    assert time.monotonic() - start < 10  # the exit hook waits at most 5 s for the store
+    assert proc.stderr.read() == ""
