@@ -1,20 +1,23 @@
 //! The store's own runtime thread and its connection (standalone or Cluster).
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 use tollgate::{Error, StoreError, StoreErrorKind};
 
 mod blocking;
+mod cluster;
+
+pub(crate) use cluster::ClusterConn;
 
 /// Where the store connects.
 pub(crate) enum Target {
     Standalone(redis::Client),
-    Cluster(Box<ClusterClient>),
+    /// Rebuilt when calls keep failing (see `conn/cluster.rs`).
+    Cluster(Arc<ClusterConn>),
 }
 
 #[derive(Clone)]
@@ -217,8 +220,15 @@ impl Shared {
         matches!(self.target, Target::Cluster(_))
     }
 
-    /// The connection, opened on first use (so a store can be built while Redis is down).
+    /// The connection, opened on first use (so a store can be built while Redis is down). On a
+    /// Cluster, the current one: it is replaced when calls keep failing (`conn/cluster.rs`).
     pub(crate) async fn conn(&self) -> Result<Conn, Error> {
+        if let Target::Cluster(cluster) = &self.target {
+            return match cluster.get().await {
+                Ok(conn) => Ok(Conn::Cluster(conn)),
+                Err(e) => Err(redis_failure("cannot connect", &e)),
+            };
+        }
         let conn = self
             .conn
             .get_or_try_init(|| async {
@@ -236,14 +246,21 @@ impl Shared {
                             .await
                             .map(Conn::Standalone)
                     }
-                    Target::Cluster(client) => {
-                        client.get_async_connection().await.map(Conn::Cluster)
-                    }
+                    Target::Cluster(cluster) => cluster.get().await.map(Conn::Cluster),
                 }
             })
             .await
             .map_err(|e| redis_failure("cannot connect", &e))?;
         Ok(conn.clone())
+    }
+
+    /// What watches the calls' outcomes: on a Cluster, its connection (rebuilt on the store's
+    /// runtime when calls keep failing).
+    fn watch(&self) -> Option<(Arc<ClusterConn>, tokio::runtime::Handle)> {
+        match &self.target {
+            Target::Cluster(cluster) => Some((Arc::clone(cluster), self.handle.clone())),
+            Target::Standalone(_) => None,
+        }
     }
 
     /// Runs `fut` on the store's runtime with the call timeout, and waits for it without
@@ -253,9 +270,9 @@ impl Shared {
         fut: impl Future<Output = Result<T, Error>> + Send + 'static,
     ) -> Result<T, Error> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let timeout = self.timeout;
+        let call = with_timeout(self.timeout, fut, self.watch());
         self.handle.spawn(async move {
-            let _ = tx.send(with_timeout(timeout, fut).await);
+            let _ = tx.send(call.await);
         });
         rx.recv()
             .unwrap_or_else(|_| Err(store_error("the store's runtime has shut down")))
@@ -271,7 +288,7 @@ impl Shared {
     ) -> impl Future<Output = Result<T, Error>> + Send + 'static {
         InStoreRuntime {
             handle: self.handle.clone(),
-            fut: Box::pin(with_timeout(self.timeout, fut)),
+            fut: Box::pin(with_timeout(self.timeout, fut, self.watch())),
         }
     }
 }
@@ -294,14 +311,23 @@ impl<T> Future for InStoreRuntime<T> {
     }
 }
 
+/// `fut` bounded by the call timeout; its outcome shown to `watch` (a Cluster connection, which
+/// may start a rebuild on `handle`).
 async fn with_timeout<T>(
     timeout: Duration,
     fut: impl Future<Output = Result<T, Error>>,
+    watch: Option<(Arc<ClusterConn>, tokio::runtime::Handle)>,
 ) -> Result<T, Error> {
-    match tokio::time::timeout(timeout, fut).await {
+    let result = match tokio::time::timeout(timeout, fut).await {
         Ok(result) => result,
         Err(_) => Err(Error::Store(StoreError::timeout("redis", timeout))),
+    };
+    if let Some((cluster, handle)) = watch {
+        if cluster.observe(&result) {
+            handle.spawn(cluster.rebuild());
+        }
     }
+    result
 }
 
 impl Conn {

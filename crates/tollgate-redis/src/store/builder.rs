@@ -1,7 +1,7 @@
 //! [`RedisStoreBuilder`]: how a [`RedisStore`] is configured and connected.
 
 use super::{Config, RedisStore, TimeSource};
-use crate::conn::{Shared, Target};
+use crate::conn::{ClusterConn, Shared, Target};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -221,7 +221,7 @@ impl RedisStoreBuilder {
                 .response_timeout(self.timeout)
                 .build()
                 .map_err(|e| invalid(format!("bad cluster URLs: {e}")))?;
-            Target::Cluster(Box::new(client))
+            Target::Cluster(Arc::new(ClusterConn::new(client, self.timeout)))
         } else {
             let client = redis::Client::open(self.urls[0].as_str())
                 .map_err(|e| invalid(format!("bad URL {:?}: {e}", self.urls[0])))?;
