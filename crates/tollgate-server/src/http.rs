@@ -18,6 +18,7 @@
 
 mod hot;
 mod multi;
+mod scan;
 
 pub use hot::Dispatch;
 pub use multi::MultiBody;
@@ -343,7 +344,9 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let bytes = read_body(state, body).await?;
-    let req = match parse_json::<hot::BorrowedRequest>(&bytes) {
+    // The common shape is scanned directly; serde parses the rest (and words the errors).
+    let parsed = scan::simple_request(&bytes).map_or_else(|| parse_json(&bytes), Ok);
+    let req: hot::BorrowedRequest = match parsed {
         Ok(r) if r.checks.is_none() => r,
         // Several items, or an error: the owned request (and its exact error message).
         _ => {
