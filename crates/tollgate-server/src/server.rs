@@ -171,6 +171,10 @@ async fn http_loop(
             .header_read_timeout(request_timeout)
             .max_buf_size(max_head)
             .keep_alive(true)
+            // Responses are small: one buffer (head and body copied together) and one
+            // `write` cost less than building an iovec list per response (callgrind, `cargo
+            // bench -p tollgate-server --bench vs_throttlecrab`: −1.2 % per check).
+            .writev(false)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
