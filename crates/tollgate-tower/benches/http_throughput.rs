@@ -31,8 +31,13 @@
 //! with the servers for CPU).
 //!
 //! `BENCH_LAYER=noop` measures a pass-through tower layer in place of the rate limiter: the
-//! part of the overhead any axum layer has. `BENCH_LAYER=no-fields` measures the rate limiter
-//! without the IETF fields on allowed responses (`HeaderOptions::on_allowed(false)`).
+//! part of the overhead any axum layer has; `BENCH_LAYER=noop-body` the same layer wrapping
+//! the body in `ResponseBody` (what axum's re-boxing of a foreign body costs).
+//! `BENCH_LAYER=no-fields` measures the rate limiter without the IETF fields on allowed
+//! responses (`HeaderOptions::on_allowed(false)`). `BENCH_LAYER=tower-governor` puts
+//! tower_governor's `GovernorLayer` there instead (the same quota and key header), and
+//! `BENCH_LAYER=tower-governor-headers` the same with its `x-ratelimit-*` fields: the layer
+//! axum users reach for today, measured the same way.
 //!
 //! Profiling: `BENCH_ONLY=layer` (or `bare`) loads only one server, e.g.
 //! `BENCH_ONLY=layer perf record -g <bench binary>`; `BENCH_SERVICE_ONLY=1` stops after the
@@ -68,7 +73,17 @@ fn env_str(name: &str) -> Option<String> {
 /// instead of the rate limiter (what any layer costs in axum: the per-request clone of the
 /// layered route, the wrappers `Router::layer` adds).
 fn noop_layer() -> bool {
-    env_str("BENCH_LAYER").as_deref() == Some("noop")
+    matches!(
+        env_str("BENCH_LAYER").as_deref(),
+        Some("noop" | "noop-body")
+    )
+}
+
+/// `BENCH_LAYER=noop-body`: the pass-through layer, but wrapping the body the way the rate
+/// limiter's response does (`ResponseBody::inner`): what axum's re-boxing of a body type
+/// that is not its own costs.
+fn noop_wraps_body() -> bool {
+    env_str("BENCH_LAYER").as_deref() == Some("noop-body")
 }
 
 /// `BENCH_LAYER=no-fields`: the rate limiter without the IETF fields on allowed responses
@@ -77,8 +92,44 @@ fn fields_on_allowed() -> bool {
     env_str("BENCH_LAYER").as_deref() != Some("no-fields")
 }
 
+/// `BENCH_LAYER=tower-governor` (or `tower-governor-headers`): tower_governor's
+/// `GovernorLayer` (governor's GCRA, keyed by the same `x-client` header, the same quota) in
+/// place of tollgate's layer; `-headers` with its `x-ratelimit-*` fields on every response.
+fn tower_governor_layer() -> Option<bool> {
+    match env_str("BENCH_LAYER").as_deref() {
+        Some("tower-governor") => Some(false),
+        Some("tower-governor-headers") => Some(true),
+        _ => None,
+    }
+}
+
+/// tower_governor's key: the `x-client` header (its extractors return owned keys).
+#[derive(Clone)]
+struct XClient;
+
+impl tower_governor::key_extractor::KeyExtractor for XClient {
+    type Key = String;
+
+    fn extract<T>(&self, req: &http::Request<T>) -> Result<String, tower_governor::GovernorError> {
+        req.headers()
+            .get("x-client")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or(tower_governor::GovernorError::UnableToExtractKey)
+    }
+}
+
 fn layer_name() -> &'static str {
-    if noop_layer() {
+    if let Some(headers) = tower_governor_layer() {
+        return if headers {
+            "tower_governor 0.8 GovernorLayer (x-ratelimit headers)"
+        } else {
+            "tower_governor 0.8 GovernorLayer"
+        };
+    }
+    if noop_wraps_body() {
+        "a no-op tower layer wrapping the body"
+    } else if noop_layer() {
         "a no-op tower layer"
     } else if fields_on_allowed() {
         "RateLimitLayer (memory store)"
@@ -89,6 +140,27 @@ fn layer_name() -> &'static str {
 
 fn apps() -> (Router, Router) {
     let handler = || Router::new().route("/", get(|| async { "ok" }));
+    if let Some(headers) = tower_governor_layer() {
+        use tower_governor::governor::GovernorConfigBuilder;
+        let mut config = GovernorConfigBuilder::default().key_extractor(XClient);
+        // 1,000,000 per second, as tollgate's policy below: every request is admitted.
+        config.per_nanosecond(1_000).burst_size(1_000_000);
+        if headers {
+            let config = config.use_headers().finish().expect("governor config");
+            let layer = tower_governor::GovernorLayer::new(config);
+            return (handler(), handler().layer(layer));
+        }
+        let layer = tower_governor::GovernorLayer::new(config.finish().expect("governor config"));
+        return (handler(), handler().layer(layer));
+    }
+    if noop_wraps_body() {
+        let wrap: fn(
+            axum::response::Response,
+        ) -> http::Response<tollgate_tower::ResponseBody<axum::body::Body>> =
+            |r| r.map(tollgate_tower::ResponseBody::inner);
+        let layer = tower::util::MapResponseLayer::new(wrap);
+        return (handler(), handler().layer(layer));
+    }
     if noop_layer() {
         let identity: fn(axum::response::Response) -> axum::response::Response = |r| r;
         let layer = tower::util::MapResponseLayer::new(identity);

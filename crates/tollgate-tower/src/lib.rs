@@ -49,5 +49,6 @@ pub mod semaphore;
 
 pub use body::ResponseBody;
 pub use layer::{
-    HttpPolicy, LayerError, RateLimit, RateLimitLayer, RateLimitLayerBuilder, ResponseFuture,
+    HttpPolicy, LayerError, RateLimit, RateLimitFuture, RateLimitLayer, RateLimitLayerBuilder,
+    ResponseFuture,
 };

@@ -181,7 +181,7 @@ async fn the_memory_store_is_decided_in_call() {
         };
         let layer = RateLimitLayer::new(policy).unwrap();
         let handler = tower::service_fn(|_req: http::Request<String>| async {
-            Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+            Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::from("ok")))
         });
         let mut svc = tower_layer::Layer::layer(&layer, handler);
         std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();

@@ -1,8 +1,10 @@
-//! [`ResponseFuture`]: decide, then call the inner service (or answer directly).
+//! [`ResponseFuture`]: decide, then call the inner service (or answer directly); and
+//! [`RateLimitFuture`], the same with the inner service's own body type.
 
 use super::{AllowedFields, Verdict};
 use crate::body::ResponseBody;
 use crate::inflight::InFlightPermit;
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::Response;
 use pin_project_lite::pin_project;
@@ -12,10 +14,11 @@ use std::task::{ready, Context, Poll};
 use tower_service::Service;
 
 pin_project! {
-    /// The future of [`RateLimit`](super::RateLimit) and
-    /// [`ConcurrencyLimit`](crate::concurrency::ConcurrencyLimit) services: first the
+    /// The future of [`ConcurrencyLimit`](crate::concurrency::ConcurrencyLimit) services
+    /// (and, inside [`RateLimitFuture`], of [`RateLimit`](super::RateLimit)): first the
     /// decision, then the inner service's response with the rate-limit fields added (or the
-    /// layer's own rejection).
+    /// layer's own rejection), its body wrapped in a [`ResponseBody`] (which holds the
+    /// in-flight permit until the body ends).
     ///
     /// ```
     /// fn is_future<F: std::future::Future>() {}
@@ -157,5 +160,47 @@ where
                 }
             }
         }
+    }
+}
+
+pin_project! {
+    /// The future of [`RateLimit`](super::RateLimit) services: [`ResponseFuture`] with the
+    /// response in the inner service's own body type (`ResB: From<Bytes>`, as axum's `Body`
+    /// and `http_body_util::Full<Bytes>` are), so a framework that boxes foreign body types
+    /// (axum does, for every layered route) has nothing to re-box.
+    ///
+    /// ```
+    /// fn is_future<F: std::future::Future>() {}
+    /// type Inner = tower::util::BoxCloneService<http::Request<String>, http::Response<axum::body::Body>, std::convert::Infallible>;
+    /// is_future::<tollgate_tower::layer::RateLimitFuture<Inner, http::Request<String>>>();
+    /// ```
+    pub struct RateLimitFuture<S, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        inner: ResponseFuture<S, Req>,
+    }
+}
+
+impl<S, Req> RateLimitFuture<S, Req>
+where
+    S: Service<Req>,
+{
+    pub(crate) fn new(inner: ResponseFuture<S, Req>) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S, Req, ResB> Future for RateLimitFuture<S, Req>
+where
+    S: Service<Req, Response = Response<ResB>>,
+    ResB: From<Bytes>,
+{
+    type Output = Result<Response<ResB>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let response = ready!(self.project().inner.poll(cx))?;
+        Poll::Ready(Ok(response.map(ResponseBody::into_plain)))
     }
 }

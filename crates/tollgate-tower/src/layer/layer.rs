@@ -21,7 +21,7 @@ use tower_layer::Layer;
 ///     .build()
 ///     .unwrap();
 /// let handler = tower::service_fn(|_req: http::Request<String>| async {
-///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello")))
+///     Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::from("hello")))
 /// });
 /// let svc = tower::ServiceBuilder::new().layer(layer.clone()).service(handler);
 /// let another = tower_layer::Layer::layer(&layer, svc.clone()); // same limiter state

@@ -1,5 +1,6 @@
 //! The rate-limit layer: [`RateLimitLayer`] (a `tower::Layer`), its service [`RateLimit`] and
-//! its future [`ResponseFuture`].
+//! its future [`RateLimitFuture`] (around [`ResponseFuture`], which the concurrency layer
+//! shares).
 //!
 //! A layer holds one or more [`HttpPolicy`]s. Each policy names a [`tollgate::Limiter`], a key
 //! extractor and, optionally, the routes and methods it applies to. For every request the
@@ -53,7 +54,7 @@ mod layer;
 mod policy;
 mod service;
 
-pub use future::ResponseFuture;
+pub use future::{RateLimitFuture, ResponseFuture};
 pub use layer::{LayerError, RateLimitLayer, RateLimitLayerBuilder};
 pub use policy::{HttpPolicy, MissingKey};
 pub use service::RateLimit;

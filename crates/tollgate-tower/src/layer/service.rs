@@ -1,7 +1,7 @@
 //! [`RateLimit`]: the service made by [`RateLimitLayer`](super::RateLimitLayer).
 
-use super::{Gate, Plan, ResponseFuture, Verdict};
-use crate::body::ResponseBody;
+use super::{Gate, Plan, RateLimitFuture, ResponseFuture, Verdict};
+use bytes::Bytes;
 use http::{Request, Response};
 use std::fmt;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use tracing::Instrument;
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let layer = RateLimitLayer::new(HttpPolicy::new("g", Limiter::memory(Policy::gcra(Rate::per_minute(1).unwrap()).unwrap()), Global)).unwrap();
 /// let handler = tower::service_fn(|_req: http::Request<String>| async {
-///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+///     Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::from("ok")))
 /// });
 /// let mut svc: RateLimit<_> = tower_layer::Layer::layer(&layer, handler);
 /// let first = svc.ready().await.unwrap().call(http::Request::new(String::new())).await.unwrap();
@@ -67,10 +67,11 @@ impl<S, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
     ReqB: Send + 'static,
+    ResB: From<Bytes>,
 {
-    type Response = Response<ResponseBody<ResB>>;
+    type Response = Response<ResB>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, Request<ReqB>>;
+    type Future = RateLimitFuture<S, Request<ReqB>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -84,16 +85,19 @@ where
             Plan::Reject(response) => Step::Answer(response),
             Plan::Decide(work) if self.gate.decides_now(&work) => {
                 // Every limiter decides without I/O (the memory store): decide here, call the
-                // inner service (driven ready by `poll_ready`) at once, no boxed future.
-                let span = tracing::debug_span!(
-                    "tollgate.http.ratelimit",
-                    method = %parts.method,
-                    path = %parts.uri.path(),
-                );
-                let verdict = if span.is_disabled() {
-                    self.gate.decide_now(&work)
-                } else {
+                // inner service (driven ready by `poll_ready`) at once, no boxed future. The
+                // span only when a tracing subscriber takes DEBUG: with tracing's `log`
+                // feature (which axum's default features turn on) building a span that no
+                // subscriber wants still costs a trip through `log` on every request.
+                let verdict = if tracing::level_enabled!(tracing::Level::DEBUG) {
+                    let span = tracing::debug_span!(
+                        "tollgate.http.ratelimit",
+                        method = %parts.method,
+                        path = %parts.uri.path(),
+                    );
                     span.in_scope(|| self.gate.decide_now(&work))
+                } else {
+                    self.gate.decide_now(&work)
                 };
                 match verdict {
                     Verdict::Allow { headers, permit } => Step::Call(headers, permit),
@@ -111,7 +115,7 @@ where
             }
         };
         let req = Request::from_parts(parts, body);
-        match step {
+        RateLimitFuture::new(match step {
             Step::Pass => ResponseFuture::calling(self.inner.call(req)),
             Step::Call(headers, permit) => {
                 ResponseFuture::calling_with(self.inner.call(req), headers, permit)
@@ -123,7 +127,7 @@ where
                 let ready = std::mem::replace(&mut self.inner, clone);
                 ResponseFuture::deciding(verdict, ready, req)
             }
-        }
+        })
     }
 }
 
