@@ -19,9 +19,11 @@
 mod hot;
 mod multi;
 mod scan;
+mod timer;
 
 pub use hot::Dispatch;
 pub use multi::MultiBody;
+pub use timer::ConnTimer;
 
 use crate::app::{App, AppError, PolicyEntry};
 use axum::body::{to_bytes, Body};

@@ -15,11 +15,11 @@
 
 use crate::app::App;
 use crate::config::Config;
-use crate::http::{Dispatch, HttpState};
+use crate::http::{ConnTimer, Dispatch, HttpState};
 use crate::resp::Limits;
 use crate::resp_server::{serve_connection, ConnSettings};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -167,7 +167,9 @@ async fn http_loop(
         let dispatch = Arc::clone(&dispatch);
         let service = service_fn(move |req| Arc::clone(&dispatch).call(req));
         let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
+            // One tokio timer per connection for the header-read timeout, not one per
+            // request (see `http::ConnTimer`).
+            .timer(ConnTimer::default())
             .header_read_timeout(request_timeout)
             .max_buf_size(max_head)
             .keep_alive(true)

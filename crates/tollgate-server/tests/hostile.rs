@@ -140,6 +140,75 @@ fn http_slowloris_headers_and_body_are_bounded_by_the_request_timeout() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Sends one complete keep-alive `GET /health` on `c` and reads its whole reply.
+fn health_keep_alive(c: &mut TcpStream) {
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !reply.ends_with(b"}") {
+        let n = c.read(&mut buf).expect("the reply");
+        assert!(n > 0, "closed before the reply");
+        reply.extend_from_slice(&buf[..n]);
+    }
+    assert!(reply.starts_with(b"HTTP/1.1 200"));
+}
+
+/// The header-read timeout shares one timer per connection (`http::ConnTimer`): the timer
+/// armed for the first request fires at +1 s, while the third request's head, started after
+/// the second reply at +0.7 s, has until +1.7 s. A slow third head is dropped then, not at the
+/// first request's deadline and not never.
+#[test]
+fn http_header_timeout_on_a_kept_alive_connection_counts_from_its_own_request() {
+    let (dir, path) = config("keepalive", "[server]\nrequest_timeout = \"1s\"\n");
+    let server = ServerProcess::start(&["--config", &path]);
+    let mut c = TcpStream::connect(server.http).unwrap();
+    let started = Instant::now();
+    health_keep_alive(&mut c);
+    std::thread::sleep(Duration::from_millis(700));
+    health_keep_alive(&mut c);
+    let head_from = started.elapsed();
+    c.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    let mut closed = None;
+    for b in b"GET /health HTTP/1.1\r\nX-Slow: "
+        .iter()
+        .chain([b'a'; 200].iter())
+    {
+        if c.write_all(&[*b]).is_err() {
+            closed = Some(started.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match c.read(&mut buf) {
+            Ok(0) => {
+                closed = Some(started.elapsed());
+                break;
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                closed = Some(started.elapsed());
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let closed = closed.expect("the server dropped the slow head");
+    assert!(
+        closed >= head_from + Duration::from_millis(900),
+        "dropped at {closed:?}, before the third head's own deadline ({head_from:?} + 1 s)"
+    );
+    assert!(
+        closed < head_from + Duration::from_millis(2500),
+        "dropped at {closed:?}, long after {head_from:?} + 1 s"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The resident set size of `pid` in KiB (`VmRSS` in `/proc/<pid>/status`).
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
