@@ -42,3 +42,72 @@ async fn a_waiter_gets_the_permit_when_the_holders_lease_ends() {
         .unwrap();
     assert_eq!(list["semaphores"][0]["waiting"], 0, "{list}");
 }
+
+/// A client that hangs up while its acquire waits is not granted the permit later: the server
+/// notices the closed connection (hyper's end-of-file check while a request is in flight) and
+/// drops the wait, so the permit goes to the next live caller instead of sitting in a lease
+/// nobody will release. Guards against turning that check off (e.g. hyper's `half_close`,
+/// which would save a read per request).
+#[tokio::test]
+async fn a_waiter_that_hangs_up_is_not_granted_the_permit() {
+    use tokio::io::AsyncWriteExt;
+    let server = ServerProcess::start(&["--semaphore", "db=1"]);
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        let req = http.post(server.url(path)).json(&body);
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let held = post(
+        "/v1/semaphore/acquire",
+        json!({"name": "db", "lease_ms": 60_000}),
+    )
+    .await;
+    assert_eq!(held["acquired"], true, "{held}");
+
+    let body = json!({"name": "db", "wait_ms": 10_000, "lease_ms": 60_000}).to_string();
+    let mut gone = tokio::net::TcpStream::connect(server.http).await.unwrap();
+    let request = format!(
+        "POST /v1/semaphore/acquire HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    gone.write_all(request.as_bytes()).await.unwrap();
+    let waiting = |http: reqwest::Client, url: String| async move {
+        let list: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+        list["semaphores"][0]["waiting"].as_u64().unwrap()
+    };
+    let list_url = server.url("/v1/semaphores");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while waiting(http.clone(), list_url.clone()).await != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the acquire never started waiting"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(gone);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while waiting(http.clone(), list_url.clone()).await != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the hung-up client still waits 5 s after closing its connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let released = post(
+        "/v1/semaphore/release",
+        json!({"name": "db", "lease_id": held["lease_id"]}),
+    )
+    .await;
+    assert_eq!(released["released"], true, "{released}");
+    let next = post(
+        "/v1/semaphore/acquire",
+        json!({"name": "db", "wait_ms": 1000}),
+    )
+    .await;
+    assert_eq!(
+        next["acquired"], true,
+        "the permit went to the client that hung up: {next}"
+    );
+}
