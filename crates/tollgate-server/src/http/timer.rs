@@ -80,14 +80,17 @@ impl Armed {
     }
 }
 
-/// A [`Timer`] for one connection's hyper `http1::Builder`: every [`Sleep`] it makes shares one
-/// tokio timer (see the [module](self) docs). Make one per connection.
+/// A [`Timer`] for one connection's hyper `http1::Builder`, for its header-read timeout: every
+/// [`Sleep`] it makes shares one tokio timer, armed at the earliest deadline still wanted and
+/// re-armed at a later sleep's own deadline only when it fires, so a busy connection registers
+/// a tokio timer once per timeout instead of once per request. A sleep completes exactly at
+/// its own deadline. Make one per connection.
 ///
 /// ```
-/// let builder = hyper::server::conn::http1::Builder::new()
+/// let mut builder = hyper::server::conn::http1::Builder::new();
+/// builder
 ///     .timer(tollgate_server::http::ConnTimer::default())
 ///     .header_read_timeout(std::time::Duration::from_secs(30));
-/// # let _ = builder;
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct ConnTimer {
