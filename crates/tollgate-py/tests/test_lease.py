@@ -5,20 +5,14 @@ ConfigErrors, and the async API works with leases too."""
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 
 import pytest
 
 import tollgate
+from procutil import free_units, in_child
 from tollgate import ConfigError, Lease, Limiter, Store
-
-
-def free_units(url: str, ns: str, rate: str, key: str = "hot", algorithm: str = "gcra") -> int:
-    """What the store holds for `key`, from a fresh limiter without a lease."""
-    d = Limiter(rate, algorithm=algorithm, store=Store(url, namespace=ns)).peek(key)
-    return d.remaining + 1 if d.allowed else 0
 
 
 def test_lease_options_and_defaults():
@@ -220,27 +214,6 @@ def test_async_drain_admits_the_quota_exactly(redis_server, unique):
 
     assert asyncio.run(main()) == 500
     assert limiter.lease_held == 0 and free_units(redis_server.url, unique, rate) == 0
-
-
-def in_child(fn) -> dict:
-    """Runs fn() in a forked child that ends with os._exit; returns what it returned."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            out = {"ok": fn()}
-        except BaseException as e:  # noqa: BLE001 - reported to the parent
-            out = {"error": f"{type(e).__name__}: {e}"}
-        os.write(w, json.dumps(out).encode())
-        os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
-    return json.loads(data)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() only")

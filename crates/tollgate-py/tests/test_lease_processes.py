@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from procutil import free_units
 from tollgate import Lease, Limiter, Store
 
 QUOTA = 2000
@@ -82,12 +83,6 @@ def shared_url(request, tmp_path):
     return f"sqlite://{tmp_path}/lease.db"
 
 
-def free_units(url: str, ns: str, algorithm: str) -> int:
-    """What the store holds for the key, from a fresh limiter without a lease."""
-    d = Limiter(RATE, algorithm=algorithm, store=Store(url, namespace=ns)).peek("hot")
-    return d.remaining + 1 if d.allowed else 0
-
-
 def run_fleet(
     url: str,
     ns: str,
@@ -112,7 +107,7 @@ def run_fleet(
     ]
     try:
         reports = [json.loads(p.stdout.readline()) for p in procs]
-        alive = free_units(url, ns, algorithm)
+        alive = free_units(url, ns, RATE, algorithm=algorithm)
         for p in procs:
             p.stdin.write("\n")
             p.stdin.flush()
@@ -122,7 +117,7 @@ def run_fleet(
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    return reports, alive, free_units(url, ns, algorithm)
+    return reports, alive, free_units(url, ns, RATE, algorithm=algorithm)
 
 
 @pytest.mark.parametrize("algorithm", ["gcra", "token_bucket"])
@@ -182,7 +177,7 @@ def test_multiprocessing_children_give_back_at_exit(redis_server, unique, method
         assert p.exitcode == 0
     assert sum(a for a, _ in results) == PROCESSES * 100
     assert sum(h for _, h in results) > 0  # they held batches when they finished
-    assert free_units(redis_server.url, unique, "gcra") == QUOTA - PROCESSES * 100
+    assert free_units(redis_server.url, unique, RATE) == QUOTA - PROCESSES * 100
 
 
 EXIT_RIGHT_AFTER_LEASED_AWAITS = """
@@ -215,7 +210,7 @@ def test_exit_right_after_leased_awaits_never_crashes(redis_server, unique, tmp_
         runs += [(p.wait(60), p.stderr.read()) for p in procs]
     assert runs == [(0, "")] * len(runs)
     # 12 processes x 100 calls, every batch given back at exit.
-    assert free_units(redis_server.url, unique, "gcra") == QUOTA - 12 * 100
+    assert free_units(redis_server.url, unique, RATE) == QUOTA - 12 * 100
 
 
 STORE_DOWN_AT_EXIT = """

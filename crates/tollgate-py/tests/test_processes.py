@@ -4,12 +4,11 @@ the child (pre-fork servers such as gunicorn)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import multiprocessing
-import os
 
 import pytest
 
+from procutil import in_child
 from tollgate import Limiter, Semaphore, Store
 
 
@@ -39,28 +38,6 @@ def test_processes_on_one_key_never_over_admit(shared_url, unique, method):
         p.join(30)
         assert p.exitcode == 0
     assert sum(admitted) == 25
-
-
-def in_child(fn) -> dict:
-    """Runs fn() in a forked child; returns what it returned (JSON), or its error."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            out = {"ok": fn()}
-        except BaseException as e:  # noqa: BLE001 - reported to the parent
-            out = {"error": f"{type(e).__name__}: {e}"}
-        os.write(w, json.dumps(out).encode())
-        os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    assert os.WEXITSTATUS(status) == 0
-    return json.loads(data)
 
 
 def test_redis_store_created_before_fork_works_in_the_child(redis_server, unique):
