@@ -32,6 +32,7 @@ pub(crate) struct Shared {
     runtime: Option<tokio::runtime::Runtime>,
     handle: tokio::runtime::Handle,
     target: Target,
+    /// The standalone connection (a Cluster's lives in its `ClusterConn`).
     conn: OnceCell<Conn>,
     pub(crate) timeout: Duration,
     /// The server's clock as seen from this process (see [`Shared::deadline_arg`]).
@@ -223,31 +224,28 @@ impl Shared {
     /// The connection, opened on first use (so a store can be built while Redis is down). On a
     /// Cluster, the current one: it is replaced when calls keep failing (`conn/cluster.rs`).
     pub(crate) async fn conn(&self) -> Result<Conn, Error> {
-        if let Target::Cluster(cluster) = &self.target {
-            return match cluster.get().await {
-                Ok(conn) => Ok(Conn::Cluster(conn)),
-                Err(e) => Err(redis_failure("cannot connect", &e)),
-            };
-        }
+        let client = match &self.target {
+            Target::Cluster(cluster) => {
+                return match cluster.get().await {
+                    Ok(conn) => Ok(Conn::Cluster(conn)),
+                    Err(e) => Err(redis_failure("cannot connect", &e)),
+                };
+            }
+            Target::Standalone(client) => client,
+        };
         let conn = self
             .conn
             .get_or_try_init(|| async {
-                match &self.target {
-                    Target::Standalone(client) => {
-                        // One connection attempt per (re)connect, no backoff of its own:
-                        // a refused connection is reported as refused at once instead of
-                        // as a timeout after retries, and the failure policy's circuit
-                        // breaker paces the next attempts.
-                        let config = ConnectionManagerConfig::new()
-                            .set_connection_timeout(Some(self.timeout))
-                            .set_response_timeout(Some(self.timeout))
-                            .set_number_of_retries(0);
-                        ConnectionManager::new_with_config(client.clone(), config)
-                            .await
-                            .map(Conn::Standalone)
-                    }
-                    Target::Cluster(cluster) => cluster.get().await.map(Conn::Cluster),
-                }
+                // One connection attempt per (re)connect, no backoff of its own: a refused
+                // connection is reported as refused at once instead of as a timeout after
+                // retries, and the failure policy's circuit breaker paces the next attempts.
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(self.timeout))
+                    .set_number_of_retries(0);
+                ConnectionManager::new_with_config(client.clone(), config)
+                    .await
+                    .map(Conn::Standalone)
             })
             .await
             .map_err(|e| redis_failure("cannot connect", &e))?;

@@ -346,36 +346,28 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let bytes = read_body(state, body).await?;
-    // The common shape is scanned directly; serde parses the rest (and words the errors).
-    let parsed = scan::simple_request(&bytes).map_or_else(|| parse_json(&bytes), Ok);
-    let req: hot::BorrowedRequest = match parsed {
-        Ok(r) if r.checks.is_none() => r,
-        // Several items, or an error: the owned request (and its exact error message).
-        _ => {
-            let req: DecideRequest = parse_json(&bytes)?;
-            if let Some(checks) = &req.checks {
-                return multi::decide_all(state, &req, checks, charge).await;
+    // The common shape is scanned directly; serde parses everything else, once (and words the
+    // errors).
+    let owned: DecideRequest;
+    let req = match scan::simple_request(&bytes) {
+        Some(item) => item,
+        None => {
+            owned = parse_json(&bytes)?;
+            if let Some(checks) = &owned.checks {
+                return multi::decide_all(state, &owned, checks, charge).await;
             }
-            return Err(ApiError(
-                StatusCode::BAD_REQUEST,
-                "invalid JSON body".into(),
-            ));
+            if owned.amount.is_some() {
+                return Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    "\"amount\" is for /v1/refund; use \"cost\"".into(),
+                ));
+            }
+            scan::CheckItem::of(&owned)
         }
     };
-    if req.amount.is_some() {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            "\"amount\" is for /v1/refund; use \"cost\"".into(),
-        ));
-    }
-    let entry = resolve_names(
-        state,
-        hot::text(&req.policy),
-        hot::text(&req.rates),
-        hot::text(&req.algorithm),
-    )?;
+    let entry = resolve_names(state, req.policy, req.rates, req.algorithm)?;
     let cost = req.cost.unwrap_or(1);
-    let key = &*req.key.0;
+    let key = req.key;
     let outcome = if charge {
         state.app.check(&entry, key, cost).await?
     } else {

@@ -18,8 +18,6 @@ use axum::http::{HeaderValue, Method, Request};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
-use serde::Deserialize;
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::convert::Infallible;
 use tower::ServiceExt;
@@ -79,35 +77,6 @@ impl Dispatch {
         }
         self.router.clone().oneshot(req.map(Body::new)).await
     }
-}
-
-/// A JSON string borrowed from the request body when it has no escapes.
-#[derive(Default, Deserialize)]
-#[serde(transparent)]
-pub(super) struct Text<'a>(#[serde(borrow)] pub(super) Cow<'a, str>);
-
-pub(super) fn text<'t>(t: &'t Option<Text<'_>>) -> Option<&'t str> {
-    t.as_ref().map(|t| &*t.0)
-}
-
-/// [`DecideRequest`](super::DecideRequest) with its strings borrowed from the body (no allocation for the policy
-/// name and key of a single check); the same fields, so the same documents parse. `checks`
-/// is only noticed here: a multi-item request is parsed again as a [`DecideRequest`](super::DecideRequest).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct BorrowedRequest<'a> {
-    #[serde(borrow)]
-    pub(super) policy: Option<Text<'a>>,
-    #[serde(borrow)]
-    pub(super) rates: Option<Text<'a>>,
-    #[serde(borrow)]
-    pub(super) algorithm: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    pub(super) key: Text<'a>,
-    pub(super) cost: Option<u64>,
-    pub(super) amount: Option<u64>,
-    #[serde(default)]
-    pub(super) checks: Option<serde::de::IgnoredAny>,
 }
 
 /// Appends `n` in decimal.
@@ -255,7 +224,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn borrowed_and_escaped_strings_name_the_same_key() {
+    async fn scanned_and_escaped_strings_name_the_same_key() {
         let d = dispatch("1/s");
         let (status, body) = post(&d, Body::from(r#"{"policy":"api","key":"k\u0031"}"#)).await;
         assert_eq!((status, body.contains(r#""allowed":true"#)), (200, true));

@@ -532,39 +532,26 @@ impl Gate {
         {
             return None;
         }
-        let applied = || {
-            decisions
-                .iter()
-                .zip(work)
-                .map(|(d, (i, _))| (&self.policies[*i], d))
+        // Several policies: one list item per policy, in the policies' order.
+        let list = |push: fn(&HttpPolicy, &mut ValueBuf, &Decision)| {
+            let mut out = ValueBuf::new();
+            for (n, (d, (i, _))) in decisions.iter().zip(work).enumerate() {
+                if n > 0 {
+                    out.push_str(headers::LIST_SEPARATOR);
+                }
+                push(&self.policies[*i], &mut out, d);
+            }
+            out.to_value()
         };
         let mut fields = AllowedFields::default();
         if h.ietf_enabled() {
             fields.ratelimit_policy = match decisions {
                 [d] => self.policies[work[0].0].policy_value(d),
-                _ => {
-                    let mut out = ValueBuf::new();
-                    for (n, (p, d)) in applied().enumerate() {
-                        if n > 0 {
-                            out.push_str(headers::LIST_SEPARATOR);
-                        }
-                        p.push_policy_item(&mut out, d);
-                    }
-                    out.to_value()
-                }
+                _ => list(|p, out, d| p.push_policy_item(out, d)),
             };
             fields.ratelimit = match decisions {
                 [d] => self.policies[work[0].0].ratelimit_value(d),
-                _ => {
-                    let mut out = ValueBuf::new();
-                    for (n, (p, d)) in applied().enumerate() {
-                        if n > 0 {
-                            out.push_str(headers::LIST_SEPARATOR);
-                        }
-                        p.push_ratelimit_item(&mut out, d);
-                    }
-                    out.to_value()
-                }
+                _ => list(|p, out, d| p.push_ratelimit_item(out, d)),
             };
         }
         if h.legacy_enabled() {
