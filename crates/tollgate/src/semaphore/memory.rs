@@ -115,11 +115,25 @@ impl NameState {
 
 /// The longest a waiter on `name` sleeps: `max`, or less when a lease of the name ends
 /// sooner (measured from the latest time a call on the name saw).
+///
+/// The bound is padded by [`wake_margin_us`]: leases are timed on tollgate's counter clock
+/// and the sleep on the OS timer, and a waiter woken a few microseconds before the lease ends
+/// (by the counter) finds the permit still held and has to sleep again.
 fn wake_bound(st: &ShardState, name: &str, max: Duration) -> Duration {
     st.names
         .get(name)
         .and_then(|ns| ns.next_expiry_in(ns.seen))
-        .map_or(max, |us| max.min(Duration::from_micros(us.max(1))))
+        .map_or(max, |us| {
+            max.min(Duration::from_micros(
+                us.max(1).saturating_add(wake_margin_us(us)),
+            ))
+        })
+}
+
+/// How long after a lease's end a waiter sleeps on: 1 ms plus 0.1 % of the time to the end
+/// (the counter clock and the OS timer may drift apart by up to 1,000 ppm in a VM).
+fn wake_margin_us(until_end_us: u64) -> u64 {
+    1_000 + until_end_us / 1_000
 }
 
 impl Default for MemorySemaphoreBackend {
@@ -427,5 +441,41 @@ impl MemorySemaphoreBackend {
             holders,
             waiting,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::semaphore::{AcquireOutcome, AcquireRequest, HolderId, SemaphoreBackend};
+
+    /// Regression (CI, 2026-12-02): a waiter slept exactly until the lease's end by the OS
+    /// timer, read the counter clock a few microseconds short of it and found the permit
+    /// still held. The sleep now runs past the end by 1 ms + 0.1 %.
+    #[test]
+    fn a_waiter_sleeps_past_the_lease_end_by_the_drift_margin() {
+        let backend = MemorySemaphoreBackend::new();
+        let request = |holder, now| AcquireRequest {
+            name: "margin",
+            holder,
+            permits: 1,
+            capacity: 1,
+            lease: 2_000_000,
+            queue_ttl: Some(10_000_000),
+            now,
+        };
+        let granted = backend.try_acquire(&request(HolderId::random(), 5_000_000));
+        assert!(matches!(granted, Ok(AcquireOutcome::Granted { .. })));
+        let busy = backend.try_acquire(&request(HolderId::random(), 5_500_000));
+        assert!(matches!(busy, Ok(AcquireOutcome::Busy { .. })));
+        let st = backend.shard("margin").state.lock();
+        // the lease ends 1.5 s after the latest call; the waiter sleeps 1 ms + 1.5 ms longer
+        let bound = wake_bound(&st, "margin", Duration::from_secs(10));
+        assert_eq!(bound, Duration::from_micros(1_500_000 + 1_000 + 1_500));
+        // never past the caller's own maximum
+        assert_eq!(
+            wake_bound(&st, "margin", Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
     }
 }
