@@ -16,12 +16,14 @@
 //! | GET | `/ready` | | `{"status": "ready", …}`; 503 `{"status": "unavailable", "error": {"kind", "message"}, …}` when the store does not answer |
 //! | GET | `/metrics` | | Prometheus text |
 
+mod conn_io;
 mod hot;
 mod multi;
 mod scan;
 mod timer;
 
-pub use hot::Dispatch;
+pub use conn_io::{ConnIo, HangUp};
+pub use hot::{ConnService, Dispatch};
 pub use multi::MultiBody;
 pub use timer::ConnTimer;
 
@@ -145,7 +147,18 @@ impl From<AppError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        let mut response = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        if matches!(
+            self.0,
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+        ) {
+            // The rest of the body was not read: the connection cannot carry another request,
+            // and a client that does not hear so reuses it and loses that request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 
@@ -164,7 +177,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/reset", post(reset))
         .route("/v1/refund", post(refund))
         .route("/v1/policies", get(policies))
-        .route("/v1/semaphore/acquire", post(sem_acquire))
+        .route(SEMAPHORE_ACQUIRE_PATH, post(sem_acquire))
         .route("/v1/semaphore/release", post(sem_release))
         .route("/v1/semaphore/extend", post(sem_extend))
         .route("/v1/semaphores", get(semaphores))
@@ -502,17 +515,42 @@ fn ms(us: u64) -> u64 {
     us.div_ceil(1000)
 }
 
-async fn sem_acquire(State(state): State<HttpState>, body: Body) -> Result<Response, ApiError> {
+/// The path of the semaphore acquire, the one request that can wait (the server gives it a
+/// [`HangUp`] watcher).
+pub const SEMAPHORE_ACQUIRE_PATH: &str = "/v1/semaphore/acquire";
+
+/// The status of an acquire whose client hung up while it waited (nginx's "client closed
+/// request"; nobody reads it, but hyper needs an answer to finish the connection).
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+async fn sem_acquire(
+    State(state): State<HttpState>,
+    hang_up: Option<axum::Extension<HangUp>>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let req: SemaphoreRequest = read_request(&state, body).await?;
-    let outcome = state
-        .app
-        .sem_acquire(
-            &req.name,
-            req.permits.unwrap_or(1),
-            req.lease_ms.map(Duration::from_millis),
-            Duration::from_millis(req.wait_ms.unwrap_or(0)),
-        )
-        .await?;
+    let wait = Duration::from_millis(req.wait_ms.unwrap_or(0));
+    let acquire = state.app.sem_acquire(
+        &req.name,
+        req.permits.unwrap_or(1),
+        req.lease_ms.map(Duration::from_millis),
+        wait,
+    );
+    let outcome = match hang_up {
+        // A wait ends early when the client hangs up: dropping the acquire leaves nothing
+        // queued and nothing granted (a permit granted now would sit in a lease nobody
+        // releases until it ends).
+        Some(axum::Extension(hang_up)) if !wait.is_zero() => tokio::select! {
+            outcome = acquire => outcome?,
+            () = hang_up.closed() => {
+                return Err(ApiError(
+                    StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST),
+                    "the client closed the connection while waiting: nothing was acquired".into(),
+                ));
+            }
+        },
+        _ => acquire.await?,
+    };
     Ok(match outcome {
         crate::app::SemAcquire::Granted {
             lease_id,

@@ -15,11 +15,10 @@
 
 use crate::app::App;
 use crate::config::Config;
-use crate::http::{ConnTimer, Dispatch, HttpState};
+use crate::http::{ConnIo, ConnService, ConnTimer, Dispatch, HttpState};
 use crate::resp::Limits;
 use crate::resp_server::{serve_connection, ConnSettings};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -164,8 +163,15 @@ async fn http_loop(
     let slots = Arc::new(Semaphore::new(max_connections));
     while let Some((stream, permit)) = next_connection(&listener, &slots, &mut shutdown).await {
         let _ = stream.set_nodelay(true);
-        let dispatch = Arc::clone(&dispatch);
-        let service = service_fn(move |req| Arc::clone(&dispatch).call(req));
+        let io = match ConnIo::new(stream) {
+            Ok(io) => io,
+            Err(e) => {
+                tracing::warn!("could not take over an accepted connection: {e}");
+                continue;
+            }
+        };
+        let conn_service = Arc::new(ConnService::new(Arc::clone(&dispatch), io.hang_up()));
+        let service = service_fn(move |req| Arc::clone(&conn_service).call(req));
         let conn = hyper::server::conn::http1::Builder::new()
             // One tokio timer per connection for the header-read timeout, not one per
             // request (see `http::ConnTimer`).
@@ -173,11 +179,15 @@ async fn http_loop(
             .header_read_timeout(request_timeout)
             .max_buf_size(max_head)
             .keep_alive(true)
+            // No read while a request is in flight to notice a hang-up: that read takes a
+            // fresh 8 KiB buffer per request (the body still points into the old one). The
+            // waits that need to notice a hang-up watch the socket (`http::HangUp`).
+            .half_close(true)
             // Responses are small: one buffer (head and body copied together) and one
             // `write` cost less than building an iovec list per response (callgrind, `cargo
             // bench -p tollgate-server --bench vs_throttlecrab`: −1.2 % per check).
             .writev(false)
-            .serve_connection(TokioIo::new(stream), service);
+            .serve_connection(io, service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;

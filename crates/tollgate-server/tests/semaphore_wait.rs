@@ -44,10 +44,10 @@ async fn a_waiter_gets_the_permit_when_the_holders_lease_ends() {
 }
 
 /// A client that hangs up while its acquire waits is not granted the permit later: the server
-/// notices the closed connection (hyper's end-of-file check while a request is in flight) and
-/// drops the wait, so the permit goes to the next live caller instead of sitting in a lease
-/// nobody will release. Guards against turning that check off (e.g. hyper's `half_close`,
-/// which would save a read per request).
+/// notices the closed connection and drops the wait, so the permit goes to the next live
+/// caller instead of sitting in a lease nobody will release. hyper's own end-of-file check
+/// while a request is in flight is off (`half_close`: it cost a read buffer per request); the
+/// acquire watches the socket itself (`http::HangUp`). Fails when that watch is skipped.
 #[tokio::test]
 async fn a_waiter_that_hangs_up_is_not_granted_the_permit() {
     use tokio::io::AsyncWriteExt;

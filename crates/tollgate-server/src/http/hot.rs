@@ -10,7 +10,7 @@
 //! compares the body with serde's, and the router still answers every other request
 //! (`405` on `GET /v1/check`, `404`, the JSON error bodies).
 
-use super::{decide, router, HttpState};
+use super::{decide, router, HangUp, HttpState, SEMAPHORE_ACQUIRE_PATH};
 use crate::app::{push_rate_limit_field, Outcome, PolicyEntry};
 use axum::body::Body;
 use axum::http::header::{HeaderName, CONTENT_TYPE, RETRY_AFTER};
@@ -20,6 +20,7 @@ use axum::Router;
 use bytes::Bytes;
 use std::cell::RefCell;
 use std::convert::Infallible;
+use std::sync::Arc;
 use tower::ServiceExt;
 
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -61,9 +62,20 @@ impl Dispatch {
     }
 
     /// Answers one request.
-    pub async fn call<B>(
-        self: std::sync::Arc<Self>,
+    pub async fn call<B>(self: Arc<Self>, req: Request<B>) -> Result<Response, Infallible>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.answer(req, None).await
+    }
+
+    /// Answers one request of a connection watched by `hang_up` (given to the requests that
+    /// can wait).
+    async fn answer<B>(
+        &self,
         req: Request<B>,
+        hang_up: Option<&HangUp>,
     ) -> Result<Response, Infallible>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -75,7 +87,52 @@ impl Dispatch {
                 Err(e) => e.into_response(),
             });
         }
-        self.router.clone().oneshot(req.map(Body::new)).await
+        let mut req = req.map(Body::new);
+        if let Some(hang_up) = hang_up.filter(|_| req.uri().path() == SEMAPHORE_ACQUIRE_PATH) {
+            req.extensions_mut().insert(hang_up.clone());
+        }
+        self.router.clone().oneshot(req).await
+    }
+}
+
+/// What one accepted HTTP connection serves: the shared [`Dispatch`], with the watcher of
+/// this connection's hang-up for the requests that can wait.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use tollgate_server::{app::App, config::Config, http::{ConnIo, ConnService, Dispatch, HttpState}};
+/// let app = Arc::new(App::new(&Config::default(), None).unwrap());
+/// let state = HttpState { app, max_body: 65536, request_timeout: std::time::Duration::from_secs(10) };
+/// let dispatch = Arc::new(Dispatch::new(state));
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+/// let (accepted, _client) = tokio::join!(listener.accept(), client);
+/// let io = ConnIo::new(accepted.unwrap().0).unwrap();
+/// let conn = Arc::new(ConnService::new(dispatch, io.hang_up()));
+/// let req = axum::http::Request::get("/health").body(String::new()).unwrap();
+/// assert_eq!(conn.call(req).await.unwrap().status(), 200);
+/// # });
+/// ```
+#[derive(Debug)]
+pub struct ConnService {
+    dispatch: Arc<Dispatch>,
+    hang_up: HangUp,
+}
+
+impl ConnService {
+    /// The service of the connection `hang_up` watches.
+    pub fn new(dispatch: Arc<Dispatch>, hang_up: HangUp) -> Self {
+        Self { dispatch, hang_up }
+    }
+
+    /// Answers one request of this connection.
+    pub async fn call<B>(self: Arc<Self>, req: Request<B>) -> Result<Response, Infallible>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.dispatch.answer(req, Some(&self.hang_up)).await
     }
 }
 
