@@ -117,7 +117,14 @@ impl hyper::rt::Write for ConnIo {
         loop {
             let mut guard = ready!(self.socket.poll_write_ready(cx))?;
             match guard.try_io(|socket| socket.get_ref().write(buf)) {
-                Ok(result) => return Poll::Ready(result),
+                Ok(result) => {
+                    if matches!(result, Ok(n) if n > 0 && n < buf.len()) {
+                        // The send buffer is full: wait for the next event, not for a write
+                        // that would block (as tokio's `TcpStream` does).
+                        guard.clear_ready();
+                    }
+                    return Poll::Ready(result);
+                }
                 Err(_would_block) => continue,
             }
         }
@@ -172,5 +179,99 @@ impl HangUp {
                 Err(_would_block) => continue,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::rt::{Read as _, Write as _};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn pair() -> (ConnIo, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (accepted, client) = tokio::join!(listener.accept(), client);
+        (ConnIo::new(accepted.unwrap().0).unwrap(), client.unwrap())
+    }
+
+    /// 4 MiB each way through a peer that reads and writes in small pieces: every byte
+    /// arrives in order, through short reads, full send buffers and the readiness they clear.
+    #[tokio::test]
+    async fn large_transfers_both_ways_arrive_whole() {
+        let (mut io, mut client) = pair().await;
+        let data: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+
+        let expected = data.clone();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 3000];
+            while got.len() < expected.len() {
+                let n = client.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "closed early");
+                got.extend_from_slice(&chunk[..n]);
+                if got.len() % 7 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            assert!(got == expected, "the bytes differ");
+            client
+        });
+        let mut sent = 0;
+        while sent < data.len() {
+            sent += std::future::poll_fn(|cx| Pin::new(&mut io).poll_write(cx, &data[sent..]))
+                .await
+                .unwrap();
+        }
+        let mut client = reader.await.unwrap();
+
+        let writer = tokio::spawn({
+            let data = data.clone();
+            async move {
+                for piece in data.chunks(5000) {
+                    client.write_all(piece).await.unwrap();
+                }
+                client.shutdown().await.unwrap();
+                client
+            }
+        });
+        let mut got = Vec::new();
+        let mut storage = vec![0u8; 8192];
+        loop {
+            let mut buf = hyper::rt::ReadBuf::new(&mut storage);
+            std::future::poll_fn(|cx| Pin::new(&mut io).poll_read(cx, buf.unfilled()))
+                .await
+                .unwrap();
+            if buf.filled().is_empty() {
+                break;
+            }
+            got.extend_from_slice(buf.filled());
+        }
+        assert!(
+            got == data,
+            "read {} of {} bytes, or others",
+            got.len(),
+            data.len()
+        );
+        drop(writer.await.unwrap());
+    }
+
+    /// The watch ends at a reset too, and never while the client only sent more bytes.
+    #[tokio::test]
+    async fn the_watch_ends_at_end_of_file_not_at_pending_bytes() {
+        let (io, mut client) = pair().await;
+        let watcher = io.hang_up();
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(100), watcher.closed()).await;
+        assert!(waited.is_err(), "pending bytes are not a hang-up");
+
+        let (io, client) = pair().await;
+        let watcher = io.hang_up();
+        client.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        drop(client); // linger 0: a reset, not a FIN
+        tokio::time::timeout(std::time::Duration::from_secs(5), watcher.closed())
+            .await
+            .expect("a reset ends the watch");
     }
 }
