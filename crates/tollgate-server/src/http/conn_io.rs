@@ -268,7 +268,7 @@ mod tests {
 
         let (io, client) = pair().await;
         let watcher = io.hang_up();
-        client.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        client.set_zero_linger().unwrap();
         drop(client); // linger 0: a reset, not a FIN
         tokio::time::timeout(std::time::Duration::from_secs(5), watcher.closed())
             .await
