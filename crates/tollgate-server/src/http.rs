@@ -23,7 +23,7 @@ mod scan;
 mod timer;
 
 pub use conn_io::{ConnIo, HangUp};
-pub use hot::{ConnService, Dispatch};
+pub use hot::{ConnService, Dispatch, DispatchBody, DispatchResponse};
 pub use multi::MultiBody;
 pub use timer::ConnTimer;
 
@@ -353,7 +353,11 @@ fn resolve_names(
     }
 }
 
-async fn decide<B>(state: &HttpState, body: B, charge: bool) -> Result<Response, ApiError>
+async fn decide<B>(
+    state: &HttpState,
+    body: B,
+    charge: bool,
+) -> Result<hot::DispatchResponse, ApiError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -367,7 +371,8 @@ where
         None => {
             owned = parse_json(&bytes)?;
             if let Some(checks) = &owned.checks {
-                return multi::decide_all(state, &owned, checks, charge).await;
+                let response = multi::decide_all(state, &owned, checks, charge).await?;
+                return Ok(response.map(hot::DispatchBody::Right));
             }
             if owned.amount.is_some() {
                 return Err(ApiError(
@@ -390,11 +395,11 @@ where
 }
 
 async fn check(State(state): State<HttpState>, body: Body) -> Result<Response, ApiError> {
-    decide(&state, body, true).await
+    Ok(decide(&state, body, true).await?.into_response())
 }
 
 async fn peek(State(state): State<HttpState>, body: Body) -> Result<Response, ApiError> {
-    decide(&state, body, false).await
+    Ok(decide(&state, body, false).await?.into_response())
 }
 
 async fn reset(State(state): State<HttpState>, body: Body) -> Result<Response, ApiError> {

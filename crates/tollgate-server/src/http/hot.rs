@@ -15,9 +15,10 @@ use crate::app::{push_rate_limit_field, Outcome, PolicyEntry};
 use axum::body::Body;
 use axum::http::header::{HeaderName, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderValue, Method, Request};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::Router;
 use bytes::Bytes;
+use http_body_util::{Either, Full};
 use std::cell::RefCell;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -62,7 +63,7 @@ impl Dispatch {
     }
 
     /// Answers one request.
-    pub async fn call<B>(self: Arc<Self>, req: Request<B>) -> Result<Response, Infallible>
+    pub async fn call<B>(self: Arc<Self>, req: Request<B>) -> Result<DispatchResponse, Infallible>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -76,7 +77,7 @@ impl Dispatch {
         &self,
         req: Request<B>,
         hang_up: Option<&HangUp>,
-    ) -> Result<Response, Infallible>
+    ) -> Result<DispatchResponse, Infallible>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -84,16 +85,24 @@ impl Dispatch {
         if req.method() == Method::POST && req.uri().path() == "/v1/check" {
             return Ok(match decide(&self.state, req.into_body(), true).await {
                 Ok(r) => r,
-                Err(e) => e.into_response(),
+                Err(e) => e.into_response().map(DispatchBody::Right),
             });
         }
         let mut req = req.map(Body::new);
         if let Some(hang_up) = hang_up.filter(|_| req.uri().path() == SEMAPHORE_ACQUIRE_PATH) {
             req.extensions_mut().insert(hang_up.clone());
         }
-        self.router.clone().oneshot(req).await
+        let response = self.router.clone().oneshot(req).await?;
+        Ok(response.map(DispatchBody::Right))
     }
 }
+
+/// The body of [`Dispatch`]'s responses: a decision's JSON as it is (the hot path: no boxed
+/// body per check), or the router's body.
+pub type DispatchBody = Either<Full<Bytes>, Body>;
+
+/// A response of [`Dispatch`].
+pub type DispatchResponse = axum::http::Response<DispatchBody>;
 
 /// What one accepted HTTP connection serves: the shared [`Dispatch`], with the watcher of
 /// this connection's hang-up for the requests that can wait.
@@ -127,7 +136,7 @@ impl ConnService {
     }
 
     /// Answers one request of this connection.
-    pub async fn call<B>(self: Arc<Self>, req: Request<B>) -> Result<Response, Infallible>
+    pub async fn call<B>(self: Arc<Self>, req: Request<B>) -> Result<DispatchResponse, Infallible>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -186,7 +195,7 @@ const SCRATCH_KEEP: usize = 4096;
 
 /// The response to one decision: the JSON body, `RateLimit-Policy`, `RateLimit` and, when
 /// denied, `Retry-After`.
-pub(super) fn decision_response(entry: &PolicyEntry, outcome: Outcome) -> Response {
+pub(super) fn decision_response(entry: &PolicyEntry, outcome: Outcome) -> DispatchResponse {
     let d = outcome.decision;
     let (body, field) = SCRATCH.with_borrow_mut(|(body, field)| {
         body.clear();
@@ -205,7 +214,7 @@ pub(super) fn decision_response(entry: &PolicyEntry, outcome: Outcome) -> Respon
         }
         out
     });
-    let mut response = Response::new(Body::from(body));
+    let mut response = axum::http::Response::new(DispatchBody::Left(Full::new(body)));
     let headers = response.headers_mut();
     headers.reserve(4);
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -276,7 +285,7 @@ mod tests {
         let req = Request::post("/v1/check").body(body).unwrap();
         let res = std::sync::Arc::clone(d).call(req).await.unwrap();
         let status = res.status().as_u16();
-        let bytes = axum::body::to_bytes(res.into_body(), 65536).await.unwrap();
+        let bytes = axum::body::to_bytes(Body::new(res.into_body()), 65536).await.unwrap();
         (status, String::from_utf8(bytes.to_vec()).unwrap())
     }
 
