@@ -285,7 +285,9 @@ mod tests {
         let req = Request::post("/v1/check").body(body).unwrap();
         let res = std::sync::Arc::clone(d).call(req).await.unwrap();
         let status = res.status().as_u16();
-        let bytes = axum::body::to_bytes(Body::new(res.into_body()), 65536).await.unwrap();
+        let bytes = axum::body::to_bytes(Body::new(res.into_body()), 65536)
+            .await
+            .unwrap();
         (status, String::from_utf8(bytes.to_vec()).unwrap())
     }
 
