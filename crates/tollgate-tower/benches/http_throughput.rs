@@ -37,7 +37,11 @@
 //! responses (`HeaderOptions::on_allowed(false)`). `BENCH_LAYER=tower-governor` puts
 //! tower_governor's `GovernorLayer` there instead (the same quota and key header), and
 //! `BENCH_LAYER=tower-governor-headers` the same with its `x-ratelimit-*` fields: the layer
-//! axum users reach for today, measured the same way.
+//! axum users reach for today, measured the same way. `BENCH_LAYER=fields-only` is the
+//! pass-through layer adding the same two IETF fields to every response, built per request
+//! the way the rate layer builds them (a preformatted `RateLimit-Policy` value cloned, a
+//! `RateLimit` value formatted with two numbers) without limiting anything: what sending
+//! the fields costs any layer.
 //!
 //! Profiling: `BENCH_ONLY=layer` (or `bare`) loads only one server, e.g.
 //! `BENCH_ONLY=layer perf record -g <bench binary>`; `BENCH_SERVICE_ONLY=1` stops after the
@@ -77,6 +81,13 @@ fn noop_layer() -> bool {
         env_str("BENCH_LAYER").as_deref(),
         Some("noop" | "noop-body")
     )
+}
+
+/// `BENCH_LAYER=fields-only`: the pass-through layer adding the two IETF fields, with the
+/// values (and byte lengths) the rate layer sends in this bench, assembled the same way (a
+/// stack buffer, one allocation for the value), and no rate limiting.
+fn fields_only_layer() -> bool {
+    env_str("BENCH_LAYER").as_deref() == Some("fields-only")
 }
 
 /// `BENCH_LAYER=noop-body`: the pass-through layer, but wrapping the body the way the rate
@@ -127,7 +138,9 @@ fn layer_name() -> &'static str {
             "tower_governor 0.8 GovernorLayer"
         };
     }
-    if noop_wraps_body() {
+    if fields_only_layer() {
+        "a no-op tower layer adding the two IETF fields"
+    } else if noop_wraps_body() {
         "a no-op tower layer wrapping the body"
     } else if noop_layer() {
         "a no-op tower layer"
@@ -159,6 +172,37 @@ fn apps() -> (Router, Router) {
         ) -> http::Response<tollgate_tower::ResponseBody<axum::body::Body>> =
             |r| r.map(tollgate_tower::ResponseBody::inner);
         let layer = tower::util::MapResponseLayer::new(wrap);
+        return (handler(), handler().layer(layer));
+    }
+    if fields_only_layer() {
+        let policy = http::HeaderValue::from_static("\"bench\";q=1000000;w=1");
+        let served = Arc::new(AtomicU64::new(0));
+        let add_fields = move |mut response: axum::response::Response| {
+            // What the rate layer's `RateLimit` value looks like here: `r` a little under
+            // the burst, `t` one second; two numbers formatted, one allocation.
+            let n = served.fetch_add(1, Ordering::Relaxed);
+            let mut remaining = itoa::Buffer::new();
+            let mut secs = itoa::Buffer::new();
+            let parts: [&[u8]; 4] = [
+                b"\"bench\";r=",
+                remaining.format(999_999 - n % 1_000).as_bytes(),
+                b";t=",
+                secs.format(1u64).as_bytes(),
+            ];
+            let mut buf = [0u8; 64];
+            let mut len = 0;
+            for part in parts {
+                buf[len..len + part.len()].copy_from_slice(part);
+                len += part.len();
+            }
+            let headers = response.headers_mut();
+            headers.insert(tollgate_tower::headers::RATELIMIT_POLICY, policy.clone());
+            if let Ok(v) = http::HeaderValue::from_bytes(&buf[..len]) {
+                headers.insert(tollgate_tower::headers::RATELIMIT, v);
+            }
+            response
+        };
+        let layer = tower::util::MapResponseLayer::new(add_fields);
         return (handler(), handler().layer(layer));
     }
     if noop_layer() {
@@ -431,6 +475,21 @@ fn service_cost_ns(runs: u64, iters: u64) -> (f64, f64) {
                 best[slot] = best[slot].min(ns);
             }
         }
+        // The second server sends what it is said to: the IETF fields exactly in the modes
+        // that write them on allowed responses.
+        let req = http::Request::get("/")
+            .header("x-client", CLIENT_KEYS[0])
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let response = limited.clone().oneshot(req).await.expect("response");
+        let expects_fields = fields_only_layer()
+            || (fields_on_allowed() && !noop_layer() && tower_governor_layer().is_none());
+        assert_eq!(
+            response.headers().contains_key("ratelimit"),
+            expects_fields,
+            "{}: RateLimit field on an allowed response",
+            layer_name()
+        );
         (best[0], best[1])
     })
 }
