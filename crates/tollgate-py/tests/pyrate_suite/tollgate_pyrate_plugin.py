@@ -35,8 +35,17 @@ async def tollgate_memory_bucket(rates):
     return TollgateBucket(rates)
 
 
+# One directory for every SQLite file of the run, removed when the run ends (a directory per
+# bucket under /tmp would outlive it).
+_SQLITE_DIR = tempfile.TemporaryDirectory(prefix="tollgate-pyrate-sqlite-")
+
+
+def pytest_unconfigure(config):
+    _SQLITE_DIR.cleanup()
+
+
 async def tollgate_sqlite_bucket(rates):
-    path = os.path.join(tempfile.mkdtemp(prefix="tollgate-pyrate-"), "limits.db")
+    path = os.path.join(_SQLITE_DIR.name, f"{_unique()}.db")
     return TollgateBucket(rates, Store(f"sqlite://{path}"), key=_unique())
 
 
