@@ -3,16 +3,7 @@
 
 mod common;
 
-use common::{run_to_exit, ServerProcess};
-use std::path::PathBuf;
-
-fn write_config(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tg-server-config-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("tollgate.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
+use common::{run_to_exit, write_config, ServerProcess};
 
 #[test]
 fn bad_configs_exit_non_zero_naming_the_field() {
@@ -45,7 +36,7 @@ fn bad_configs_exit_non_zero_naming_the_field() {
         ),
     ];
     for (name, text, field) in cases {
-        let path = write_config(name, text);
+        let (_dir, path) = write_config(name, text);
         let (status, _, stderr) = run_to_exit(&["--config", path.to_str().unwrap()], &[]);
         assert_eq!(status.code(), Some(2), "{name}: {stderr}");
         assert!(stderr.contains("invalid configuration"), "{name}: {stderr}");
@@ -82,7 +73,7 @@ fn check_config_prints_the_defaults() {
 
 #[test]
 fn file_flags_and_environment_combine() {
-    let path = write_config(
+    let (_dir, path) = write_config(
         "combine",
         "[server]\nhttp_addr = \"127.0.0.1:1\"\n[policies.api]\nrates = \"10/s burst 20\"\n[keys]\nnamespace = \"t1\"\n",
     );

@@ -4,28 +4,19 @@
 
 mod common;
 
-use common::{run_to_exit, ServerProcess};
+use common::{run_to_exit, write_config, ServerProcess};
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tollgate::store::{Backend, Op, Store};
 use tollgate::Policy;
 use tollgate_redis::RedisStore;
-
-fn write_config(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tg-server-lease-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("tollgate.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 #[tokio::test]
 async fn a_leased_policy_charges_redis_in_batches_and_gives_back() {
     let Some(redis) = tollgate_testkit::require_redis() else {
         return;
     };
-    let path = write_config(
+    let (_dir, path) = write_config(
         "hot",
         &format!(
             "[store]\nurl = \"{}\"\n[policies.api]\nrates = \"1000/day\"\n\
@@ -68,7 +59,7 @@ async fn a_leased_policy_charges_redis_in_batches_and_gives_back() {
 
 #[test]
 fn a_lease_on_a_window_algorithm_is_a_config_error() {
-    let path = write_config(
+    let (_dir, path) = write_config(
         "window",
         "[policies.api]\nalgorithm = \"fixed_window\"\nrates = \"5/s\"\nlease = { max_batch = 10 }\n",
     );

@@ -91,3 +91,4 @@ pub use ports::free_port;
 pub use proxy::{Fault, FaultProxy};
 pub use redis::RedisServer;
 pub use resp::{redis_command, Resp, RespClient};
+pub use tempdir::TempDir;

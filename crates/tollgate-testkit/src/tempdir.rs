@@ -1,16 +1,33 @@
-//! A private temporary directory, removed on drop.
+//! [`TempDir`]: a private temporary directory, removed on drop.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// A fresh directory under the system's temporary directory, named
+/// `tollgate-<prefix>-<pid>-…` and removed with everything in it when dropped. Directories
+/// of test processes that died without dropping theirs are swept by the next one.
+///
+/// ```
+/// let dir = tollgate_testkit::TempDir::new("doc").unwrap();
+/// std::fs::write(dir.path().join("a.toml"), "x = 1").unwrap();
+/// let path = dir.path().to_path_buf();
+/// drop(dir);
+/// assert!(!path.exists());
+/// ```
 #[derive(Debug)]
-pub(crate) struct TempDir {
+pub struct TempDir {
     path: PathBuf,
 }
 
 impl TempDir {
-    pub(crate) fn new(prefix: &str) -> Result<TempDir, String> {
+    /// Creates the directory; the error names the base directory and the cause.
+    ///
+    /// ```
+    /// let dir = tollgate_testkit::TempDir::new("doc-new").unwrap();
+    /// assert!(dir.path().is_dir());
+    /// ```
+    pub fn new(prefix: &str) -> Result<TempDir, String> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let base = std::env::temp_dir();
         sweep_once(&base);
@@ -42,7 +59,13 @@ impl TempDir {
         ))
     }
 
-    pub(crate) fn path(&self) -> &Path {
+    /// The directory.
+    ///
+    /// ```
+    /// let dir = tollgate_testkit::TempDir::new("doc-path").unwrap();
+    /// assert!(dir.path().starts_with(std::env::temp_dir()));
+    /// ```
+    pub fn path(&self) -> &Path {
         &self.path
     }
 }
@@ -81,7 +104,7 @@ fn sweep_once(base: &Path) {
 
 /// The pid in `tollgate-<prefix>-<pid>-<n>-<nanos>`.
 fn owner_pid(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix("tollgate-redis")?;
+    let rest = name.strip_prefix("tollgate-")?;
     let mut parts = rest.rsplit('-');
     let nanos = parts.next()?;
     let n = parts.next()?;
@@ -100,6 +123,11 @@ mod tests {
     fn parses_owner_pid() {
         assert_eq!(owner_pid("tollgate-redis-8615-0-35e3719b"), Some(8615));
         assert_eq!(owner_pid("tollgate-redis-node-8615-3-38700fb7"), Some(8615));
+        assert_eq!(
+            owner_pid("tollgate-server-config-bad-rates-77-0-0a1b2c3d"),
+            Some(77)
+        );
+        assert_eq!(owner_pid("tollgate-py-cluster-1qy0mhrm"), None);
         assert_eq!(owner_pid("tollgate-pg.abc"), None);
         assert_eq!(owner_pid("tollgate-redis-x"), None);
         assert_eq!(owner_pid("other-redis-1-2-3"), None);

@@ -4,10 +4,21 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 pub use tollgate_testkit::Resp;
+use tollgate_testkit::TempDir;
+
+/// Writes `text` as `tollgate.toml` in a fresh temporary directory: the directory (removed
+/// when the guard drops) and the file's path.
+pub fn write_config(name: &str, text: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new(&format!("server-config-{name}")).expect("temporary directory");
+    let path = dir.path().join("tollgate.toml");
+    std::fs::write(&path, text).expect("write the config file");
+    (dir, path)
+}
 
 /// A running server process; killed on drop.
 pub struct ServerProcess {
