@@ -251,7 +251,12 @@ pub(crate) struct Evaluation {
 
 /// Encodes a state as little-endian `u64`s (the SQLite blob).
 pub(crate) fn encode_blob(state: &[u64]) -> Vec<u8> {
-    state.iter().flat_map(|v| v.to_le_bytes()).collect()
+    // A plain loop: as fast as `flat_map` when optimised, and far faster in debug builds.
+    let mut out = Vec::with_capacity(8 * state.len());
+    for v in state {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
 }
 
 /// Decodes a blob written by [`encode_blob`]; `None` for a malformed blob (treated as fresh).

@@ -168,7 +168,14 @@ pub fn refund(p: &Params, log: &mut Log, now: Micros, amount: u64) {
 /// assert_eq!(decode_log(&[10, 2]), Some(log));
 /// ```
 pub fn encode_log(log: &Log) -> Vec<u64> {
-    log.entries.iter().flat_map(|&(t, w)| [t, w]).collect()
+    // A plain loop: as fast as the iterator chain when optimised, and far faster in the debug
+    // builds tests use (a log may hold thousands of entries).
+    let mut out = Vec::with_capacity(2 * log.entries.len());
+    for &(t, w) in &log.entries {
+        out.push(t);
+        out.push(w);
+    }
+    out
 }
 
 /// The log written by [`encode_log`]; `None` for an odd number of integers.
