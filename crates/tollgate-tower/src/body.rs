@@ -70,6 +70,22 @@ impl<B> ResponseBody<B> {
     }
 }
 
+impl<B: From<Bytes>> ResponseBody<B> {
+    /// The body as the inner service's own type: the inner body as is, or the layer's bytes
+    /// converted. Only for responses without an in-flight permit (the rate layer's: a permit
+    /// must be held until the body ends, which only the wrapper can do).
+    pub(crate) fn into_plain(self) -> B {
+        match self.kind {
+            Kind::Inner { body, permit } => {
+                debug_assert!(permit.is_none(), "a permit would be released early");
+                drop(permit);
+                body
+            }
+            Kind::Full { data } => B::from(data.unwrap_or_default()),
+        }
+    }
+}
+
 impl<B> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.kind {

@@ -99,108 +99,6 @@ where
     }
 }
 
-/// How a future's response is shaped: the rate layer answers in the inner service's own
-/// body type ([`Plain`]), the concurrency layer in a [`ResponseBody`] that holds the
-/// in-flight permit until the body ends ([`Wrapped`]).
-trait BodyShape<B> {
-    type Body;
-    /// The inner service's response, with `permit` held as long as the body needs it.
-    fn from_inner(response: Response<B>, permit: Option<InFlightPermit>) -> Response<Self::Body>;
-    /// A response the layer wrote itself.
-    fn from_layer(response: Response<Bytes>) -> Response<Self::Body>;
-}
-
-/// The body in a [`ResponseBody`].
-struct Wrapped;
-
-impl<B> BodyShape<B> for Wrapped {
-    type Body = ResponseBody<B>;
-    fn from_inner(response: Response<B>, permit: Option<InFlightPermit>) -> Response<Self::Body> {
-        response.map(|body| ResponseBody::with_permit(body, permit))
-    }
-    fn from_layer(response: Response<Bytes>) -> Response<Self::Body> {
-        response.map(ResponseBody::full)
-    }
-}
-
-/// The inner service's body as is (the response is passed on without being taken apart),
-/// the layer's bytes converted. Only for futures that never hold a permit (the rate layer's).
-struct Plain;
-
-impl<B: From<Bytes>> BodyShape<B> for Plain {
-    type Body = B;
-    fn from_inner(response: Response<B>, permit: Option<InFlightPermit>) -> Response<B> {
-        debug_assert!(permit.is_none(), "a permit would be released early");
-        drop(permit);
-        response
-    }
-    fn from_layer(response: Response<Bytes>) -> Response<B> {
-        response.map(B::from)
-    }
-}
-
-/// Drives `state` to the response, shaped by `K`.
-fn poll_state<S, Req, ResB, K>(
-    mut state: Pin<&mut State<S, Req>>,
-    cx: &mut Context<'_>,
-) -> Poll<Result<Response<K::Body>, S::Error>>
-where
-    S: Service<Req, Response = Response<ResB>>,
-    K: BodyShape<ResB>,
-{
-    loop {
-        match state.as_mut().project() {
-            StateProj::Deciding { verdict, call } => {
-                let verdict = ready!(verdict.as_mut().poll(cx));
-                match verdict {
-                    Verdict::Allow { headers, permit } => match call.take().map(|c| *c) {
-                        Some((mut inner, req)) => {
-                            let future = inner.call(req);
-                            state.set(State::Calling {
-                                future,
-                                headers,
-                                permit,
-                            });
-                        }
-                        None => {
-                            // Polled again after the call was made: unreachable by
-                            // construction, answered without panicking.
-                            state.set(State::Answered { response: None });
-                        }
-                    },
-                    Verdict::Reject(response) => {
-                        state.set(State::Answered {
-                            response: Some(response),
-                        });
-                    }
-                }
-            }
-            StateProj::Calling {
-                future,
-                headers,
-                permit,
-            } => {
-                let mut response = ready!(future.poll(cx))?;
-                if let Some(fields) = headers.take() {
-                    fields.insert_into(response.headers_mut());
-                }
-                return Poll::Ready(Ok(K::from_inner(response, permit.take())));
-            }
-            StateProj::Answered { response } => {
-                let response = response.take().map_or_else(
-                    || {
-                        let mut r = Response::new(Bytes::new());
-                        *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-                        r
-                    },
-                    |r| *r,
-                );
-                return Poll::Ready(Ok(K::from_layer(response)));
-            }
-        }
-    }
-}
-
 impl<S, Req, ResB> Future for ResponseFuture<S, Req>
 where
     S: Service<Req, Response = Response<ResB>>,
@@ -208,7 +106,60 @@ where
     type Output = Result<Response<ResponseBody<ResB>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        poll_state::<S, Req, ResB, Wrapped>(self.project().state, cx)
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Deciding { verdict, call } => {
+                    let verdict = ready!(verdict.as_mut().poll(cx));
+                    match verdict {
+                        Verdict::Allow { headers, permit } => match call.take().map(|c| *c) {
+                            Some((mut inner, req)) => {
+                                let future = inner.call(req);
+                                this.state.set(State::Calling {
+                                    future,
+                                    headers,
+                                    permit,
+                                });
+                            }
+                            None => {
+                                // Polled again after the call was made: unreachable by
+                                // construction, answered without panicking.
+                                this.state.set(State::Answered { response: None });
+                            }
+                        },
+                        Verdict::Reject(response) => {
+                            this.state.set(State::Answered {
+                                response: Some(response),
+                            });
+                        }
+                    }
+                }
+                StateProj::Calling {
+                    future,
+                    headers,
+                    permit,
+                } => {
+                    let response = ready!(future.poll(cx))?;
+                    let (mut parts, body) = response.into_parts();
+                    if let Some(fields) = headers.take() {
+                        fields.insert_into(&mut parts.headers);
+                    }
+                    let body = ResponseBody::with_permit(body, permit.take());
+                    return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                }
+                StateProj::Answered { response } => {
+                    let response = response.take().map_or_else(
+                        || {
+                            let mut r = Response::new(bytes::Bytes::new());
+                            *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                            r
+                        },
+                        |r| *r,
+                    );
+                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                }
+            }
+        }
     }
 }
 
@@ -249,6 +200,7 @@ where
     type Output = Result<Response<ResB>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        poll_state::<S, Req, ResB, Plain>(self.project().inner.project().state, cx)
+        let response = ready!(self.project().inner.poll(cx))?;
+        Poll::Ready(Ok(response.map(ResponseBody::into_plain)))
     }
 }
